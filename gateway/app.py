@@ -1,0 +1,241 @@
+"""Builds the aiohttp application: one pipeline per route, shared resources via cleanup_ctx, serving.
+
+The proxy handler is the one place where errors become problem+json and where every request,
+short-circuited or not, gets its access record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from . import __version__
+from .config import Config, Route, Vendor
+from .errors import GatewayError, NotFound, problem_response
+from .observability import Logger
+from .pipeline import Exchange, Handler, compose
+from .target import parse_target
+from .upstream import Forwarder, StreamAborted, request_headers, vendor_transport
+
+USER_AGENT = f"egress-gateway/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything built from one loaded config; replaced whole on reload, never mutated."""
+
+    config: Config
+    # One handler per (vendor, route index); index -1 is the vendor's pass-through (no route matched).
+    handlers: dict[tuple[str, int], Handler]
+
+    def handler(self, vendor: Vendor, route: Route | None) -> Handler:
+        index = -1 if route is None else vendor.routes.index(route)
+        return self.handlers[(vendor.name, index)]
+
+
+LOGGER = web.AppKey("logger", Logger)
+CONFIG = web.AppKey("config", Config)
+RUNTIME = web.AppKey("runtime", Runtime)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def build_runtime(config: Config, session: aiohttp.ClientSession) -> Runtime:
+    transports = {name: vendor_transport(v) for name, v in config.vendors.items()}
+    forwarder = Forwarder(session, transports)
+    handlers: dict[tuple[str, int], Handler] = {}
+    for name, vendor in config.vendors.items():
+        handlers[(name, -1)] = compose([], forwarder)
+        for index, _route in enumerate(vendor.routes):
+            handlers[(name, index)] = compose([], forwarder)
+    return Runtime(config=config, handlers=handlers)
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id")
+    # A caller's id is kept when it is a sane token; anything else could forge or break log lines.
+    if given and len(given) <= 200 and given.isascii() and given.isprintable() and " " not in given:
+        return given
+    return os.urandom(16).hex()
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    logger = request.app[LOGGER]
+    request_id = _request_id(request)
+    started = time.perf_counter()
+    ex: Exchange | None = None
+    vendor_name: str | None = None
+    response: web.StreamResponse | None = None
+    try:
+        target = parse_target(request.raw_path)
+        vendor_name = target.vendor
+        vendor = runtime.config.vendors.get(target.vendor)
+        if vendor is None:
+            raise NotFound(f"no vendor named {target.vendor!r}")
+        method = request.method
+        route = vendor.find_route(method, target.segments)
+        if route is None and vendor.expose == "declared":
+            raise NotFound(f"vendor {vendor.name!r} exposes no route for {method} {target.path or '/'}")
+        ex = Exchange(
+            request=request,
+            request_id=request_id,
+            vendor=vendor,
+            route=route,
+            method=method,
+            path=target.path,
+            query=target.query,
+            headers=request_headers(request.headers, request_id),
+            started=started,
+        )
+        response = await runtime.handler(vendor, route)(ex)
+        return response
+    except GatewayError as exc:
+        response = problem_response(exc, request_id)
+        return response
+    except StreamAborted as exc:
+        logger.event(
+            "upstream_aborted", level="warning", request_id=request_id, vendor=vendor_name, error=str(exc)
+        )
+        response = exc.response
+        return response
+    except Exception as exc:
+        logger.exception("unhandled_error", exc, request_id=request_id, vendor=vendor_name)
+        response = problem_response(
+            GatewayError("the gateway failed unexpectedly; the error was logged"), request_id
+        )
+        return response
+    finally:
+        logger.access(
+            request_id=request_id,
+            client=ex.client if ex else None,
+            vendor=vendor_name,
+            route=ex.route.path if ex and ex.route else None,
+            method=request.method,
+            path=request.raw_path.partition("?")[0],
+            status=response.status if response is not None else 499,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            upstream_ms=round(ex.upstream_seconds * 1000, 3) if ex else 0.0,
+            attempts=ex.attempts if ex else 0,
+            bytes_in=ex.bytes_in if ex else 0,
+            bytes_out=ex.bytes_out if ex else 0,
+        )
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok", "version": __version__})
+
+
+async def ready(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return _json(
+        {
+            "status": "ready",
+            "vendors": sorted(runtime.config.vendors),
+            "store": runtime.config.gateway.store,
+        }
+    )
+
+
+@web.middleware
+async def _request_id_header(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    response = await handler(request)
+    if "X-Request-Id" not in response.headers and not response.prepared:
+        response.headers["X-Request-Id"] = _request_id(request)
+    return response
+
+
+def create_app(config: Config, *, logger: Logger | None = None) -> web.Application:
+    app = web.Application(middlewares=[_request_id_header], handler_args={"max_field_size": 16384})
+    app[CONFIG] = config
+    app[LOGGER] = logger or Logger()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60, keepalive_timeout=30)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            # Bytes pass through as the vendor sent them; the caller decompresses if it asked for it.
+            auto_decompress=False,
+            # Add nothing the caller did not send (no Accept-Encoding the caller cannot decode).
+            skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
+            headers={"User-Agent": USER_AGENT},
+            # Vendor cookies must never be stored and replayed to another caller.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        )
+        app[SESSION] = session
+        app[RUNTIME] = build_runtime(app[CONFIG], session)
+        try:
+            yield
+        finally:
+            await session.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/_gateway/health", health)
+    app.router.add_get("/_gateway/ready", ready)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app
+
+
+async def serve(
+    config: Config,
+    *,
+    logger: Logger,
+    listen_host: str,
+    listen_port: int,
+    extra: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish, and return.
+
+    ``extra`` starts something beside the gateway (the sandbox) and returns its stop coroutine.
+    """
+    app = create_app(config, logger=logger)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=config.gateway.shutdown_timeout_seconds,
+    )
+    await runner.setup()
+    stop_extra = await extra() if extra is not None else None
+    site = web.TCPSite(runner, listen_host, listen_port, backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if stop_extra is not None:
+            await stop_extra()
+        raise SystemExit(
+            f"gateway: cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}"
+        ) from None
+    logger.event(
+        "started",
+        listen=f"{listen_host}:{listen_port}",
+        config=str(config.path),
+        vendors=sorted(config.vendors),
+        pid=os.getpid(),
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    logger.event("stopping", reason="signal", drain_seconds=config.gateway.shutdown_timeout_seconds)
+    # Stops the listening socket first, then waits for in-flight handlers up to shutdown_timeout.
+    await runner.cleanup()
+    if stop_extra is not None:
+        await stop_extra()
+    logger.event("stopped")

@@ -1,0 +1,116 @@
+"""``gateway run|check|transform|sandbox``: the operator's commands (SPEC section 1)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+
+from .config import Config, ConfigError, load_config, parse_listen
+from .observability import Logger
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return
+    uvloop.install()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    routes = sum(len(v.routes) for v in config.vendors.values())
+    print(f"{args.config}: ok ({len(config.vendors)} vendors, {routes} routes)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    listen = config.gateway.listen
+    if args.listen:
+        try:
+            listen = parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"--listen: {exc}", file=sys.stderr)
+            return 2
+    logger = Logger(fmt=args.log_format)
+    extra: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None
+    if args.sandbox:
+        try:
+            sandbox_at = parse_listen(args.sandbox)
+        except ValueError as exc:
+            print(f"--sandbox: {exc}", file=sys.stderr)
+            return 2
+
+        async def start_sandbox() -> Callable[[], Awaitable[None]]:
+            from . import sandbox
+
+            runner = await sandbox.start(sandbox_at.host, sandbox_at.port)
+            logger.event("sandbox_started", listen=str(sandbox_at))
+            return runner.cleanup
+
+        extra = start_sandbox
+    _install_uvloop()
+    asyncio.run(serve(config, logger=logger, listen_host=listen.host, listen_port=listen.port, extra=extra))
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from . import sandbox
+
+    try:
+        listen = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"--listen: {exc}", file=sys.stderr)
+        return 2
+    sandbox.run(listen.host, listen.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Egress API gateway")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve")
+    run.add_argument("--config", default="config.toml", help="path to config.toml (default: %(default)s)")
+    run.add_argument("--listen", help="HOST:PORT, overrides [gateway].listen")
+    run.add_argument("--log-format", choices=("json", "text"), default="json", help="default: %(default)s")
+    run.add_argument("--sandbox", metavar="HOST:PORT", help="also run the sandbox vendor at HOST:PORT")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate config, routes, schemas and transforms")
+    check.add_argument("--config", default="config.toml", help="path to config.toml (default: %(default)s)")
+    check.set_defaults(func=cmd_check)
+
+    sandbox = sub.add_parser("sandbox", help="run the local stand-in vendor")
+    sandbox.add_argument("--listen", default="127.0.0.1:8081", help="HOST:PORT (default: %(default)s)")
+    sandbox.set_defaults(func=cmd_sandbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["transform"]:
+        from .transform.cli import main as transform_main
+
+        return transform_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    result: int = args.func(args)
+    return result

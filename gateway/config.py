@@ -1,0 +1,607 @@
+"""config.toml and routes/*.toml -> frozen, typed objects, validated once at load.
+
+Every problem is collected (not just the first) and reported as ``FILE: key.path: message``.
+Config objects are immutable; secrets are resolved at load and hidden from ``repr()``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from yarl import URL
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_STORE = "memory://"
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 10.0
+DEFAULT_CONNECT_SECONDS = 5.0
+DEFAULT_TOTAL_SECONDS = 30.0
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_VENDOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+# Features whose config keys are part of the contract (SPEC.md) but which this build does not
+# carry out yet. Accepting them silently would let ops believe a limit or a credential is in force,
+# so their presence is a config error until the feature lands.
+NOT_YET_SUPPORTED: dict[str, str] = {
+    "rate_limit": "rate limits",
+    "concurrency": "per-vendor concurrency limits",
+    "retry": "retries",
+    "circuit": "circuit breakers",
+    "version": "API version pinning",
+    "idempotency": "idempotency keys",
+    "clients": "caller authentication",
+    "tracing": "tracing",
+    "delivery": "async delivery",
+    "request_schema": "JSON Schema validation",
+    "response_schema": "JSON Schema validation",
+    "response_schema_mode": "JSON Schema validation",
+    "request_transform": "payload transforms",
+    "response_transform": "payload transforms",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config could not be loaded; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class Secret:
+    """A secret resolved from ``env:NAME`` or ``file:/path``; its value never shows in repr or str."""
+
+    __slots__ = ("_value", "reference")
+
+    def __init__(self, reference: str, value: str) -> None:
+        self.reference = reference
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.reference!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.reference == self.reference and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self.reference)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeout:
+    connect_seconds: float = DEFAULT_CONNECT_SECONDS
+    total_seconds: float = DEFAULT_TOTAL_SECONDS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tls:
+    verify: bool = True
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Auth:
+    """Credentials injected into every vendor request; what the caller sent there is replaced.
+
+    ``type``: "bearer" (Authorization: Bearer), "header" (``name: value``), "query" (``?name=value``)
+    or "basic" (Authorization: Basic username:password).
+    """
+
+    type: Literal["bearer", "header", "query", "basic"]
+    name: str = ""
+    username: str = ""
+    secret: Secret
+
+
+AUTH_TYPES = ("bearer", "header", "query", "basic", "oauth2_client_credentials")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySettings:
+    listen: Listen
+    store: str = DEFAULT_STORE
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    routes_dir: Path
+    transforms_dir: Path
+    shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+
+
+PathSegment = str  # a literal segment, "*" (one segment) or "**" (the rest)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """One ``[[route]]`` of a routes file: which vendor paths it covers and what it adds."""
+
+    method: str  # an HTTP method, or "*" for any
+    path: str
+    segments: tuple[PathSegment, ...]
+    source: str  # "routes/stripe.toml: route[2]", for messages
+
+    def matches(self, method: str, segments: tuple[str, ...]) -> bool:
+        if self.method != "*" and self.method != method and not (self.method == "GET" and method == "HEAD"):
+            return False
+        pattern = self.segments
+        for i, want in enumerate(pattern):
+            if want == "**":
+                return True
+            if i >= len(segments):
+                return False
+            if want != "*" and want != segments[i]:
+                return False
+        return len(segments) == len(pattern)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Vendor:
+    name: str
+    base_url: URL
+    timeout: Timeout = field(default_factory=Timeout)
+    tls: Tls = field(default_factory=Tls)
+    auth: Auth | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    expose: Literal["all", "declared"] = "all"
+    routes: tuple[Route, ...] = ()
+
+    @property
+    def base_path(self) -> str:
+        """The base URL's path without its trailing slash ("" for the root)."""
+        return self.base_url.raw_path.rstrip("/")
+
+    def find_route(self, method: str, segments: tuple[str, ...]) -> Route | None:
+        for route in self.routes:
+            if route.matches(method, segments):
+                return route
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    path: Path
+    gateway: GatewaySettings
+    vendors: Mapping[str, Vendor]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: a cursor over one TOML table that knows its file and key path and collects problems.
+
+_MISSING: Any = object()
+
+
+class _Table:
+    def __init__(self, problems: list[Problem], file: str, path: str, data: Mapping[str, Any]) -> None:
+        self._problems = problems
+        self.file = file
+        self.path = path
+        self.data = data
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def problem(self, name: str, message: str) -> None:
+        self._problems.append(Problem(self.file, self.key(name) if name else self.path, message))
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str) -> Any:
+        self._seen.add(name)
+        return self.data.get(name, _MISSING)
+
+    def _typed(self, name: str, kinds: tuple[type, ...], label: str, default: Any) -> Any:
+        value = self.raw(name)
+        if value is _MISSING:
+            if default is _MISSING:
+                self.problem(name, "is required")
+                return None
+            return default
+        # bool is an int in Python; a TOML `true` is never a valid number here.
+        if isinstance(value, bool) and bool not in kinds:
+            self.problem(name, f"must be {label}, not a boolean")
+            return None
+        if not isinstance(value, kinds):
+            self.problem(name, f"must be {label}, not {_toml_type(value)}")
+            return None
+        return value
+
+    def string(self, name: str, default: Any = _MISSING, *, choices: tuple[str, ...] = ()) -> Any:
+        value = self._typed(name, (str,), "a string", default)
+        if isinstance(value, str) and value is not default:
+            if choices and value not in choices:
+                self.problem(name, f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+                return None
+            if not choices and not value:
+                self.problem(name, "must not be empty")
+                return None
+        return value
+
+    def number(self, name: str, default: Any = _MISSING, *, positive: bool = True) -> Any:
+        value = self._typed(name, (int, float), "a number", default)
+        if isinstance(value, int | float) and value is not default:
+            if math.isnan(value) or math.isinf(value):
+                self.problem(name, "must be a finite number")
+                return None
+            if positive and value <= 0:
+                self.problem(name, f"must be greater than 0, not {value}")
+                return None
+            if value < 0:
+                self.problem(name, f"must not be negative, not {value}")
+                return None
+            return float(value)
+        return value
+
+    def integer(self, name: str, default: Any = _MISSING, *, minimum: int = 1) -> Any:
+        value = self._typed(name, (int,), "an integer", default)
+        if isinstance(value, int) and value is not default and value < minimum:
+            self.problem(name, f"must be at least {minimum}, not {value}")
+            return None
+        return value
+
+    def boolean(self, name: str, default: Any = _MISSING) -> Any:
+        return self._typed(name, (bool,), "true or false", default)
+
+    def table(self, name: str, *, required: bool = False) -> _Table | None:
+        value = self.raw(name)
+        if value is _MISSING:
+            if required:
+                self.problem(name, "is required")
+            return None
+        if not isinstance(value, dict):
+            self.problem(name, f"must be a table, not {_toml_type(value)}")
+            return None
+        return _Table(self._problems, self.file, self.key(name), value)
+
+    def tables(self, name: str) -> Iterator[_Table]:
+        """Each table of an array of tables (``[[route]]``), keyed ``name[1]``, ``name[2]``, ..."""
+        value = self.raw(name)
+        if value is _MISSING:
+            return
+        if not isinstance(value, list):
+            self.problem(name, f"must be an array of tables, not {_toml_type(value)}")
+            return
+        for i, item in enumerate(value, start=1):
+            if not isinstance(item, dict):
+                self.problem(f"{name}[{i}]", f"must be a table, not {_toml_type(item)}")
+                continue
+            yield _Table(self._problems, self.file, self.key(f"{name}[{i}]"), item)
+
+    def secret(self, name: str, base_dir: Path, default: Any = _MISSING) -> Any:
+        value = self.string(name, default)
+        if not isinstance(value, str) or value is default:
+            return value
+        return _resolve_secret(value, base_dir, lambda msg: self.problem(name, msg))
+
+    def done(self) -> None:
+        """Report keys nobody asked for: a typo must not silently turn a limit off."""
+        for name in self.data:
+            if name not in self._seen:
+                feature = NOT_YET_SUPPORTED.get(name)
+                if feature:
+                    self.problem(name, f"{feature} are not supported by this build yet")
+                else:
+                    self.problem(name, "unknown key")
+
+
+def _toml_type(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _resolve_secret(reference: str, base_dir: Path, report: Any) -> Secret | None:
+    if reference.startswith("env:"):
+        var = reference[4:]
+        if not var:
+            report("env: reference names no variable")
+            return None
+        value = os.environ.get(var)
+        if value is None:
+            report(f"environment variable {var} is not set")
+            return None
+        if not value:
+            report(f"environment variable {var} is empty")
+            return None
+        return Secret(reference, value)
+    if reference.startswith("file:"):
+        file = Path(reference[5:])
+        if not reference[5:]:
+            report("file: reference names no file")
+            return None
+        file = file if file.is_absolute() else base_dir / file
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            report(f"cannot read secret file {file}: {exc.strerror or exc}")
+            return None
+        if not value:
+            report(f"secret file {file} is empty")
+            return None
+        return Secret(reference, value)
+    # The value itself is never echoed: it may be a real credential pasted by mistake.
+    report('must be a reference ("env:NAME" or "file:/path"), not a literal secret')
+    return None
+
+
+def parse_listen(value: str) -> Listen:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> Listen; raises ValueError with a readable message."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"must be HOST:PORT, not {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, not {port_text!r}")
+    return Listen(host=host, port=int(port_text))
+
+
+def _parse_base_url(t: _Table) -> URL | None:
+    text = t.string("base_url")
+    if not isinstance(text, str):
+        return None
+    try:
+        url = URL(text, encoded=True)
+    except ValueError as exc:
+        t.problem("base_url", f"is not a valid URL: {exc}")
+        return None
+    if url.scheme not in ("http", "https"):
+        t.problem("base_url", f"must be an http:// or https:// URL, not {text!r}")
+        return None
+    if not url.raw_host:
+        t.problem("base_url", f"has no host: {text!r}")
+        return None
+    if url.raw_user or url.raw_password:
+        t.problem("base_url", "must not carry credentials; use auth instead")
+        return None
+    if url.raw_query_string or url.raw_fragment:
+        t.problem("base_url", "must not have a query string or fragment")
+        return None
+    return url
+
+
+def _compile_route_path(path: str) -> tuple[PathSegment, ...] | str:
+    """Route path glob -> segments, or an error message."""
+    if not path.startswith("/"):
+        return f"must start with '/', not {path!r}"
+    if "?" in path or "#" in path:
+        return "must not contain a query string or fragment"
+    segments = tuple(path[1:].split("/")) if path != "/" else ()
+    for i, seg in enumerate(segments):
+        if seg == "**" and i != len(segments) - 1:
+            return "'**' may only be the last segment"
+        if seg in (".", ".."):
+            return "must not contain '.' or '..' segments"
+        if ("*" in seg and seg not in ("*", "**")) or (not seg and i != len(segments) - 1):
+            return f"segment {seg!r} is not allowed (use '*' for one whole segment, '**' for the rest)"
+    return segments
+
+
+def _parse_route(t: _Table) -> Route | None:
+    method = t.string("method", "*")
+    if isinstance(method, str):
+        method = method.upper()
+        if method != "*" and method not in HTTP_METHODS:
+            t.problem("method", f"must be an HTTP method or '*', not {method!r}")
+            method = None
+    path = t.string("path")
+    segments: tuple[str, ...] | None = None
+    if isinstance(path, str):
+        compiled = _compile_route_path(path)
+        if isinstance(compiled, str):
+            t.problem("path", compiled)
+        else:
+            segments = compiled
+    t.done()
+    if method is None or segments is None:
+        return None
+    return Route(method=method, path=path, segments=segments, source=f"{t.file}: {t.path}")
+
+
+def _parse_vendor(t: _Table, name: str, default_max_body: int) -> Vendor | None:
+    if not _VENDOR_NAME.match(name):
+        t.problem("", "vendor names are lowercase letters, digits, '-' and '_' (they are URL segments)")
+    base_url = _parse_base_url(t)
+    timeout = Timeout()
+    if (tt := t.table("timeout")) is not None:
+        timeout = Timeout(
+            connect_seconds=tt.number("connect_seconds", DEFAULT_CONNECT_SECONDS) or DEFAULT_CONNECT_SECONDS,
+            total_seconds=tt.number("total_seconds", DEFAULT_TOTAL_SECONDS) or DEFAULT_TOTAL_SECONDS,
+        )
+        tt.done()
+    tls = Tls()
+    if (tl := t.table("tls")) is not None:
+        verify = tl.boolean("verify", True)
+        ca_text = tl.string("ca_file", None)
+        ca_file = None
+        if isinstance(ca_text, str):
+            ca_file = Path(ca_text)
+            if not ca_file.is_absolute():
+                ca_file = Path(t.file).parent / ca_file
+            if not ca_file.is_file():
+                tl.problem("ca_file", f"file not found: {ca_file}")
+        tls = Tls(verify=bool(verify) if verify is not None else True, ca_file=ca_file)
+        tl.done()
+    auth = None
+    if (at := t.table("auth")) is not None:
+        auth = _parse_auth(at, Path(t.file).parent)
+    max_body = t.integer("max_body_bytes", default_max_body) or default_max_body
+    t.done()
+    if base_url is None:
+        return None
+    return Vendor(name=name, base_url=base_url, timeout=timeout, tls=tls, auth=auth, max_body_bytes=max_body)
+
+
+def _parse_auth(t: _Table, base_dir: Path) -> Auth | None:
+    kind = t.string("type", choices=AUTH_TYPES)
+    auth: Auth | None = None
+    if kind == "bearer":
+        token = t.secret("token", base_dir)
+        auth = Auth(type="bearer", secret=token) if token else None
+    elif kind in ("header", "query"):
+        name = t.string("name")
+        if kind == "header" and isinstance(name, str) and not _HEADER_NAME.match(name):
+            t.problem("name", f"is not a valid header name: {name!r}")
+            name = None
+        value = t.secret("value", base_dir)
+        auth = Auth(type=kind, name=name, secret=value) if name and value else None
+    elif kind == "basic":
+        username = t.string("username")
+        if isinstance(username, str) and ":" in username:
+            t.problem("username", "must not contain ':'")
+            username = None
+        password = t.secret("password", base_dir)
+        auth = Auth(type="basic", username=username, secret=password) if username and password else None
+    elif kind == "oauth2_client_credentials":
+        t.problem("type", "OAuth2 client credentials are not supported by this build yet")
+        for key in ("token_url", "client_id", "client_secret", "scope"):
+            t.raw(key)
+    t.done()
+    return auth
+
+
+def _toml_file(path: Path, display: str, problems: list[Problem]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        problems.append(Problem(display, "", "file not found"))
+    except OSError as exc:
+        problems.append(Problem(display, "", f"cannot read: {exc.strerror or exc}"))
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(Problem(display, "", f"invalid TOML: {exc}"))
+    return None
+
+
+def _display(path: Path) -> str:
+    """Paths in messages are relative to the working directory when they are below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Load config.toml and its routes; raise ConfigError listing every problem found."""
+    config_path = Path(path).absolute()
+    base_dir = config_path.parent
+    problems: list[Problem] = []
+    display = _display(config_path)
+    data = _toml_file(config_path, display, problems)
+    if data is None:
+        raise ConfigError(problems)
+    root = _Table(problems, display, "", data)
+
+    g = root.table("gateway") or _Table(problems, display, "gateway", {})
+    listen = parse_listen(DEFAULT_LISTEN)
+    listen_text = g.string("listen", DEFAULT_LISTEN)
+    if isinstance(listen_text, str):
+        try:
+            listen = parse_listen(listen_text)
+        except ValueError as exc:
+            g.problem("listen", str(exc))
+    store = g.string("store", DEFAULT_STORE)
+    if isinstance(store, str) and not (store == "memory://" or store.startswith(("redis://", "rediss://"))):
+        g.problem("store", f"must be 'memory://' or a redis:// URL, not {store!r}")
+    max_body = g.integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES
+    shutdown = g.number("shutdown_timeout_seconds", DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, positive=False)
+    dirs: dict[str, Path] = {}
+    for key, default in (("routes_dir", "routes"), ("transforms_dir", "transforms")):
+        text = g.string(key, default)
+        folder = base_dir / (text if isinstance(text, str) else default)
+        if g.has(key) and not folder.is_dir():
+            g.problem(key, f"folder not found: {_display(folder)}")
+        dirs[key] = folder
+    g.done()
+    settings = GatewaySettings(
+        listen=listen,
+        store=store if isinstance(store, str) else DEFAULT_STORE,
+        max_body_bytes=max_body,
+        routes_dir=dirs["routes_dir"],
+        transforms_dir=dirs["transforms_dir"],
+        shutdown_timeout_seconds=shutdown if shutdown is not None else DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+    )
+
+    vendors: dict[str, Vendor] = {}
+    if (vt := root.table("vendors")) is not None:
+        for name in vt.data:
+            vendor_table = vt.table(name)
+            if vendor_table is not None and (vendor := _parse_vendor(vendor_table, name, max_body)):
+                vendors[name] = vendor
+    root.done()
+
+    vendors = _load_routes(settings.routes_dir, vendors, problems, known=set(vt.data) if vt else set())
+    if problems:
+        raise ConfigError(problems)
+    return Config(path=config_path, gateway=settings, vendors=vendors)
+
+
+def _load_routes(
+    routes_dir: Path, vendors: dict[str, Vendor], problems: list[Problem], *, known: set[str]
+) -> dict[str, Vendor]:
+    routes: dict[str, list[Route]] = {}
+    expose: dict[str, tuple[str, str]] = {}  # vendor -> (expose, file that said so)
+    files = sorted(routes_dir.glob("*.toml")) if routes_dir.is_dir() else []
+    for file in files:
+        display = _display(file)
+        data = _toml_file(file, display, problems)
+        if data is None:
+            continue
+        t = _Table(problems, display, "", data)
+        vendor = t.string("vendor")
+        if isinstance(vendor, str) and vendor not in known:
+            t.problem("vendor", f"no [vendors.{vendor}] in the config")
+            vendor = None
+        mode = t.string("expose", "declared", choices=("declared", "all"))
+        parsed = [r for rt in t.tables("route") if (r := _parse_route(rt)) is not None]
+        t.done()
+        if not isinstance(vendor, str) or not isinstance(mode, str):
+            continue
+        if vendor in expose and expose[vendor][0] != mode:
+            t.problem("expose", f"{mode!r} contradicts {expose[vendor][0]!r} in {expose[vendor][1]}")
+        expose.setdefault(vendor, (mode, display))
+        routes.setdefault(vendor, []).extend(parsed)
+    result: dict[str, Vendor] = {}
+    for name, vendor in vendors.items():
+        if name in expose:
+            exposed: Literal["all", "declared"] = "all" if expose[name][0] == "all" else "declared"
+            vendor = replace(vendor, expose=exposed, routes=tuple(routes[name]))
+        result[name] = vendor
+    return result

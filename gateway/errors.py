@@ -1,0 +1,156 @@
+"""Typed errors, rendered to RFC 9457 problem+json in exactly one place (``problem_response``).
+
+The tree::
+
+    GatewayError                     status  when
+    ├── BadRequest                   400     malformed target, path escape, bad JSON, bad header
+    │   └── SchemaViolation          400     request body fails the route's JSON Schema (adds ``errors``)
+    ├── Unauthorized                 401     missing or unknown gateway key
+    ├── Forbidden                    403     key not allowed this vendor, method or path
+    ├── NotFound                     404     unknown vendor, or a route the vendor does not expose
+    ├── MethodNotAllowed             405     (reserved for the gateway's own endpoints)
+    ├── Conflict                     409     idempotency key in flight
+    ├── PayloadTooLarge              413     body over ``max_body_bytes``
+    ├── UnprocessableContent         422     idempotency key reused with another request
+    ├── TooManyRequests              429     the rate-limit queue could not admit the request
+    ├── BadGateway                   502     vendor unreachable, or its response is unusable
+    ├── ServiceUnavailable           503     circuit open, or the store is down and the route needs it
+    └── GatewayTimeout               504     vendor did not answer within its timeout
+
+A vendor's own error response is never a ``GatewayError``: it passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://gateway.dev/problems/"
+
+
+class GatewayError(Exception):
+    """An error the gateway itself answers with; ``detail`` is shown to the caller, so no secrets."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal gateway error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extra: dict[str, Any] = dict(extra or {})
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_TYPE_BASE + self.slug
+
+    def to_problem(self, request_id: str) -> dict[str, Any]:
+        problem: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "request_id": request_id,
+        }
+        problem.update(self.extra)
+        return problem
+
+
+class BadRequest(GatewayError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class SchemaViolation(BadRequest):
+    slug = "schema-violation"
+    title = "Request body does not match the route's schema"
+
+    def __init__(self, detail: str, errors: Sequence[Mapping[str, str]]) -> None:
+        super().__init__(detail, extra={"errors": [dict(e) for e in errors]})
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    slug = "unauthorized"
+    title = "Missing or unknown gateway key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    slug = "forbidden"
+    title = "Caller not allowed"
+
+
+class NotFound(GatewayError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class Conflict(GatewayError):
+    status = 409
+    slug = "idempotency-in-flight"
+    title = "A request with this idempotency key is still in flight"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class UnprocessableContent(GatewayError):
+    status = 422
+    slug = "idempotency-mismatch"
+    title = "Idempotency key reused with a different request"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    slug = "rate-limited"
+    title = "Rate limit queue full"
+
+
+class BadGateway(GatewayError):
+    status = 502
+    slug = "bad-gateway"
+    title = "Vendor unreachable or its response unusable"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    slug = "service-unavailable"
+    title = "Service unavailable"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    slug = "gateway-timeout"
+    title = "Vendor did not answer in time"
+
+
+def problem_response(error: GatewayError, request_id: str) -> web.Response:
+    body = orjson.dumps(error.to_problem(request_id))
+    response = web.Response(status=error.status, body=body, content_type=PROBLEM_CONTENT_TYPE)
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    response.headers["X-Request-Id"] = request_id
+    return response

@@ -1,0 +1,62 @@
+"""The stage contract and how stages compose.
+
+A stage is ``async def __call__(self, exchange, call_next) -> web.StreamResponse``. It may act before
+and after ``call_next``, or short-circuit by raising a ``GatewayError`` or by not calling it.
+Pipelines are built once per route at startup; list order is execution order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .config import Route, Vendor
+
+Handler = Callable[["Exchange"], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """Per-request state shared by the stages: one object, typed fields, no string-keyed bags."""
+
+    request: web.Request
+    request_id: str
+    vendor: Vendor
+    route: Route | None
+    method: str
+    path: str  # raw vendor path as sent by the caller (validated by gateway.target)
+    query: str  # raw query string, forwarded byte-for-byte
+    headers: CIMultiDict[str]  # what will be sent to the vendor (hop-by-hop etc. already removed)
+    client: str | None = None
+    # The request body, once a stage needed it whole; None means it is streamed from the caller.
+    body: bytes | None = None
+    json: Any = None  # parsed body, shared between stages (parsed once)
+    started: float = field(default_factory=time.perf_counter)
+    upstream_seconds: float = 0.0
+    attempts: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class Stage(Protocol):
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> web.StreamResponse: ...
+
+
+def compose(stages: Sequence[Stage], endpoint: Handler) -> Handler:
+    """Wrap ``endpoint`` so that ``stages[0]`` runs first; no stages means the endpoint itself."""
+    handler = endpoint
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
+
+
+def _bind(stage: Stage, call_next: Handler) -> Handler:
+    async def run(exchange: Exchange) -> web.StreamResponse:
+        return await stage(exchange, call_next)
+
+    return run

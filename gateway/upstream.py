@@ -1,0 +1,282 @@
+"""The forwarder: one pooled ClientSession, bodies streamed both ways, client errors mapped in one place.
+
+Only this module catches ``aiohttp.ClientError``: every other stage sees ``GatewayError`` subclasses.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_plus
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import Vendor
+from .errors import BadGateway, GatewayTimeout, PayloadTooLarge
+from .pipeline import Exchange
+
+# RFC 9110 section 7.6.1: fields that describe one connection, never forwarded either way.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Proxy-Authorization",
+        "Proxy-Authenticate",
+    )
+)
+# Caller-side fields that describe the internal network or the gateway itself: not for third parties.
+REQUEST_DROP = HOP_BY_HOP | frozenset(
+    (
+        "host",
+        "content-length",  # set again from the body we actually send
+        "expect",  # the gateway answered any 100-continue itself
+        "forwarded",
+        "via",
+        "x-gateway-key",
+        "x-real-ip",
+    )
+)
+# Bodies up to this size are read whole and sent with one write; larger ones are streamed.
+SMALL_BODY = 64 * 1024
+STREAM_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class VendorTransport:
+    """What the forwarder precomputes per vendor at load: URL prefix, timeouts, TLS, credentials."""
+
+    prefix: str  # scheme://host[:port]/base/path, no trailing slash
+    timeout: aiohttp.ClientTimeout
+    ssl: ssl.SSLContext | bool
+    auth_header: tuple[str, str] | None  # injected header, replacing whatever the caller sent
+    auth_query: tuple[str, str] | None  # (name, value), replacing the caller's parameter
+
+
+def vendor_transport(vendor: Vendor) -> VendorTransport:
+    url = vendor.base_url
+    prefix = str(url.origin()) + vendor.base_path
+    ssl_param: ssl.SSLContext | bool = True
+    if not vendor.tls.verify:
+        ssl_param = False
+    elif vendor.tls.ca_file is not None:
+        ssl_param = ssl.create_default_context(cafile=str(vendor.tls.ca_file))
+    auth_header: tuple[str, str] | None = None
+    auth_query: tuple[str, str] | None = None
+    if (auth := vendor.auth) is not None:
+        secret = auth.secret.reveal()
+        if auth.type == "bearer":
+            auth_header = ("Authorization", f"Bearer {secret}")
+        elif auth.type == "header":
+            auth_header = (auth.name, secret)
+        elif auth.type == "basic":
+            basic = base64.b64encode(f"{auth.username}:{secret}".encode()).decode("ascii")
+            auth_header = ("Authorization", f"Basic {basic}")
+        else:
+            auth_query = (auth.name, secret)
+    return VendorTransport(
+        prefix=prefix,
+        timeout=aiohttp.ClientTimeout(
+            total=vendor.timeout.total_seconds, connect=vendor.timeout.connect_seconds
+        ),
+        ssl=ssl_param,
+        auth_header=auth_header,
+        auth_query=auth_query,
+    )
+
+
+def request_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The caller's headers minus hop-by-hop, connection-named and internal ones."""
+    drop = REQUEST_DROP
+    connection = incoming.get(hdrs.CONNECTION)
+    if connection:
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in drop or lower.startswith("x-forwarded-"):
+            continue
+        out.add(name, value)
+    out["X-Request-Id"] = request_id
+    return out
+
+
+def response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP
+    connection = incoming.get(hdrs.CONNECTION)
+    if connection:
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    out["X-Request-Id"] = request_id
+    return out
+
+
+class _BodyLimit:
+    """Streams the caller's body to the vendor, stopping once it passes the vendor's limit."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int, exchange: Exchange) -> None:
+        self.content = content
+        self.limit = limit
+        self.exchange = exchange
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.content.iter_chunked(STREAM_CHUNK):
+            self.exchange.bytes_in += len(chunk)
+            if self.exchange.bytes_in > self.limit:
+                self.exceeded = True
+                raise PayloadTooLarge(f"request body is larger than {self.limit} bytes")
+            yield chunk
+
+
+class Forwarder:
+    """Sends an Exchange to its vendor and turns the answer into the caller's response."""
+
+    def __init__(self, session: aiohttp.ClientSession, transports: dict[str, VendorTransport]) -> None:
+        self.session = session
+        self.transports = transports
+
+    async def __call__(self, ex: Exchange) -> web.StreamResponse:
+        request = ex.request
+        transport = self.transports[ex.vendor.name]
+        limit = ex.vendor.max_body_bytes
+        headers = ex.headers
+        if transport.auth_header is not None:
+            headers[transport.auth_header[0]] = transport.auth_header[1]
+
+        query = ex.query
+        if transport.auth_query is not None:
+            query = _replace_query_param(query, *transport.auth_query)
+        url = URL(transport.prefix + (ex.path or "") + ("?" + query if query else ""), encoded=True)
+
+        data: bytes | AsyncIterator[bytes] | None = ex.body
+        streamer: _BodyLimit | None = None
+        if data is None and request.body_exists:
+            length = request.content_length
+            if length is not None and length > limit:
+                raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
+            if length is not None and length <= SMALL_BODY:
+                data = await request.read()
+                ex.bytes_in = len(data)
+            else:
+                if length is not None:
+                    headers[hdrs.CONTENT_LENGTH] = str(length)
+                streamer = _BodyLimit(request.content, limit, ex)
+                data = streamer.__aiter__()
+        elif ex.body is not None:
+            ex.bytes_in = len(ex.body)
+
+        started = time.perf_counter()
+        ex.attempts += 1
+        try:
+            upstream = await self.session.request(
+                ex.method,
+                url,
+                headers=headers,
+                data=data,
+                timeout=transport.timeout,
+                ssl=transport.ssl,
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"vendor {ex.vendor.name} did not answer within {ex.vendor.timeout.total_seconds:g}s"
+            ) from None
+        except PayloadTooLarge:
+            raise
+        except aiohttp.ClientError as exc:
+            if streamer is not None and streamer.exceeded:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes") from None
+            raise BadGateway(f"vendor {ex.vendor.name} is unreachable: {_describe(exc)}") from None
+        finally:
+            ex.upstream_seconds += time.perf_counter() - started
+        try:
+            return await self._respond(ex, upstream, started)
+        finally:
+            upstream.release()
+
+    async def _respond(
+        self, ex: Exchange, upstream: aiohttp.ClientResponse, started: float
+    ) -> web.StreamResponse:
+        request = ex.request
+        headers = response_headers(upstream.headers, ex.request_id)
+        length = upstream.content_length
+        bodiless = ex.method == "HEAD" or upstream.status in (204, 304) or 100 <= upstream.status < 200
+        if not bodiless and length is not None and length <= SMALL_BODY:
+            try:
+                body = await upstream.read()
+            except TimeoutError:
+                raise GatewayTimeout(f"vendor {ex.vendor.name} did not finish its answer in time") from None
+            except aiohttp.ClientError as exc:
+                raise BadGateway(f"vendor {ex.vendor.name} broke off its answer: {_describe(exc)}") from None
+            finally:
+                ex.upstream_seconds = time.perf_counter() - started
+            headers.popall(hdrs.CONTENT_LENGTH, None)
+            ex.bytes_out = len(body)
+            has_type = hdrs.CONTENT_TYPE in headers
+            whole = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+            if not has_type:
+                # aiohttp would otherwise label the body application/octet-stream.
+                del whole.headers[hdrs.CONTENT_TYPE]
+            return whole
+
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if bodiless:
+            await response.prepare(request)
+            await response.write_eof()
+            ex.upstream_seconds = time.perf_counter() - started
+            return response
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+                ex.bytes_out += len(chunk)
+                await response.write(chunk)
+            await response.write_eof()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The status line is gone already: all the caller can be told is a broken connection.
+            if request.transport is not None:
+                request.transport.close()
+            raise StreamAborted(
+                response, f"vendor {ex.vendor.name} broke off a streamed answer: {_describe(exc)}"
+            ) from None
+        finally:
+            ex.upstream_seconds = time.perf_counter() - started
+        return response
+
+
+class StreamAborted(Exception):
+    """A streamed response failed after its headers were sent; the connection was closed."""
+
+    def __init__(self, response: web.StreamResponse, message: str) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the connection was closed before an answer"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _replace_query_param(query: str, name: str, value: str) -> str:
+    """Drop every ``name=`` the caller sent and append the configured one (raw bytes elsewhere kept)."""
+    kept = [part for part in query.split("&") if part and unquote_plus(part.partition("=")[0]) != name]
+    kept.append(f"{quote(name, safe='')}={quote(value, safe='')}")
+    return "&".join(kept)

@@ -1,0 +1,89 @@
+"""Shared fixtures: config files written to a temp dir, the gateway under test, real local vendors."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.config import Config, load_config
+from gateway.observability import Logger
+
+
+class CapturedLogs(io.BytesIO):
+    """The gateway's stdout in a test: JSON lines, parsed on demand."""
+
+    def records(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.getvalue().splitlines() if line.strip()]
+
+    def access(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["event"] == "access"]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write config.toml (and optional routes/NAME.toml files) into a fresh folder; return its path."""
+
+    def write(config: str, routes: dict[str, str] | None = None, **files: str) -> Path:
+        (tmp_path / "routes").mkdir(exist_ok=True)
+        (tmp_path / "transforms").mkdir(exist_ok=True)
+        path = tmp_path / "config.toml"
+        path.write_text(textwrap.dedent(config))
+        for name, text in (routes or {}).items():
+            (tmp_path / "routes" / f"{name}.toml").write_text(textwrap.dedent(text))
+        for name, text in files.items():
+            target = tmp_path / name.replace("__", "/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def logs() -> CapturedLogs:
+    return CapturedLogs()
+
+
+GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def gateway(
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    write_config: Callable[..., Path],
+    logs: CapturedLogs,
+) -> GatewayFactory:
+    """Start the gateway on a real socket from a config text (or a loaded Config)."""
+
+    async def start(config: str | Config, routes: dict[str, str] | None = None, **files: str) -> Any:
+        loaded = config if isinstance(config, Config) else load_config(write_config(config, routes, **files))
+        return await aiohttp_client(create_app(loaded, logger=Logger(stream=logs)))
+
+    return start
+
+
+@pytest.fixture
+def vendor(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Callable[..., Awaitable[TestServer]]:
+    """Start a local vendor (an aiohttp app) on a real socket."""
+
+    async def start(app: web.Application) -> TestServer:
+        return await aiohttp_server(app)
+
+    return start
+
+
+def vendor_block(name: str, server: TestServer, extra: str = "") -> str:
+    return f"""
+[vendors.{name}]
+base_url = "{server.make_url("/")}"
+{extra}
+"""
