@@ -21,7 +21,8 @@ from . import __version__
 from .config import Config, Route, Vendor
 from .errors import GatewayError, NotFound, problem_response
 from .observability import Logger
-from .pipeline import Exchange, Handler, compose
+from .pipeline import Exchange, Handler, Services, compose
+from .stages import route_stages
 from .target import parse_target
 from .upstream import Forwarder, StreamAborted, request_headers, vendor_transport
 
@@ -44,17 +45,17 @@ class Runtime:
 LOGGER = web.AppKey("logger", Logger)
 CONFIG = web.AppKey("config", Config)
 RUNTIME = web.AppKey("runtime", Runtime)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
+SERVICES = web.AppKey("services", Services)
 
 
-def build_runtime(config: Config, session: aiohttp.ClientSession) -> Runtime:
+def build_runtime(config: Config, services: Services) -> Runtime:
     transports = {name: vendor_transport(v) for name, v in config.vendors.items()}
-    forwarder = Forwarder(session, transports)
+    forwarder = Forwarder(services.session, transports)
     handlers: dict[tuple[str, int], Handler] = {}
     for name, vendor in config.vendors.items():
-        handlers[(name, -1)] = compose([], forwarder)
-        for index, _route in enumerate(vendor.routes):
-            handlers[(name, index)] = compose([], forwarder)
+        handlers[(name, -1)] = compose(route_stages(config, vendor, None, services), forwarder)
+        for index, route in enumerate(vendor.routes):
+            handlers[(name, index)] = compose(route_stages(config, vendor, route, services), forwarder)
     return Runtime(config=config, handlers=handlers)
 
 
@@ -176,8 +177,9 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
-        app[SESSION] = session
-        app[RUNTIME] = build_runtime(app[CONFIG], session)
+        services = Services(session=session, logger=app[LOGGER])
+        app[SERVICES] = services
+        app[RUNTIME] = build_runtime(app[CONFIG], services)
         try:
             yield
         finally:

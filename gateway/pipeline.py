@@ -12,10 +12,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import Route, Vendor
+from .observability import Logger
 
 Handler = Callable[["Exchange"], Awaitable[web.StreamResponse]]
 
@@ -41,6 +43,14 @@ class Exchange:
     attempts: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Services:
+    """App-wide resources the stages share; created and closed with the app (cleanup_ctx)."""
+
+    session: aiohttp.ClientSession
+    logger: Logger
 
 
 class Stage(Protocol):

@@ -1,0 +1,17 @@
+"""Stages: one file per stage. ``route_stages`` decides, once per route at load, which ones run.
+
+Execution order (DESIGN.md): client auth -> idempotency -> validate request -> transform request
+-> rate limit -> [forward] -> validate response -> transform response. Response-side work lives in
+the same stages as their request side, after ``call_next``. A route that asks for nothing gets no
+stages at all, so a plain pass-through costs nothing but the forwarder.
+"""
+
+from __future__ import annotations
+
+from ..config import Config, Route, Vendor
+from ..pipeline import Services, Stage
+
+
+def route_stages(config: Config, vendor: Vendor, route: Route | None, services: Services) -> list[Stage]:
+    stages: list[Stage] = []
+    return stages
