@@ -435,7 +435,7 @@ def _parse_route(t: _Table) -> Route | None:
     return Route(method=method, path=path, segments=segments, source=f"{t.file}: {t.path}")
 
 
-def _parse_vendor(t: _Table, name: str, default_max_body: int) -> Vendor | None:
+def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -> Vendor | None:
     if not _VENDOR_NAME.match(name):
         t.problem("", "vendor names are lowercase letters, digits, '-' and '_' (they are URL segments)")
     base_url = _parse_base_url(t)
@@ -454,14 +454,14 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int) -> Vendor | None:
         if isinstance(ca_text, str):
             ca_file = Path(ca_text)
             if not ca_file.is_absolute():
-                ca_file = Path(t.file).parent / ca_file
+                ca_file = base_dir / ca_file
             if not ca_file.is_file():
                 tl.problem("ca_file", f"file not found: {ca_file}")
         tls = Tls(verify=bool(verify) if verify is not None else True, ca_file=ca_file)
         tl.done()
     auth = None
     if (at := t.table("auth")) is not None:
-        auth = _parse_auth(at, Path(t.file).parent)
+        auth = _parse_auth(at, base_dir)
     max_body = t.integer("max_body_bytes", default_max_body) or default_max_body
     t.done()
     if base_url is None:
@@ -563,7 +563,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if (vt := root.table("vendors")) is not None:
         for name in vt.data:
             vendor_table = vt.table(name)
-            if vendor_table is not None and (vendor := _parse_vendor(vendor_table, name, max_body)):
+            if vendor_table is not None and (vendor := _parse_vendor(vendor_table, name, max_body, base_dir)):
                 vendors[name] = vendor
     root.done()
 
