@@ -130,37 +130,30 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         )
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+def _json(request: web.Request, data: object, status: int = 200) -> web.Response:
+    response = web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+    response.headers["X-Request-Id"] = _request_id(request)
+    return response
 
 
 async def health(request: web.Request) -> web.Response:
-    return _json({"status": "ok", "version": __version__})
+    return _json(request, {"status": "ok", "version": __version__})
 
 
 async def ready(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     return _json(
+        request,
         {
             "status": "ready",
             "vendors": sorted(runtime.config.vendors),
             "store": runtime.config.gateway.store,
-        }
+        },
     )
 
 
-@web.middleware
-async def _request_id_header(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    response = await handler(request)
-    if "X-Request-Id" not in response.headers and not response.prepared:
-        response.headers["X-Request-Id"] = _request_id(request)
-    return response
-
-
 def create_app(config: Config, *, logger: Logger | None = None) -> web.Application:
-    app = web.Application(middlewares=[_request_id_header], handler_args={"max_field_size": 16384})
+    app = web.Application(handler_args={"max_field_size": 16384})
     app[CONFIG] = config
     app[LOGGER] = logger or Logger()
 
