@@ -38,6 +38,9 @@ class Exchange:
     # The request body, once a stage needed it whole; None means it is streamed from the caller.
     body: bytes | None = None
     json: Any = None  # parsed body, shared between stages (parsed once)
+    # > 0 when a stage needs the vendor's response body whole (schema, transform): the forwarder then
+    # reads it up to this many bytes and answers 502 past that, instead of streaming it.
+    buffer_response_bytes: int = 0
     started: float = field(default_factory=time.perf_counter)
     upstream_seconds: float = 0.0
     attempts: int = 0

@@ -216,9 +216,18 @@ class Forwarder:
         headers = response_headers(upstream.headers, ex.request_id)
         length = upstream.content_length
         bodiless = ex.method == "HEAD" or upstream.status in (204, 304) or 100 <= upstream.status < 200
-        if not bodiless and length is not None and length <= SMALL_BODY:
+        if not bodiless and (ex.buffer_response_bytes or (length is not None and length <= SMALL_BODY)):
+            limit = max(ex.buffer_response_bytes, SMALL_BODY)
+            if length is not None and length > limit:
+                raise BadGateway(
+                    f"vendor {ex.vendor.name} answered {length} bytes, more than the {limit} this route reads"
+                )
             try:
-                body = await upstream.read()
+                body = await _read_limited(upstream, limit)
+            except _TooLong:
+                raise BadGateway(
+                    f"vendor {ex.vendor.name} answered more than the {limit} bytes this route reads"
+                ) from None
             except TimeoutError:
                 raise GatewayTimeout(f"vendor {ex.vendor.name} did not finish its answer in time") from None
             except aiohttp.ClientError as exc:
@@ -256,6 +265,23 @@ class Forwarder:
         finally:
             ex.upstream_seconds = time.perf_counter() - started
         return response
+
+
+class _TooLong(Exception):
+    pass
+
+
+async def _read_limited(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    if upstream.content_length is not None:
+        return await upstream.read()  # already checked against the limit
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLong
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 class StreamAborted(Exception):
