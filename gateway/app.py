@@ -19,10 +19,11 @@ from aiohttp import web
 
 from . import __version__
 from .config import Config, Route, Vendor
-from .errors import GatewayError, NotFound, problem_response
+from .errors import GatewayError, NotFound, ServiceUnavailable, problem_response
 from .observability import Logger
 from .pipeline import Exchange, Handler, Services, compose
 from .stages import route_stages
+from .store import StoreUnavailable, open_store
 from .target import parse_target
 from .upstream import Forwarder, StreamAborted, request_headers, vendor_transport
 
@@ -142,12 +143,17 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
+    store = request.app[SERVICES].store
+    try:
+        await store.ping()
+    except StoreUnavailable as exc:
+        return problem_response(ServiceUnavailable(f"the store is unreachable: {exc}"), _request_id(request))
     return _json(
         request,
         {
             "status": "ready",
             "vendors": sorted(runtime.config.vendors),
-            "store": runtime.config.gateway.store,
+            "store": store.url,
         },
     )
 
@@ -170,13 +176,15 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
-        services = Services(session=session, logger=app[LOGGER])
+        store = open_store(app[CONFIG].gateway.store)
+        services = Services(session=session, logger=app[LOGGER], store=store)
         app[SERVICES] = services
         app[RUNTIME] = build_runtime(app[CONFIG], services)
         try:
             yield
         finally:
             await session.close()
+            await store.close()
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/_gateway/health", health)

@@ -23,6 +23,12 @@ DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 10.0
 DEFAULT_CONNECT_SECONDS = 5.0
 DEFAULT_TOTAL_SECONDS = 30.0
+DEFAULT_IDEMPOTENCY_TTL_SECONDS = 86_400.0
+DEFAULT_IDEMPOTENCY_LEASE_SECONDS = 10.0
+DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES = 1_048_576
+IDEMPOTENCY_MODES = ("required", "optional", "off")
+# Methods that get idempotency "optional" when their route says nothing (SPEC section 8).
+IDEMPOTENCY_DEFAULT_METHODS = frozenset({"POST", "PATCH"})
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _VENDOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -37,7 +43,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
     "retry": "retries",
     "circuit": "circuit breakers",
     "version": "API version pinning",
-    "idempotency": "idempotency keys",
     "clients": "caller authentication",
     "tracing": "tracing",
     "delivery": "async delivery",
@@ -126,6 +131,25 @@ class Auth:
     secret: Secret
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Idempotency:
+    """A vendor's ``idempotency = {...}``: how keyed requests are remembered and replayed.
+
+    ``forward_header``: the vendor's own header for the caller's key (None: the key stays at the gateway).
+    ``ttl_seconds``: how long a completed response is replayed. ``lease_seconds``: how long an in-flight
+    claim survives without its owner renewing it (a crashed process frees the key after this).
+    ``max_body_bytes``: the largest response body kept for replay; a larger one keeps only the key.
+    """
+
+    forward_header: str | None = None
+    ttl_seconds: float = DEFAULT_IDEMPOTENCY_TTL_SECONDS
+    lease_seconds: float = DEFAULT_IDEMPOTENCY_LEASE_SECONDS
+    max_body_bytes: int = DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES
+
+
+IdempotencyMode = Literal["required", "optional", "off"]
+
+
 AUTH_TYPES = ("bearer", "header", "query", "basic", "oauth2_client_credentials")
 
 
@@ -150,6 +174,7 @@ class Route:
     path: str
     segments: tuple[PathSegment, ...]
     source: str  # "routes/stripe.toml: route[2]", for messages
+    idempotency: IdempotencyMode | None = None  # None: "optional" for POST and PATCH, else "off"
 
     def matches(self, method: str, segments: tuple[str, ...]) -> bool:
         if self.method != "*" and self.method != method and not (self.method == "GET" and method == "HEAD"):
@@ -173,6 +198,7 @@ class Vendor:
     tls: Tls = field(default_factory=Tls)
     auth: Auth | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    idempotency: Idempotency = field(default_factory=Idempotency)
     expose: Literal["all", "declared"] = "all"
     routes: tuple[Route, ...] = ()
 
@@ -429,10 +455,13 @@ def _parse_route(t: _Table) -> Route | None:
             t.problem("path", compiled)
         else:
             segments = compiled
+    idempotency = t.string("idempotency", None, choices=IDEMPOTENCY_MODES)
     t.done()
     if method is None or segments is None:
         return None
-    return Route(method=method, path=path, segments=segments, source=f"{t.file}: {t.path}")
+    return Route(
+        method=method, path=path, segments=segments, source=f"{t.file}: {t.path}", idempotency=idempotency
+    )
 
 
 def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -> Vendor | None:
@@ -463,10 +492,38 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
     if (at := t.table("auth")) is not None:
         auth = _parse_auth(at, base_dir)
     max_body = t.integer("max_body_bytes", default_max_body) or default_max_body
+    idempotency = Idempotency()
+    if (it := t.table("idempotency")) is not None:
+        idempotency = _parse_idempotency(it)
     t.done()
     if base_url is None:
         return None
-    return Vendor(name=name, base_url=base_url, timeout=timeout, tls=tls, auth=auth, max_body_bytes=max_body)
+    return Vendor(
+        name=name,
+        base_url=base_url,
+        timeout=timeout,
+        tls=tls,
+        auth=auth,
+        max_body_bytes=max_body,
+        idempotency=idempotency,
+    )
+
+
+def _parse_idempotency(t: _Table) -> Idempotency:
+    forward = t.string("forward_header", None)
+    if isinstance(forward, str) and not _HEADER_NAME.match(forward):
+        t.problem("forward_header", f"is not a valid header name: {forward!r}")
+        forward = None
+    ttl = t.number("ttl_seconds", DEFAULT_IDEMPOTENCY_TTL_SECONDS)
+    lease = t.number("lease_seconds", DEFAULT_IDEMPOTENCY_LEASE_SECONDS)
+    max_body = t.integer("max_body_bytes", DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES, minimum=0)
+    t.done()
+    return Idempotency(
+        forward_header=forward,
+        ttl_seconds=ttl or DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+        lease_seconds=lease or DEFAULT_IDEMPOTENCY_LEASE_SECONDS,
+        max_body_bytes=max_body if max_body is not None else DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES,
+    )
 
 
 def _parse_auth(t: _Table, base_dir: Path) -> Auth | None:

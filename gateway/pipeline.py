@@ -8,6 +8,7 @@ Pipelines are built once per route at startup; list order is execution order.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from multidict import CIMultiDict
 
 from .config import Route, Vendor
 from .observability import Logger
+from .store import MemoryStore, Store
 
 Handler = Callable[["Exchange"], Awaitable[web.StreamResponse]]
 
@@ -54,6 +56,9 @@ class Services:
 
     session: aiohttp.ClientSession
     logger: Logger
+    store: Store = field(default_factory=MemoryStore)
+    # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
+    idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class Stage(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.config import Config, load_config
 from gateway.observability import Logger
+from tests.redis_server import RedisServer, redis_required, redis_server_binary
 
 
 class CapturedLogs(io.BytesIO):
@@ -79,6 +80,25 @@ def vendor(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Callable[...
         return await aiohttp_server(app)
 
     return start
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server (own port and folder, no persistence), stopped after the test.
+
+    Without redis-server on PATH the test is skipped with a loud reason, or fails under CI=true or
+    GATEWAY_REQUIRE_REDIS=1, where skipping would hide that the Redis store went untested.
+    """
+    binary = redis_server_binary()
+    if binary is None:
+        reason = "redis-server is not on PATH, so the Redis store is NOT TESTED (apt-get install redis-server)"
+        if redis_required():
+            pytest.fail(reason + "; CI=true or GATEWAY_REQUIRE_REDIS=1 requires it")
+        pytest.skip(reason)
+    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
 
 
 def vendor_block(name: str, server: TestServer, extra: str = "") -> str:

@@ -1,0 +1,176 @@
+"""``redis://`` (and ``rediss://``, ``unix://``): the store every gateway process of a fleet shares.
+
+Invariants:
+- Every read-check-write is one Lua script, so it is atomic on the server: two processes can never
+  both claim a key, and only the claim's owner can complete, renew or release it.
+- Keys carry the vendor as a hash tag (``gw:idem:{stripe}:...``): all of a vendor's keys live in one
+  Redis Cluster slot, which later multi-key scripts (global limits, queues) will need.
+- Nothing waits longer than ``timeout_seconds`` (connect, each command, and a connection from the pool),
+  and every failure surfaces as ``StoreUnavailable``: a dead Redis costs a request one timeout, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from .base import Claim, IdempotencyKey, IdempotencyRecord, StoredResponse, StoreUnavailable, redact_url
+
+DEFAULT_TIMEOUT_SECONDS = 1.0
+DEFAULT_MAX_CONNECTIONS = 64
+KEY_PREFIX = "gw:idem:"
+
+# A record is one hash: state ("in_flight" | "completed"), fp, owner; once completed also status,
+# headers (JSON pairs) and body (absent when the body was too large to keep). While in flight the
+# key's expiry is the lease; once completed it is the TTL.
+_CLAIM = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'fp', 'owner', 'status', 'headers', 'body')
+if not v[1] or (v[1] == 'in_flight' and v[3] == ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'state', 'in_flight', 'fp', ARGV[2], 'owner', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return v
+"""
+_EXTEND = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if v[1] ~= 'in_flight' or v[2] ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+_COMPLETE = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if v[1] ~= 'in_flight' or v[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'completed', 'status', ARGV[3], 'headers', ARGV[4])
+if #ARGV >= 5 then redis.call('HSET', KEYS[1], 'body', ARGV[5]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+_RELEASE = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if v[1] ~= 'in_flight' or v[2] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+_FIELDS = ("state", "fp", "owner", "status", "headers", "body")
+
+
+def record_key(key: IdempotencyKey) -> str:
+    # The caller's key and name are digested: any bytes they hold, and no way for one caller's
+    # (client, key) pair to spell another's.
+    scope = hashlib.sha256(orjson.dumps([key.client, key.key])).hexdigest()
+    return f"{KEY_PREFIX}{{{key.vendor}}}:{scope}"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _record(values: list[Any]) -> IdempotencyRecord:
+    state, fp, owner, status, headers, body = values
+    response = None
+    if _text(state) == "completed":
+        pairs = tuple((str(n), str(v)) for n, v in orjson.loads(headers or b"[]"))
+        response = StoredResponse(status=int(status), headers=pairs, body=body)
+    return IdempotencyRecord(
+        state="completed" if response is not None else "in_flight",
+        fingerprint=_text(fp or b""),
+        owner=_text(owner or b""),
+        response=response,
+    )
+
+
+class RedisStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self._url = redact_url(url)
+        self._timeout = timeout_seconds
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_seconds,  # waiting for a free pooled connection
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            # One immediate retry on a broken connection (a restarted Redis leaves dead pooled sockets);
+            # never on a timeout, where the command may have run. Every script is safe to run twice.
+            retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        self._claim = self._redis.register_script(_CLAIM)
+        self._extend = self._redis.register_script(_EXTEND)
+        self._complete = self._redis.register_script(_COMPLETE)
+        self._release = self._redis.register_script(_RELEASE)
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def _run(self, what: str, call: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                return await call
+        except TimeoutError:
+            raise StoreUnavailable(f"redis at {self._url} did not answer {what} in time") from None
+        except (RedisError, OSError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise StoreUnavailable(f"redis at {self._url} failed {what}: {detail}") from None
+
+    async def ping(self) -> None:
+        await self._run("PING", self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
+
+    async def claim(
+        self, key: IdempotencyKey, *, fingerprint: str, owner: str, lease_seconds: float
+    ) -> Claim:
+        result = await self._run(
+            "a claim", self._claim(keys=[record_key(key)], args=[owner, fingerprint, _ms(lease_seconds)])
+        )
+        if result == 1:
+            return Claim(True)
+        return Claim(False, _record(list(result)))
+
+    async def extend(self, key: IdempotencyKey, *, owner: str, lease_seconds: float) -> bool:
+        result = await self._run(
+            "a lease renewal", self._extend(keys=[record_key(key)], args=[owner, _ms(lease_seconds)])
+        )
+        return bool(result == 1)
+
+    async def complete(
+        self, key: IdempotencyKey, *, owner: str, response: StoredResponse, ttl_seconds: float
+    ) -> bool:
+        args: list[Any] = [owner, _ms(ttl_seconds), response.status, orjson.dumps(response.headers)]
+        if response.body is not None:
+            args.append(response.body)
+        result = await self._run("a completion", self._complete(keys=[record_key(key)], args=args))
+        return bool(result == 1)
+
+    async def release(self, key: IdempotencyKey, *, owner: str) -> bool:
+        result = await self._run("a release", self._release(keys=[record_key(key)], args=[owner]))
+        return bool(result == 1)
+
+    async def get(self, key: IdempotencyKey) -> IdempotencyRecord | None:
+        values = await self._run("a read", self._redis.hmget(record_key(key), list(_FIELDS)))
+        if not values or values[0] is None:
+            return None
+        return _record(list(values))
