@@ -4,12 +4,14 @@ The tree::
 
     GatewayError                     status  when
     ├── BadRequest                   400     malformed target, path escape, bad JSON, bad header
-    │   └── SchemaViolation          400     request body fails the route's JSON Schema (adds ``errors``)
+    │   ├── SchemaViolation          400     request body fails the route's JSON Schema (adds ``errors``)
+    │   └── BadIdempotencyKey        400     Idempotency-Key missing where required, or malformed
     ├── Unauthorized                 401     missing or unknown gateway key
     ├── Forbidden                    403     key not allowed this vendor, method or path
     ├── NotFound                     404     unknown vendor, or a route the vendor does not expose
     ├── MethodNotAllowed             405     (reserved for the gateway's own endpoints)
     ├── Conflict                     409     idempotency key in flight
+    │   └── NotReplayable            409     idempotency key done, but its answer was too large to keep
     ├── PayloadTooLarge              413     body over ``max_body_bytes``
     ├── UnprocessableContent         422     idempotency key reused with another request
     ├── TooManyRequests              429     the rate-limit queue could not admit the request
@@ -73,6 +75,11 @@ class BadRequest(GatewayError):
     title = "Bad request"
 
 
+class BadIdempotencyKey(BadRequest):
+    slug = "idempotency-key"
+    title = "Missing or malformed Idempotency-Key"
+
+
 class SchemaViolation(BadRequest):
     slug = "schema-violation"
     title = "Request body does not match the route's schema"
@@ -109,6 +116,11 @@ class Conflict(GatewayError):
     status = 409
     slug = "idempotency-in-flight"
     title = "A request with this idempotency key is still in flight"
+
+
+class NotReplayable(Conflict):
+    slug = "idempotency-not-replayable"
+    title = "The request with this idempotency key completed, but its answer cannot be replayed"
 
 
 class PayloadTooLarge(GatewayError):

@@ -43,6 +43,13 @@ class Exchange:
     # > 0 when a stage needs the vendor's response body whole (schema, transform): the forwarder then
     # reads it up to this many bytes and answers 502 past that, instead of streaming it.
     buffer_response_bytes: int = 0
+    # > 0 when a stage would like the response body whole but can do without it (idempotency keeps
+    # answers for replay): bodies up to this many bytes come back as a web.Response, larger ones stream.
+    capture_response_bytes: int = 0
+    # The caller's Idempotency-Key once the idempotency stage accepted it (and forwarded it, if the vendor
+    # has a forward_header): a retried POST is safe at the vendor only then.
+    idempotency_key: str | None = None
+    idempotency_forwarded: bool = False
     started: float = field(default_factory=time.perf_counter)
     upstream_seconds: float = 0.0
     attempts: int = 0

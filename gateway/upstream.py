@@ -216,14 +216,33 @@ class Forwarder:
         headers = response_headers(upstream.headers, ex.request_id)
         length = upstream.content_length
         bodiless = ex.method == "HEAD" or upstream.status in (204, 304) or 100 <= upstream.status < 200
-        if not bodiless and (ex.buffer_response_bytes or (length is not None and length <= SMALL_BODY)):
-            limit = max(ex.buffer_response_bytes, SMALL_BODY)
+        # Read whole: what fits in SMALL_BODY, what a stage needs (buffer: past its limit the answer is a
+        # 502), and what a stage would like (capture: past its limit the answer streams as usual).
+        whole_limit = max(ex.buffer_response_bytes or ex.capture_response_bytes, SMALL_BODY)
+        body: bytes | None = None
+        prefix = b""  # the start of an answer of unknown length that outgrew the capture limit
+        if not bodiless and length is None and ex.capture_response_bytes and not ex.buffer_response_bytes:
+            try:
+                prefix, complete = await _read_upto(upstream, whole_limit)
+            except TimeoutError:
+                raise GatewayTimeout(f"vendor {ex.vendor.name} did not finish its answer in time") from None
+            except aiohttp.ClientError as exc:
+                raise BadGateway(f"vendor {ex.vendor.name} broke off its answer: {_describe(exc)}") from None
+            finally:
+                ex.upstream_seconds = time.perf_counter() - started
+            if complete:
+                body, prefix = prefix, b""
+        if not bodiless and (
+            body is not None or ex.buffer_response_bytes or (length is not None and length <= whole_limit)
+        ):
+            limit = whole_limit
             if length is not None and length > limit:
                 raise BadGateway(
                     f"vendor {ex.vendor.name} answered {length} bytes, more than the {limit} this route reads"
                 )
             try:
-                body = await _read_limited(upstream, limit)
+                if body is None:
+                    body = await _read_limited(upstream, limit)
             except _TooLong:
                 raise BadGateway(
                     f"vendor {ex.vendor.name} answered more than the {limit} bytes this route reads"
@@ -251,6 +270,9 @@ class Forwarder:
             return response
         await response.prepare(request)
         try:
+            if prefix:
+                ex.bytes_out += len(prefix)
+                await response.write(prefix)
             async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
                 ex.bytes_out += len(chunk)
                 await response.write(chunk)
@@ -269,6 +291,18 @@ class Forwarder:
 
 class _TooLong(Exception):
     pass
+
+
+async def _read_upto(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """An answer of unknown length: (body, True) if it ends within ``limit``, else (its start, False)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts), False
+    return b"".join(parts), True
 
 
 async def _read_limited(upstream: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from ..config import Config, Route, Vendor
 from ..pipeline import Services, Stage
+from .idempotency import idempotency_stage
 
 
 def route_stages(config: Config, vendor: Vendor, route: Route | None, services: Services) -> list[Stage]:
     stages: list[Stage] = []
+    # After client auth (it names the caller the key is scoped to), before anything that reads the body.
+    if (idempotency := idempotency_stage(vendor, route, services)) is not None:
+        stages.append(idempotency)
     return stages
