@@ -22,10 +22,13 @@ from .config import Config, Route, Vendor
 from .errors import GatewayError, NotFound, ServiceUnavailable, problem_response
 from .observability import Logger
 from .pipeline import Exchange, Handler, Services, compose
+from .security import secret_values, startup_notes
 from .stages import route_stages
+from .stages.client_auth import Authenticator
 from .store import StoreUnavailable, open_store
 from .target import parse_target
 from .upstream import Forwarder, StreamAborted, request_headers, vendor_transport
+from .versioning import unversioned
 
 USER_AGENT = f"egress-gateway/{__version__}"
 
@@ -37,6 +40,8 @@ class Runtime:
     config: Config
     # One handler per (vendor, route index); index -1 is the vendor's pass-through (no route matched).
     handlers: dict[tuple[str, int], Handler]
+    # With [clients]: callers are identified before a 404 too, so unknown callers learn no vendor names.
+    authenticator: Authenticator | None = None
 
     def handler(self, vendor: Vendor, route: Route | None) -> Handler:
         index = -1 if route is None else vendor.routes.index(route)
@@ -51,13 +56,16 @@ SERVICES = web.AppKey("services", Services)
 
 def build_runtime(config: Config, services: Services) -> Runtime:
     transports = {name: vendor_transport(v) for name, v in config.vendors.items()}
-    forwarder = Forwarder(services.session, transports)
+    forwarder = Forwarder(
+        services.session, transports, tokens=services.tokens, deprecations=services.deprecations
+    )
     handlers: dict[tuple[str, int], Handler] = {}
     for name, vendor in config.vendors.items():
         handlers[(name, -1)] = compose(route_stages(config, vendor, None, services), forwarder)
         for index, route in enumerate(vendor.routes):
             handlers[(name, index)] = compose(route_stages(config, vendor, route, services), forwarder)
-    return Runtime(config=config, handlers=handlers)
+    authenticator = Authenticator(config.clients) if config.clients else None
+    return Runtime(config=config, handlers=handlers, authenticator=authenticator)
 
 
 def _request_id(request: web.Request) -> str:
@@ -81,10 +89,16 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         vendor_name = target.vendor
         vendor = runtime.config.vendors.get(target.vendor)
         if vendor is None:
+            if runtime.authenticator is not None:
+                runtime.authenticator.identify(request.headers)
             raise NotFound(f"no vendor named {target.vendor!r}")
+        if vendor.version is not None and vendor.version.kind == "path_prefix":
+            target = unversioned(target, vendor.version)
         method = request.method
         route = vendor.find_route(method, target.segments)
         if route is None and vendor.expose == "declared":
+            if runtime.authenticator is not None:
+                runtime.authenticator.identify(request.headers)
             raise NotFound(f"vendor {vendor.name!r} exposes no route for {method} {target.path or '/'}")
         ex = Exchange(
             request=request,
@@ -94,6 +108,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             method=method,
             path=target.path,
             query=target.query,
+            segments=target.segments,
             headers=request_headers(request.headers, request_id),
             started=started,
         )
@@ -158,10 +173,17 @@ async def ready(request: web.Request) -> web.Response:
     )
 
 
+async def deprecations(request: web.Request) -> web.Response:
+    """What vendors said is deprecated or sunsetting, per vendor and route, with dates and counts."""
+    notices = request.app[SERVICES].deprecations.notices()
+    return _json(request, {"deprecations": [notice.as_dict() for notice in notices]})
+
+
 def create_app(config: Config, *, logger: Logger | None = None) -> web.Application:
     app = web.Application(handler_args={"max_field_size": 16384})
     app[CONFIG] = config
     app[LOGGER] = logger or Logger()
+    app[LOGGER].redact(secret_values(config))
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60, keepalive_timeout=30)
@@ -183,12 +205,14 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
         try:
             yield
         finally:
+            await services.tokens.close()
             await session.close()
             await store.close()
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/_gateway/health", health)
     app.router.add_get("/_gateway/ready", ready)
+    app.router.add_get("/_gateway/deprecations", deprecations)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 
@@ -231,6 +255,8 @@ async def serve(
         vendors=sorted(config.vendors),
         pid=os.getpid(),
     )
+    for event, level, fields in startup_notes(config, listen_host):
+        logger.event(event, level=level, **fields)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

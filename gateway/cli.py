@@ -32,6 +32,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    for warning in config.warnings:
+        print(f"{warning.file}: warning: {warning.key}: {warning.message}", file=sys.stderr)
     routes = sum(len(v.routes) for v in config.vendors.values())
     print(f"{args.config}: ok ({len(config.vendors)} vendors, {routes} routes)")
     return 0

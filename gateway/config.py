@@ -135,7 +135,7 @@ class Auth:
 class Idempotency:
     """A vendor's ``idempotency = {...}``: how keyed requests are remembered and replayed.
 
-    ``forward_header``: the vendor's own header for the caller's key (None: the key stays at the gateway).
+    ``forward_header``: the vendor's header for the caller's key (None: the caller's field passes as is).
     ``ttl_seconds``: how long a completed response is replayed. ``lease_seconds``: how long an in-flight
     claim survives without its owner renewing it (a crashed process frees the key after this).
     ``max_body_bytes``: the largest response body kept for replay; a larger one keeps only the key.

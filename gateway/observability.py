@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from typing import IO, Any, Literal
 
 import orjson
@@ -36,6 +37,12 @@ class Logger:
     def __init__(self, stream: IO[bytes] | None = None, fmt: LogFormat = "json") -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self.format: LogFormat = fmt
+        self._redacted: tuple[bytes, ...] = ()
+
+    def redact(self, values: Iterable[str]) -> None:
+        """Never write these strings (configured secrets): a net under the rule that nobody logs them."""
+        known = set(self._redacted) | {v.encode() for v in values if v}
+        self._redacted = tuple(sorted(known, key=len, reverse=True))  # longest first: no partial leftovers
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.format == "json":
@@ -46,6 +53,9 @@ class Logger:
             line = f"{head} {rest}\n".encode()
             if "traceback" in record:
                 line += str(record["traceback"]).encode()
+        for secret in self._redacted:
+            if secret in line:
+                line = line.replace(secret, b"[redacted]")
         try:
             self._stream.write(line)
             self._stream.flush()

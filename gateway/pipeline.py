@@ -18,6 +18,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import Route, Vendor
+from .credentials import TokenManager
+from .deprecation import DeprecationTracker
 from .observability import Logger
 from .store import MemoryStore, Store
 
@@ -36,7 +38,8 @@ class Exchange:
     path: str  # raw vendor path as sent by the caller (validated by gateway.target)
     query: str  # raw query string, forwarded byte-for-byte
     headers: CIMultiDict[str]  # what will be sent to the vendor (hop-by-hop etc. already removed)
-    client: str | None = None
+    client: str | None = None  # the [clients] name that called, once client auth has run
+    segments: tuple[str, ...] = ()  # the vendor path's decoded segments, as routes and allow rules match
     # The request body, once a stage needed it whole; None means it is streamed from the caller.
     body: bytes | None = None
     json: Any = None  # parsed body, shared between stages (parsed once)
@@ -66,6 +69,14 @@ class Services:
     store: Store = field(default_factory=MemoryStore)
     # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
     idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # OAuth2 tokens per vendor; kept across config reloads (keyed by the vendor's auth settings).
+    tokens: TokenManager = field(init=False)
+    # Deprecation/Sunset notices per (vendor, route): gateway_vendor_deprecations_total.
+    deprecations: DeprecationTracker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = TokenManager(self.session, self.logger)
+        self.deprecations = DeprecationTracker(self.logger)
 
 
 class Stage(Protocol):

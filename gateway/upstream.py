@@ -9,7 +9,7 @@ import base64
 import ssl
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_plus
 
 import aiohttp
@@ -17,7 +17,9 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .config import Vendor
+from .config import Auth, Vendor
+from .credentials import TokenManager, TokenSource
+from .deprecation import DEPRECATION, SUNSET, DeprecationTracker
 from .errors import BadGateway, GatewayTimeout, PayloadTooLarge
 from .pipeline import Exchange
 
@@ -57,11 +59,14 @@ STREAM_CHUNK = 64 * 1024
 class VendorTransport:
     """What the forwarder precomputes per vendor at load: URL prefix, timeouts, TLS, credentials."""
 
-    prefix: str  # scheme://host[:port]/base/path, no trailing slash
+    prefix: str  # scheme://host[:port]/base/path[/version prefix], no trailing slash
     timeout: aiohttp.ClientTimeout
     ssl: ssl.SSLContext | bool
-    auth_header: tuple[str, str] | None  # injected header, replacing whatever the caller sent
-    auth_query: tuple[str, str] | None  # (name, value), replacing the caller's parameter
+    # Static credentials and the pinned version: (name, value) pairs that replace whatever the caller
+    # sent under that header or query parameter. Never shown by repr: the values are secrets.
+    set_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    set_query: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    tokens: TokenSource | None = None  # OAuth2: Authorization comes from the TokenManager
 
 
 def vendor_transport(vendor: Vendor) -> VendorTransport:
@@ -72,27 +77,39 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
         ssl_param = False
     elif vendor.tls.ca_file is not None:
         ssl_param = ssl.create_default_context(cafile=str(vendor.tls.ca_file))
-    auth_header: tuple[str, str] | None = None
-    auth_query: tuple[str, str] | None = None
-    if (auth := vendor.auth) is not None:
+    timeout = aiohttp.ClientTimeout(
+        total=vendor.timeout.total_seconds, connect=vendor.timeout.connect_seconds
+    )
+    set_headers: list[tuple[str, str]] = []
+    set_query: list[tuple[str, str]] = []
+    tokens: TokenSource | None = None
+    if isinstance(auth := vendor.auth, Auth):
         secret = auth.secret.reveal()
         if auth.type == "bearer":
-            auth_header = ("Authorization", f"Bearer {secret}")
+            set_headers.append(("Authorization", f"Bearer {secret}"))
         elif auth.type == "header":
-            auth_header = (auth.name, secret)
+            set_headers.append((auth.name, secret))
         elif auth.type == "basic":
             basic = base64.b64encode(f"{auth.username}:{secret}".encode()).decode("ascii")
-            auth_header = ("Authorization", f"Basic {basic}")
+            set_headers.append(("Authorization", f"Basic {basic}"))
         else:
-            auth_query = (auth.name, secret)
+            set_query.append((auth.name, secret))
+    elif auth is not None:
+        tokens = TokenSource(vendor=vendor.name, auth=auth, ssl=ssl_param, timeout=timeout)
+    if (version := vendor.version) is not None:
+        if version.kind == "header":
+            set_headers.append((version.name, version.value))
+        elif version.kind == "query":
+            set_query.append((version.name, version.value))
+        else:
+            prefix += version.value  # the caller's own version segment was taken off (gateway.versioning)
     return VendorTransport(
         prefix=prefix,
-        timeout=aiohttp.ClientTimeout(
-            total=vendor.timeout.total_seconds, connect=vendor.timeout.connect_seconds
-        ),
+        timeout=timeout,
         ssl=ssl_param,
-        auth_header=auth_header,
-        auth_query=auth_query,
+        set_headers=tuple(set_headers),
+        set_query=tuple(set_query),
+        tokens=tokens,
     )
 
 
@@ -146,21 +163,31 @@ class _BodyLimit:
 class Forwarder:
     """Sends an Exchange to its vendor and turns the answer into the caller's response."""
 
-    def __init__(self, session: aiohttp.ClientSession, transports: dict[str, VendorTransport]) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        transports: dict[str, VendorTransport],
+        *,
+        tokens: TokenManager | None = None,
+        deprecations: DeprecationTracker | None = None,
+    ) -> None:
         self.session = session
         self.transports = transports
+        self.tokens = tokens
+        self.deprecations = deprecations
+        if tokens is None and any(t.tokens is not None for t in transports.values()):
+            raise ValueError("a vendor uses OAuth2: the Forwarder needs a TokenManager")
 
     async def __call__(self, ex: Exchange) -> web.StreamResponse:
         request = ex.request
         transport = self.transports[ex.vendor.name]
         limit = ex.vendor.max_body_bytes
         headers = ex.headers
-        if transport.auth_header is not None:
-            headers[transport.auth_header[0]] = transport.auth_header[1]
-
+        for name, value in transport.set_headers:
+            headers[name] = value
         query = ex.query
-        if transport.auth_query is not None:
-            query = _replace_query_param(query, *transport.auth_query)
+        for name, value in transport.set_query:
+            query = _replace_query_param(query, name, value)
         url = URL(transport.prefix + (ex.path or "") + ("?" + query if query else ""), encoded=True)
 
         data: bytes | AsyncIterator[bytes] | None = ex.body
@@ -172,6 +199,9 @@ class Forwarder:
             if length is not None and length <= SMALL_BODY:
                 data = await request.read()
                 ex.bytes_in = len(data)
+            elif transport.tokens is not None:
+                # Kept whole (up to max_body_bytes) so the one retry after a vendor 401 can resend it.
+                data = b"".join([chunk async for chunk in _BodyLimit(request.content, limit, ex)])
             else:
                 if length is not None:
                     headers[hdrs.CONTENT_LENGTH] = str(length)
@@ -180,10 +210,42 @@ class Forwarder:
         elif ex.body is not None:
             ex.bytes_in = len(ex.body)
 
+        source, manager = transport.tokens, self.tokens
+        token = None
+        if source is not None and manager is not None:
+            token = await manager.get(source)
+            headers[hdrs.AUTHORIZATION] = token.header
+        started = time.perf_counter()
+        upstream = await self._send(ex, transport, url, headers, data, streamer)
+        if token is not None and upstream.status == 401 and source is not None and manager is not None:
+            # Revoked or expired early: drop that token, get another, try once more. (``data`` is bytes
+            # or None here: OAuth2 vendors never get a streamed body.) A second 401 is the caller's.
+            await _discard(upstream)
+            manager.discard(source, token)
+            token = await manager.get(source)
+            headers[hdrs.AUTHORIZATION] = token.header
+            upstream = await self._send(ex, transport, url, headers, data, streamer)
+        if self.deprecations is not None and (DEPRECATION in upstream.headers or SUNSET in upstream.headers):
+            self.deprecations.observe(ex.vendor.name, ex.route, ex.method, ex.path, upstream.headers)
+        try:
+            return await self._respond(ex, upstream, started)
+        finally:
+            upstream.release()
+
+    async def _send(
+        self,
+        ex: Exchange,
+        transport: VendorTransport,
+        url: URL,
+        headers: CIMultiDict[str],
+        data: bytes | AsyncIterator[bytes] | None,
+        streamer: _BodyLimit | None,
+    ) -> aiohttp.ClientResponse:
+        limit = ex.vendor.max_body_bytes
         started = time.perf_counter()
         ex.attempts += 1
         try:
-            upstream = await self.session.request(
+            return await self.session.request(
                 ex.method,
                 url,
                 headers=headers,
@@ -204,10 +266,6 @@ class Forwarder:
             raise BadGateway(f"vendor {ex.vendor.name} is unreachable: {_describe(exc)}") from None
         finally:
             ex.upstream_seconds += time.perf_counter() - started
-        try:
-            return await self._respond(ex, upstream, started)
-        finally:
-            upstream.release()
 
     async def _respond(
         self, ex: Exchange, upstream: aiohttp.ClientResponse, started: float
@@ -316,6 +374,17 @@ async def _read_limited(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
             raise _TooLong
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def _discard(upstream: aiohttp.ClientResponse) -> None:
+    """Done with an answer nobody will see: read a small body so the connection can be reused."""
+    try:
+        if upstream.content_length is not None and upstream.content_length <= SMALL_BODY:
+            await upstream.read()
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    finally:
+        upstream.release()
 
 
 class StreamAborted(Exception):

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from ..config import Config, Route, Vendor
 from ..pipeline import Services, Stage
+from .client_auth import ClientAuth
 from .idempotency import idempotency_stage
 
 
 def route_stages(config: Config, vendor: Vendor, route: Route | None, services: Services) -> list[Stage]:
     stages: list[Stage] = []
+    if config.clients:  # every handler, pass-through ones too: no request reaches a vendor unidentified
+        stages.append(ClientAuth(config.clients, vendor))
     # After client auth (it names the caller the key is scoped to), before anything that reads the body.
     if (idempotency := idempotency_stage(vendor, route, services)) is not None:
         stages.append(idempotency)

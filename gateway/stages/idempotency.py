@@ -20,6 +20,11 @@ and is then sent from memory. The answer is captured for storing through
 ``Exchange.capture_response_bytes``: the forwarder hands back answers up to the vendor's
 ``idempotency.max_body_bytes`` whole and streams larger ones untouched; for those only the key, status
 and headers are kept, and a replay answers 409 ``idempotency-not-replayable``.
+
+Forwarding: with ``idempotency.forward_header`` the vendor gets the key (unquoted) under that name, so a
+request repeated after a lost answer or an expired lease is safe at the vendor too, and
+``Exchange.idempotency_forwarded`` tells the retry policy that a POST may be retried. Without it the
+caller's field passes through untouched, as any other header.
 """
 
 from __future__ import annotations
@@ -223,9 +228,10 @@ class IdempotencyStage:
         except BadIdempotencyKey:
             self.count("invalid_key")
             raise
-        # The caller's field is addressed to the gateway; the vendor gets the key under its own name.
-        exchange.headers.popall(HEADER, None)
         if self.forward_header is not None:
+            # The vendor gets the key, unquoted, under its own name and nowhere else. Without a
+            # forward_header the caller's field passes through as any other header would.
+            exchange.headers.popall(HEADER, None)
             exchange.headers[self.forward_header] = key
             exchange.idempotency_forwarded = True
         exchange.idempotency_key = key

@@ -1,0 +1,80 @@
+"""The gateway's security posture at start, and the values its logs must never show.
+
+``startup_notes`` says whether callers are authenticated and repeats every risky setting the config
+accepted (``tls.verify = false``, plain-http token endpoints) as warning events. ``secret_values``
+lists every configured secret, in the forms it could take on the wire, for ``Logger.redact``: the code
+never logs a secret on purpose, and the redaction is the net under that rule (an exception message
+that quoted a URL with an API key in its query, say).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import orjson
+
+from .config import Auth, Config, OAuth2ClientCredentials, Secret
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+# Shorter values are not redacted: replacing every "abc" in every log line would mangle the logs,
+# and a secret that short is no secret (``gateway check`` keeps working with it, for tests).
+MIN_REDACTED_LENGTH = 6
+
+Note = tuple[str, str, dict[str, Any]]  # (event, level, fields)
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def startup_notes(config: Config, listen_host: str) -> list[Note]:
+    notes: list[Note] = []
+    if config.clients:
+        notes.append(("client_auth", "info", {"mode": "key", "clients": sorted(config.clients)}))
+    else:
+        loopback = is_loopback(listen_host)
+        notes.append(
+            (
+                "client_auth",
+                "info" if loopback else "warning",
+                {
+                    "mode": "off",
+                    "detail": "no [clients] in the config: callers are not authenticated and every caller "
+                    "that can reach the gateway may use every vendor"
+                    + ("" if loopback else f"; it listens on {listen_host}, not loopback"),
+                },
+            )
+        )
+    for warning in config.warnings:
+        notes.append(
+            (
+                "config_warning",
+                "warning",
+                {"file": warning.file, "key": warning.key, "detail": warning.message},
+            )
+        )
+    return notes
+
+
+def secret_values(config: Config) -> set[str]:
+    """Every configured secret, raw and as it appears in headers, query strings and JSON."""
+    secrets: list[Secret] = [client.key for client in config.clients.values()]
+    extra: set[str] = set()
+    for vendor in config.vendors.values():
+        auth = vendor.auth
+        if isinstance(auth, Auth):
+            secrets.append(auth.secret)
+            if auth.type == "basic":
+                basic = f"{auth.username}:{auth.secret.reveal()}"
+                extra.add(base64.b64encode(basic.encode()).decode("ascii"))
+        elif isinstance(auth, OAuth2ClientCredentials):
+            secrets += [auth.client_id, auth.client_secret]
+            basic = f"{quote_plus(auth.client_id.reveal())}:{quote_plus(auth.client_secret.reveal())}"
+            extra.add(base64.b64encode(basic.encode()).decode("ascii"))
+    values: set[str] = set(extra)
+    for secret in secrets:
+        raw = secret.reveal()
+        values |= {raw, quote(raw, safe=""), quote_plus(raw), orjson.dumps(raw).decode()[1:-1]}
+    return {v for v in values if len(v) >= MIN_REDACTED_LENGTH}
