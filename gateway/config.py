@@ -10,7 +10,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -42,8 +42,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
     "concurrency": "per-vendor concurrency limits",
     "retry": "retries",
     "circuit": "circuit breakers",
-    "version": "API version pinning",
-    "clients": "caller authentication",
     "tracing": "tracing",
     "delivery": "async delivery",
     "request_schema": "JSON Schema validation",
@@ -132,6 +130,54 @@ class Auth:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OAuth2ClientCredentials:
+    """``auth = { type = "oauth2_client_credentials", ... }``: a bearer token fetched from ``token_url``.
+
+    ``client_auth``: how the client authenticates to the token endpoint, "basic" (HTTP Basic, RFC 6749
+    section 2.3.1, the default) or "body" (``client_id``/``client_secret`` form fields).
+    Hashable: the token cache is keyed by it, so a rotated secret gets a fresh token.
+    """
+
+    type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
+    token_url: URL
+    client_id: Secret
+    client_secret: Secret
+    scope: str = ""
+    client_auth: Literal["basic", "body"] = "basic"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionPin:
+    """``version = {...}``: the vendor API version every request is sent with, whatever the caller said.
+
+    ``kind``: "header" (``name: value``), "query" (``?name=value``) or "path_prefix" (``value`` is put
+    in front of the vendor path, e.g. "/v2"; ``segments`` are its segments).
+    """
+
+    kind: Literal["header", "query", "path_prefix"]
+    name: str = ""
+    value: str
+    segments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AllowRule:
+    """One entry of a client's ``allow``: a whole vendor (``route`` None) or a method and path glob."""
+
+    vendor: str
+    route: Route | None = None  # matched with Route.matches, so globs work exactly as in routes files
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Client:
+    """``[clients.NAME]``: an internal caller, its gateway key and what it may reach."""
+
+    name: str
+    key: Secret
+    allow: tuple[AllowRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Idempotency:
     """A vendor's ``idempotency = {...}``: how keyed requests are remembered and replayed.
 
@@ -196,7 +242,8 @@ class Vendor:
     base_url: URL
     timeout: Timeout = field(default_factory=Timeout)
     tls: Tls = field(default_factory=Tls)
-    auth: Auth | None = None
+    auth: Auth | OAuth2ClientCredentials | None = None
+    version: VersionPin | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     idempotency: Idempotency = field(default_factory=Idempotency)
     expose: Literal["all", "declared"] = "all"
@@ -219,6 +266,10 @@ class Config:
     path: Path
     gateway: GatewaySettings
     vendors: Mapping[str, Vendor]
+    # Empty: callers are not authenticated (a sidecar on loopback). Otherwise every request needs a key.
+    clients: Mapping[str, Client] = field(default_factory=dict)
+    # Accepted but risky settings (``tls.verify = false``...): printed by ``check``, logged at start.
+    warnings: tuple[Problem, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,11 +537,16 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
                 ca_file = base_dir / ca_file
             if not ca_file.is_file():
                 tl.problem("ca_file", f"file not found: {ca_file}")
+            if verify is False:
+                tl.problem("ca_file", "is never used with verify = false; drop one of them")
         tls = Tls(verify=bool(verify) if verify is not None else True, ca_file=ca_file)
         tl.done()
     auth = None
     if (at := t.table("auth")) is not None:
         auth = _parse_auth(at, base_dir)
+    version = None
+    if (vt := t.table("version")) is not None:
+        version = _parse_version(vt, auth)
     max_body = t.integer("max_body_bytes", default_max_body) or default_max_body
     idempotency = Idempotency()
     if (it := t.table("idempotency")) is not None:
@@ -504,6 +560,7 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
         timeout=timeout,
         tls=tls,
         auth=auth,
+        version=version,
         max_body_bytes=max_body,
         idempotency=idempotency,
     )
@@ -526,9 +583,9 @@ def _parse_idempotency(t: _Table) -> Idempotency:
     )
 
 
-def _parse_auth(t: _Table, base_dir: Path) -> Auth | None:
+def _parse_auth(t: _Table, base_dir: Path) -> Auth | OAuth2ClientCredentials | None:
     kind = t.string("type", choices=AUTH_TYPES)
-    auth: Auth | None = None
+    auth: Auth | OAuth2ClientCredentials | None = None
     if kind == "bearer":
         token = t.secret("token", base_dir)
         auth = Auth(type="bearer", secret=token) if token else None
@@ -547,11 +604,184 @@ def _parse_auth(t: _Table, base_dir: Path) -> Auth | None:
         password = t.secret("password", base_dir)
         auth = Auth(type="basic", username=username, secret=password) if username and password else None
     elif kind == "oauth2_client_credentials":
-        t.problem("type", "OAuth2 client credentials are not supported by this build yet")
-        for key in ("token_url", "client_id", "client_secret", "scope"):
-            t.raw(key)
+        auth = _parse_oauth2(t, base_dir)
     t.done()
     return auth
+
+
+def _parse_oauth2(t: _Table, base_dir: Path) -> OAuth2ClientCredentials | None:
+    token_url: URL | None = None
+    text = t.string("token_url")
+    if isinstance(text, str):
+        try:
+            token_url = URL(text, encoded=True)
+        except ValueError as exc:
+            t.problem("token_url", f"is not a valid URL: {exc}")
+        if token_url is not None and (token_url.scheme not in ("http", "https") or not token_url.raw_host):
+            t.problem("token_url", f"must be an absolute http:// or https:// URL, not {text!r}")
+            token_url = None
+        if token_url is not None and (token_url.raw_user or token_url.raw_password or token_url.raw_fragment):
+            t.problem("token_url", "must not carry credentials or a fragment")
+            token_url = None
+    client_id = t.secret("client_id", base_dir)
+    client_secret = t.secret("client_secret", base_dir)
+    scope = t.string("scope", "")
+    if isinstance(scope, str) and any(c in scope for c in '\r\n"\\'):
+        t.problem("scope", "must be space-separated scope tokens")
+        scope = None
+    client_auth = t.string("client_auth", "basic", choices=("basic", "body"))
+    if token_url is None or not client_id or not client_secret or scope is None or client_auth is None:
+        return None
+    return OAuth2ClientCredentials(
+        token_url=token_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        scope=scope,
+        client_auth="body" if client_auth == "body" else "basic",
+    )
+
+
+# A path segment the gateway may put in front of vendor paths (no escapes, globs or dot segments).
+_PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]*$")
+
+
+def _parse_version(t: _Table, auth: Auth | OAuth2ClientCredentials | None) -> VersionPin | None:
+    kinds = [k for k in ("header", "query", "path_prefix") if t.has(k)]
+    if len(kinds) != 1:
+        for key in ("header", "query", "path_prefix", "value"):
+            t.raw(key)
+        t.problem(
+            "", 'needs exactly one of header, query or path_prefix, e.g. { header = "X-V", value = "1" }'
+        )
+        return None
+    kind = kinds[0]
+    if kind == "path_prefix":
+        prefix = t.string("path_prefix")
+        if t.has("value"):
+            t.raw("value")
+            t.problem("value", "is not used with path_prefix (the prefix is the version)")
+        t.done()
+        if not isinstance(prefix, str):
+            return None
+        segments = tuple(prefix.strip("/").split("/"))
+        if not prefix.startswith("/") or not all(_PREFIX_SEGMENT.match(seg) for seg in segments):
+            t.problem(
+                "path_prefix", f"must be a path like '/v2' (letters, digits, '.', '_', '~', '-'): {prefix!r}"
+            )
+            return None
+        return VersionPin(kind="path_prefix", value="/" + "/".join(segments), segments=segments)
+    name = t.string(kind)
+    value = t.string("value")
+    t.done()
+    if isinstance(name, str) and kind == "header" and not _HEADER_NAME.match(name):
+        t.problem("header", f"is not a valid header name: {name!r}")
+        name = None
+    if isinstance(value, str) and not (value.isprintable() and value.isascii()):
+        t.problem("value", "must be printable ASCII")
+        value = None
+    if isinstance(name, str) and (kind, name.lower() if kind == "header" else name) in _auth_sets(auth):
+        t.problem(kind, f"{name!r} is already set by auth")
+        name = None
+    if not isinstance(name, str) or not isinstance(value, str):
+        return None
+    return VersionPin(kind="header" if kind == "header" else "query", name=name, value=value)
+
+
+def _auth_sets(auth: Auth | OAuth2ClientCredentials | None) -> set[tuple[str, str]]:
+    """The ("header", lowercase name) or ("query", name) that auth injects."""
+    if auth is None:
+        return set()
+    if isinstance(auth, OAuth2ClientCredentials) or auth.type in ("bearer", "basic"):
+        return {("header", "authorization")}
+    return {("header", auth.name.lower())} if auth.type == "header" else {("query", auth.name)}
+
+
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _parse_clients(t: _Table, base_dir: Path, vendors: Collection[str]) -> dict[str, Client]:
+    clients: dict[str, Client] = {}
+    if not t.data:
+        t.problem("", "has no clients; remove [clients] to run without caller authentication")
+    seen_keys: dict[str, str] = {}  # key value -> client name, to refuse two clients with one key
+    for name in t.data:
+        ct = t.table(name)
+        if ct is None:
+            continue
+        if not _CLIENT_NAME.match(name):
+            ct.problem("", "client names are letters, digits, '.', '-' and '_'")
+        key = ct.secret("key", base_dir)
+        rules: list[AllowRule] = []
+        allow = ct.raw("allow")
+        if allow is _MISSING:
+            ct.problem("allow", 'is required: a list of "vendor" or "vendor:METHOD /path/glob"')
+        elif not isinstance(allow, list):
+            ct.problem("allow", f"must be an array of strings, not {_toml_type(allow)}")
+        else:
+            for i, entry in enumerate(allow, start=1):
+                rule = _parse_allow(ct, f"allow[{i}]", entry, vendors)
+                if rule is not None:
+                    rules.append(rule)
+        ct.done()
+        if isinstance(key, Secret):
+            other = seen_keys.setdefault(key.reveal(), name)
+            if other != name:
+                ct.problem("key", f"is the same key as clients.{other}; each client needs its own")
+                continue
+            clients[name] = Client(name=name, key=key, allow=tuple(rules))
+    return clients
+
+
+def _parse_allow(ct: _Table, where: str, entry: object, vendors: Collection[str]) -> AllowRule | None:
+    if not isinstance(entry, str):
+        ct.problem(where, f"must be a string, not {_toml_type(entry)}")
+        return None
+    vendor, sep, rest = entry.partition(":")
+    vendor = vendor.strip()
+    if vendor not in vendors:
+        ct.problem(where, f"no [vendors.{vendor}] in the config")
+        return None
+    if not sep:
+        return AllowRule(vendor=vendor)
+    method, _, path = rest.strip().partition(" ")
+    method, path = method.upper(), path.strip()
+    if method != "*" and method not in HTTP_METHODS:
+        ct.problem(where, f'must be "vendor" or "vendor:METHOD /path/glob"; {method!r} is not a method or *')
+        return None
+    compiled = _compile_route_path(path)
+    if isinstance(compiled, str):
+        ct.problem(where, f"path {compiled}")
+        return None
+    route = Route(method=method, path=path, segments=compiled, source=f"{ct.file}: {ct.key(where)}")
+    return AllowRule(vendor=vendor, route=route)
+
+
+def _warnings(config_file: str, vendors: Mapping[str, Vendor]) -> tuple[Problem, ...]:
+    found: list[Problem] = []
+    for name, vendor in vendors.items():
+        if not vendor.tls.verify:
+            found.append(
+                Problem(
+                    config_file,
+                    f"vendors.{name}.tls.verify",
+                    "is false: the vendor's certificate is not checked, so anyone on the network path can "
+                    "read and change this traffic, credentials included",
+                )
+            )
+        auth = vendor.auth
+        if (
+            isinstance(auth, OAuth2ClientCredentials)
+            and auth.token_url.scheme == "http"
+            and auth.token_url.raw_host not in ("127.0.0.1", "localhost", "::1")
+        ):
+            found.append(
+                Problem(
+                    config_file,
+                    f"vendors.{name}.auth.token_url",
+                    "is plain http: the client secret and tokens cross the network unencrypted",
+                )
+            )
+    return tuple(found)
 
 
 def _toml_file(path: Path, display: str, problems: list[Problem]) -> dict[str, Any] | None:
@@ -622,12 +852,21 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             vendor_table = vt.table(name)
             if vendor_table is not None and (vendor := _parse_vendor(vendor_table, name, max_body, base_dir)):
                 vendors[name] = vendor
+    clients: dict[str, Client] = {}
+    if (ct := root.table("clients")) is not None:
+        clients = _parse_clients(ct, base_dir, set(vt.data) if vt else set())
     root.done()
 
     vendors = _load_routes(settings.routes_dir, vendors, problems, known=set(vt.data) if vt else set())
     if problems:
         raise ConfigError(problems)
-    return Config(path=config_path, gateway=settings, vendors=vendors)
+    return Config(
+        path=config_path,
+        gateway=settings,
+        vendors=vendors,
+        clients=clients,
+        warnings=_warnings(display, vendors),
+    )
 
 
 def _load_routes(
