@@ -417,3 +417,26 @@ async def test_lease_is_renewed_while_a_slow_vendor_works(gateway: Any, vendor: 
     assert (await pending).status == 201
     assert (await post(client, "/v/v1/charges?delay=1", "k")).headers["Idempotent-Replayed"] == "true"
     assert fake.calls["/v1/charges"] == 1
+
+
+async def test_two_authenticated_callers_with_the_same_key_never_collide(
+    gateway: Any, vendor: Any, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = {"billing": "billing-key-0123456789", "crm": "crm-key-0123456789"}
+    for name, key in keys.items():
+        monkeypatch.setenv(f"GW_KEY_{name.upper()}", key)
+    fake = Vendor()
+    server = await vendor(fake.app())
+    clients = "".join(f'[clients.{n}]\nkey = "env:GW_KEY_{n.upper()}"\nallow = ["v"]\n' for n in keys)
+    client = await gateway(clients + config_text(server, store_url), routes=ROUTES)
+    answers: dict[str, bytes] = {}
+    for name, key in keys.items():
+        resp = await post(client, "/v/v1/charges", "same-key", headers={"X-Gateway-Key": key})
+        assert resp.status == 201 and "Idempotent-Replayed" not in resp.headers
+        answers[name] = await resp.read()
+    assert answers["billing"] != answers["crm"]  # each caller's own vendor call (#1 and #2)
+    for name, key in keys.items():
+        resp = await post(client, "/v/v1/charges", "same-key", headers={"X-Gateway-Key": key})
+        assert resp.headers["Idempotent-Replayed"] == "true"
+        assert await resp.read() == answers[name]
+    assert fake.calls["/v1/charges"] == 2
