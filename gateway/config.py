@@ -696,6 +696,11 @@ def _auth_sets(auth: Auth | OAuth2ClientCredentials | None) -> set[tuple[str, st
     return {("header", auth.name.lower())} if auth.type == "header" else {("query", auth.name)}
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 without brackets) is this machine."""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -772,7 +777,7 @@ def _warnings(config_file: str, vendors: Mapping[str, Vendor]) -> tuple[Problem,
         if (
             isinstance(auth, OAuth2ClientCredentials)
             and auth.token_url.scheme == "http"
-            and auth.token_url.raw_host not in ("127.0.0.1", "localhost", "::1")
+            and not is_loopback(auth.token_url.raw_host or "")
         ):
             found.append(
                 Problem(

@@ -15,18 +15,13 @@ from urllib.parse import quote, quote_plus
 
 import orjson
 
-from .config import Auth, Config, OAuth2ClientCredentials, Secret
+from .config import Auth, Config, OAuth2ClientCredentials, Secret, is_loopback
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 # Shorter values are not redacted: replacing every "abc" in every log line would mangle the logs,
 # and a secret that short is no secret (``gateway check`` keeps working with it, for tests).
 MIN_REDACTED_LENGTH = 6
 
 Note = tuple[str, str, dict[str, Any]]  # (event, level, fields)
-
-
-def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def startup_notes(config: Config, listen_host: str) -> list[Note]:

@@ -1,6 +1,7 @@
 """The forwarder: one pooled ClientSession, bodies streamed both ways, client errors mapped in one place.
 
-Only this module catches ``aiohttp.ClientError``: every other stage sees ``GatewayError`` subclasses.
+Only this module catches ``aiohttp.ClientError`` (and ``credentials``, for the OAuth2 token endpoint it
+calls itself): every stage sees ``GatewayError`` subclasses.
 """
 
 from __future__ import annotations
