@@ -11,14 +11,14 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from . import __version__
-from .config import Config, Route, Vendor
+from .config import Config, ConfigError, Route, Vendor, load_config
 from .errors import GatewayError, NotFound, ServiceUnavailable, problem_response
 from .observability import Logger
 from .pipeline import Exchange, Handler, Services, compose
@@ -48,9 +48,18 @@ class Runtime:
         return self.handlers[(vendor.name, index)]
 
 
+@dataclass(slots=True, eq=False)
+class Live:
+    """The Runtime new requests start on. ``reload()`` swaps ``runtime`` whole, in one assignment: a
+    request keeps the Runtime it started with, so nothing in flight sees half of a new config."""
+
+    runtime: Runtime
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
+
+
 LOGGER = web.AppKey("logger", Logger)
-CONFIG = web.AppKey("config", Config)
-RUNTIME = web.AppKey("runtime", Runtime)
+CONFIG = web.AppKey("config", Config)  # the config the app started with; the one in force: LIVE
+LIVE = web.AppKey("live", Live)
 SERVICES = web.AppKey("services", Services)
 
 
@@ -77,7 +86,7 @@ def _request_id(request: web.Request) -> str:
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
+    runtime = request.app[LIVE].runtime
     logger = request.app[LOGGER]
     request_id = _request_id(request)
     started = time.perf_counter()
@@ -157,7 +166,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request.app[LIVE].runtime
     store = request.app[SERVICES].store
     try:
         await store.ping()
@@ -201,10 +210,11 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
         store = open_store(app[CONFIG].gateway.store)
         services = Services(session=session, logger=app[LOGGER], store=store)
         app[SERVICES] = services
-        app[RUNTIME] = build_runtime(app[CONFIG], services)
+        app[LIVE] = Live(build_runtime(app[CONFIG], services))
         try:
             yield
         finally:
+            services.ratelimits.close()
             await services.tokens.close()
             await session.close()
             await store.close()
@@ -217,6 +227,65 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
     return app
 
 
+async def reload(app: web.Application, *, reason: str = "requested") -> bool:
+    """Load the config file again and serve new requests with it; True when the new config is in force.
+
+    Requests already in a pipeline finish on the old Runtime. Limiters are kept where a limit is
+    unchanged and updated in place where it changed, so their schedules and queues carry over. A config
+    that fails to load is refused: ``config_reload_failed`` lists every problem and the old config keeps
+    serving. ``gateway.listen``, ``store`` and ``shutdown_timeout_seconds`` need a restart: a change
+    to them is logged as ``needs_restart``.
+    """
+    live, logger = app[LIVE], app[LOGGER]
+    async with live.lock:
+        old = live.runtime.config
+        try:
+            # In a thread: compiling schemas and transforms must not stall requests in flight.
+            config = await asyncio.to_thread(load_config, old.path)
+            logger.redact(secret_values(config))
+            runtime = build_runtime(config, app[SERVICES])
+        except ConfigError as exc:
+            logger.event(
+                "config_reload_failed",
+                level="error",
+                reason=reason,
+                config=str(old.path),
+                problems=[str(problem) for problem in exc.problems],
+            )
+            return False
+        except Exception as exc:
+            logger.exception("config_reload_failed", exc, reason=reason, config=str(old.path))
+            return False
+        live.runtime = runtime
+        needs_restart = [
+            key
+            for key, before, after in (
+                ("gateway.listen", old.gateway.listen, config.gateway.listen),
+                ("gateway.store", old.gateway.store, config.gateway.store),
+                (
+                    "gateway.shutdown_timeout_seconds",
+                    old.gateway.shutdown_timeout_seconds,
+                    config.gateway.shutdown_timeout_seconds,
+                ),
+            )
+            if before != after
+        ]
+        logger.event(
+            "config_reloaded",
+            level="warning" if needs_restart else "info",
+            reason=reason,
+            config=str(config.path),
+            vendors=sorted(config.vendors),
+            routes=sum(len(v.routes) for v in config.vendors.values()),
+            needs_restart=needs_restart or None,
+        )
+        for warning in config.warnings:
+            logger.event(
+                "config_warning", level="warning", file=warning.file, key=warning.key, detail=warning.message
+            )
+        return True
+
+
 async def serve(
     config: Config,
     *,
@@ -224,8 +293,11 @@ async def serve(
     listen_host: str,
     listen_port: int,
     extra: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
+    watch: bool = True,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish, and return.
+
+    SIGHUP, and with ``watch`` a change to config.toml, routes or transforms, reloads the config.
 
     ``extra`` starts something beside the gateway (the sandbox) and returns its stop coroutine.
     """
@@ -261,10 +333,33 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload(app, reason="SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    watcher: asyncio.Task[None] | None = None
+    if watch:
+        from .reload import watch_files  # watchfiles loads a native module: only when serving
+
+        watcher = loop.create_task(
+            watch_files(
+                lambda: app[LIVE].runtime.config,
+                lambda why: reload(app, reason=why),
+                logger,
+                stop=stopping,
+            )
+        )
     await stopping.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
     logger.event("stopping", reason="signal", drain_seconds=config.gateway.shutdown_timeout_seconds)
     # Stops the listening socket first, then waits for in-flight handlers up to shutdown_timeout.
     await runner.cleanup()
+    if watcher is not None:
+        await asyncio.gather(watcher, return_exceptions=True)  # it returns within one watch step
     if stop_extra is not None:
         await stop_extra()
     logger.event("stopped")

@@ -62,9 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
 
         async def start_sandbox() -> Callable[[], Awaitable[None]]:
-            from . import sandbox
+            from .sandbox import start
 
-            runner = await sandbox.start(sandbox_at.host, sandbox_at.port)
+            runner = await start(sandbox_at.host, sandbox_at.port)
             logger.event("sandbox_started", listen=str(sandbox_at))
             return runner.cleanup
 
@@ -75,14 +75,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from . import sandbox
+    from .sandbox import run
 
     try:
         listen = parse_listen(args.listen)
     except ValueError as exc:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
-    sandbox.run(listen.host, listen.port)
+    run(listen.host, listen.port)
     return 0
 
 

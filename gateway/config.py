@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 from yarl import URL
 
+from .schemas import CompiledSchema, SchemaFileError, SchemaRegistry
+from .transform import TransformSpec, TransformSpecError, load_spec
+
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STORE = "memory://"
 DEFAULT_MAX_BODY_BYTES = 1_048_576
@@ -26,6 +29,11 @@ DEFAULT_TOTAL_SECONDS = 30.0
 DEFAULT_IDEMPOTENCY_TTL_SECONDS = 86_400.0
 DEFAULT_IDEMPOTENCY_LEASE_SECONDS = 10.0
 DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES = 1_048_576
+DEFAULT_RATE_PER_SECONDS = 1.0
+DEFAULT_MAX_WAIT_SECONDS = 1.0  # how long a request may queue for a rate or concurrency slot
+# Queue depth for a vendor with `concurrency` but no `rate_limit` (nothing to derive it from).
+DEFAULT_CONCURRENCY_MAX_QUEUE = 1000
+RATE_SCOPES = ("local", "global")
 IDEMPOTENCY_MODES = ("required", "optional", "off")
 # Methods that get idempotency "optional" when their route says nothing (SPEC section 8).
 IDEMPOTENCY_DEFAULT_METHODS = frozenset({"POST", "PATCH"})
@@ -38,17 +46,10 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # carry out yet. Accepting them silently would let ops believe a limit or a credential is in force,
 # so their presence is a config error until the feature lands.
 NOT_YET_SUPPORTED: dict[str, str] = {
-    "rate_limit": "rate limits",
-    "concurrency": "per-vendor concurrency limits",
     "retry": "retries",
     "circuit": "circuit breakers",
     "tracing": "tracing",
     "delivery": "async delivery",
-    "request_schema": "JSON Schema validation",
-    "response_schema": "JSON Schema validation",
-    "response_schema_mode": "JSON Schema validation",
-    "request_transform": "payload transforms",
-    "response_transform": "payload transforms",
 }
 
 
@@ -161,6 +162,31 @@ class VersionPin:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """``rate_limit = {...}`` on a vendor, a route or a client: at most ``requests`` per ``per_seconds``.
+
+    Requests are paced one every ``per_seconds / requests`` (GCRA), with up to ``burst`` (default
+    ``requests``) let through at once after a quiet spell; so any window of ``per_seconds`` holds at
+    most ``requests + burst`` (set ``burst = 1`` for a strictly even pace). A request over the limit
+    queues up to ``max_wait_seconds`` for its turn, at most ``max_queue`` at a time (default: as many as
+    the limit admits in ``max_wait_seconds``), then gets a 429. ``scope``: "local" (this process) or
+    "global" (one limit for every gateway process on the same store).
+    """
+
+    requests: int
+    per_seconds: float = DEFAULT_RATE_PER_SECONDS
+    max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
+    scope: Literal["local", "global"] = "local"
+    burst: int
+    max_queue: int
+
+    @property
+    def interval_seconds(self) -> float:
+        """The pace: one request every this many seconds."""
+        return self.per_seconds / self.requests
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AllowRule:
     """One entry of a client's ``allow``: a whole vendor (``route`` None) or a method and path glob."""
 
@@ -175,6 +201,7 @@ class Client:
     name: str
     key: Secret
     allow: tuple[AllowRule, ...] = ()
+    rate_limit: RateLimit | None = None  # this caller's quota over every vendor together
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,6 +248,12 @@ class Route:
     segments: tuple[PathSegment, ...]
     source: str  # "routes/stripe.toml: route[2]", for messages
     idempotency: IdempotencyMode | None = None  # None: "optional" for POST and PATCH, else "off"
+    request_schema: CompiledSchema | None = None
+    response_schema: CompiledSchema | None = None
+    response_schema_mode: Literal["enforce", "report"] = "enforce"
+    request_transform: TransformSpec | None = None
+    response_transform: TransformSpec | None = None
+    rate_limit: RateLimit | None = None  # on top of the vendor's: requests matching this route only
 
     def matches(self, method: str, segments: tuple[str, ...]) -> bool:
         if self.method != "*" and self.method != method and not (self.method == "GET" and method == "HEAD"):
@@ -246,6 +279,8 @@ class Vendor:
     version: VersionPin | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     idempotency: Idempotency = field(default_factory=Idempotency)
+    rate_limit: RateLimit | None = None
+    concurrency: int | None = None  # at most this many requests in flight to the vendor (per process)
     expose: Literal["all", "declared"] = "all"
     routes: tuple[Route, ...] = ()
 
@@ -491,7 +526,45 @@ def _compile_route_path(path: str) -> tuple[PathSegment, ...] | str:
     return segments
 
 
-def _parse_route(t: _Table) -> Route | None:
+class _Assets:
+    """Schema files and transform specs named by routes, each loaded and compiled once per load."""
+
+    def __init__(self, transforms_dir: Path) -> None:
+        self.transforms_dir = transforms_dir
+        self.schemas = SchemaRegistry(transforms_dir)
+        self.specs: dict[str, TransformSpec | TransformSpecError] = {}
+
+    def schema(self, t: _Table, key: str) -> CompiledSchema | None:
+        name = t.string(key, None)
+        if not isinstance(name, str):
+            return None
+        try:
+            return self.schemas.load(name)
+        except SchemaFileError as exc:
+            t.problem(key, str(exc))
+            return None
+
+    def transform(self, t: _Table, key: str) -> TransformSpec | None:
+        name = t.string(key, None)
+        if not isinstance(name, str):
+            return None
+        if name not in self.specs:
+            path = self.transforms_dir / name
+            try:
+                self.specs[name] = load_spec(path, display_name=_display(path))
+            except TransformSpecError as exc:
+                self.specs[name] = exc
+        spec = self.specs[name]
+        if isinstance(spec, TransformSpecError):
+            t.problem(key, f"{name} has {len(spec.problems)} problem(s), listed under its own file")
+            for line in spec.problems:
+                file, _, rest = line.partition(": ")
+                t._problems.append(Problem(file, "", rest))
+            return None
+        return spec
+
+
+def _parse_route(t: _Table, assets: _Assets) -> Route | None:
     method = t.string("method", "*")
     if isinstance(method, str):
         method = method.upper()
@@ -507,11 +580,27 @@ def _parse_route(t: _Table) -> Route | None:
         else:
             segments = compiled
     idempotency = t.string("idempotency", None, choices=IDEMPOTENCY_MODES)
+    request_schema = assets.schema(t, "request_schema")
+    response_schema = assets.schema(t, "response_schema")
+    schema_mode = t.string("response_schema_mode", "enforce", choices=("enforce", "report"))
+    request_transform = assets.transform(t, "request_transform")
+    response_transform = assets.transform(t, "response_transform")
+    rate_limit = _parse_rate_limit(rt) if (rt := t.table("rate_limit")) is not None else None
     t.done()
     if method is None or segments is None:
         return None
     return Route(
-        method=method, path=path, segments=segments, source=f"{t.file}: {t.path}", idempotency=idempotency
+        method=method,
+        path=path,
+        segments=segments,
+        source=f"{t.file}: {t.path}",
+        idempotency=idempotency,
+        request_schema=request_schema,
+        response_schema=response_schema,
+        response_schema_mode="report" if schema_mode == "report" else "enforce",
+        request_transform=request_transform,
+        response_transform=response_transform,
+        rate_limit=rate_limit,
     )
 
 
@@ -551,6 +640,8 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
     idempotency = Idempotency()
     if (it := t.table("idempotency")) is not None:
         idempotency = _parse_idempotency(it)
+    rate_limit = _parse_rate_limit(rt) if (rt := t.table("rate_limit")) is not None else None
+    concurrency = t.integer("concurrency", None)
     t.done()
     if base_url is None:
         return None
@@ -563,6 +654,32 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
         version=version,
         max_body_bytes=max_body,
         idempotency=idempotency,
+        rate_limit=rate_limit,
+        concurrency=concurrency,
+    )
+
+
+def _parse_rate_limit(t: _Table) -> RateLimit | None:
+    requests = t.integer("requests")
+    per = t.number("per_seconds", DEFAULT_RATE_PER_SECONDS)
+    max_wait = t.number("max_wait_seconds", DEFAULT_MAX_WAIT_SECONDS, positive=False)
+    scope = t.string("scope", "local", choices=RATE_SCOPES)
+    burst = t.integer("burst", None)
+    max_queue = t.integer("max_queue", None, minimum=0)
+    t.done()
+    if not isinstance(requests, int) or per is None or max_wait is None or scope is None:
+        return None
+    if max_queue is None:
+        # As many as the limit can admit within max_wait_seconds: a longer queue only turns immediate
+        # 429s into slower ones, and costs memory under a flood.
+        max_queue = math.ceil(requests * max_wait / per - 1e-9)
+    return RateLimit(
+        requests=requests,
+        per_seconds=per,
+        max_wait_seconds=max_wait,
+        scope="global" if scope == "global" else "local",
+        burst=burst if burst is not None else requests,
+        max_queue=max_queue,
     )
 
 
@@ -727,13 +844,14 @@ def _parse_clients(t: _Table, base_dir: Path, vendors: Collection[str]) -> dict[
                 rule = _parse_allow(ct, f"allow[{i}]", entry, vendors)
                 if rule is not None:
                     rules.append(rule)
+        rate_limit = _parse_rate_limit(rt) if (rt := ct.table("rate_limit")) is not None else None
         ct.done()
         if isinstance(key, Secret):
             other = seen_keys.setdefault(key.reveal(), name)
             if other != name:
                 ct.problem("key", f"is the same key as clients.{other}; each client needs its own")
                 continue
-            clients[name] = Client(name=name, key=key, allow=tuple(rules))
+            clients[name] = Client(name=name, key=key, allow=tuple(rules), rate_limit=rate_limit)
     return clients
 
 
@@ -786,6 +904,27 @@ def _warnings(config_file: str, vendors: Mapping[str, Vendor]) -> tuple[Problem,
                     "is plain http: the client secret and tokens cross the network unencrypted",
                 )
             )
+    return tuple(found)
+
+
+def _rate_warnings(
+    config_file: str, store: str, vendors: Mapping[str, Vendor], clients: Mapping[str, Client]
+) -> tuple[Problem, ...]:
+    """A global limit on the memory store is shared by nobody: each process would get the whole limit."""
+    if store != "memory://":
+        return ()
+    found: list[Problem] = []
+    message = 'is "global" but the store is memory://: each gateway process enforces the limit on its own'
+    for name, vendor in vendors.items():
+        if vendor.rate_limit is not None and vendor.rate_limit.scope == "global":
+            found.append(Problem(config_file, f"vendors.{name}.rate_limit.scope", message))
+        for route in vendor.routes:
+            if route.rate_limit is not None and route.rate_limit.scope == "global":
+                file, _, where = route.source.partition(": ")
+                found.append(Problem(file, f"{where}.rate_limit.scope", message))
+    for name, client in clients.items():
+        if client.rate_limit is not None and client.rate_limit.scope == "global":
+            found.append(Problem(config_file, f"clients.{name}.rate_limit.scope", message))
     return tuple(found)
 
 
@@ -862,7 +1001,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         clients = _parse_clients(ct, base_dir, set(vt.data) if vt else set())
     root.done()
 
-    vendors = _load_routes(settings.routes_dir, vendors, problems, known=set(vt.data) if vt else set())
+    vendors = _load_routes(
+        settings.routes_dir,
+        vendors,
+        problems,
+        known=set(vt.data) if vt else set(),
+        assets=_Assets(settings.transforms_dir),
+    )
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -870,12 +1015,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         gateway=settings,
         vendors=vendors,
         clients=clients,
-        warnings=_warnings(display, vendors),
+        warnings=_warnings(display, vendors) + _rate_warnings(display, settings.store, vendors, clients),
     )
 
 
 def _load_routes(
-    routes_dir: Path, vendors: dict[str, Vendor], problems: list[Problem], *, known: set[str]
+    routes_dir: Path, vendors: dict[str, Vendor], problems: list[Problem], *, known: set[str], assets: _Assets
 ) -> dict[str, Vendor]:
     routes: dict[str, list[Route]] = {}
     expose: dict[str, tuple[str, str]] = {}  # vendor -> (expose, file that said so)
@@ -891,7 +1036,7 @@ def _load_routes(
             t.problem("vendor", f"no [vendors.{vendor}] in the config")
             vendor = None
         mode = t.string("expose", "declared", choices=("declared", "all"))
-        parsed = [r for rt in t.tables("route") if (r := _parse_route(rt)) is not None]
+        parsed = [r for rt in t.tables("route") if (r := _parse_route(rt, assets)) is not None]
         t.done()
         if not isinstance(vendor, str) or not isinstance(mode, str):
             continue

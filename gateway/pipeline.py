@@ -20,7 +20,9 @@ from multidict import CIMultiDict
 from .config import Route, Vendor
 from .credentials import TokenManager
 from .deprecation import DeprecationTracker
+from .errors import PayloadTooLarge
 from .observability import Logger
+from .ratelimit import RateLimits
 from .store import MemoryStore, Store
 
 Handler = Callable[["Exchange"], Awaitable[web.StreamResponse]]
@@ -59,6 +61,24 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
 
+    async def read_body(self) -> bytes:
+        """The caller's body, read once (bounded by the vendor's max_body_bytes) and kept for later stages."""
+        if self.body is None:
+            limit = self.vendor.max_body_bytes
+            length = self.request.content_length
+            if length is not None and length > limit:
+                raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in self.request.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                parts.append(chunk)
+            self.body = b"".join(parts)
+            self.bytes_in = size
+        return self.body
+
 
 @dataclass(slots=True, eq=False)
 class Services:
@@ -69,18 +89,24 @@ class Services:
     store: Store = field(default_factory=MemoryStore)
     # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
     idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (vendor, route) -> vendor answers that failed their response schema in report mode.
+    response_schema_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
     # OAuth2 tokens per vendor; kept across config reloads (keyed by the vendor's auth settings).
     tokens: TokenManager = field(init=False)
     # Deprecation/Sunset notices per (vendor, route): gateway_vendor_deprecations_total.
     deprecations: DeprecationTracker = field(init=False)
+    # Rate and concurrency limiters per vendor, route and client, kept across config reloads, with the
+    # wait and rejection figures for gateway_ratelimit_wait_seconds / gateway_ratelimit_rejected_total.
+    ratelimits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = TokenManager(self.session, self.logger)
         self.deprecations = DeprecationTracker(self.logger)
+        self.ratelimits = RateLimits(self.store, self.logger)
 
 
 class Stage(Protocol):
-    async def __call__(self, exchange: Exchange, call_next: Handler) -> web.StreamResponse: ...
+    async def __call__(self, exchange: Exchange, call_next: Handler, /) -> web.StreamResponse: ...
 
 
 def compose(stages: Sequence[Stage], endpoint: Handler) -> Handler:

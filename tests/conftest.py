@@ -33,15 +33,15 @@ class CapturedLogs(io.BytesIO):
 def write_config(tmp_path: Path) -> Callable[..., Path]:
     """Write config.toml (and optional routes/NAME.toml files) into a fresh folder; return its path."""
 
-    def write(config: str, routes: dict[str, str] | None = None, **files: str) -> Path:
+    def write(config: str, routes: dict[str, str] | None = None, files: dict[str, str] | None = None) -> Path:
         (tmp_path / "routes").mkdir(exist_ok=True)
         (tmp_path / "transforms").mkdir(exist_ok=True)
         path = tmp_path / "config.toml"
         path.write_text(textwrap.dedent(config))
         for name, text in (routes or {}).items():
             (tmp_path / "routes" / f"{name}.toml").write_text(textwrap.dedent(text))
-        for name, text in files.items():
-            target = tmp_path / name.replace("__", "/")
+        for name, text in (files or {}).items():
+            target = tmp_path / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(textwrap.dedent(text))
         return path
@@ -65,8 +65,10 @@ def gateway(
 ) -> GatewayFactory:
     """Start the gateway on a real socket from a config text (or a loaded Config)."""
 
-    async def start(config: str | Config, routes: dict[str, str] | None = None, **files: str) -> Any:
-        loaded = config if isinstance(config, Config) else load_config(write_config(config, routes, **files))
+    async def start(
+        config: str | Config, routes: dict[str, str] | None = None, files: dict[str, str] | None = None
+    ) -> Any:
+        loaded = config if isinstance(config, Config) else load_config(write_config(config, routes, files))
         return await aiohttp_client(create_app(loaded, logger=Logger(stream=logs)))
 
     return start

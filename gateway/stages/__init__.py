@@ -12,6 +12,8 @@ from ..config import Config, Route, Vendor
 from ..pipeline import Services, Stage
 from .client_auth import ClientAuth
 from .idempotency import idempotency_stage
+from .payload import RequestPayload, ResponsePayload
+from .ratelimit import ratelimit_stage
 
 
 def route_stages(config: Config, vendor: Vendor, route: Route | None, services: Services) -> list[Stage]:
@@ -21,4 +23,12 @@ def route_stages(config: Config, vendor: Vendor, route: Route | None, services: 
     # After client auth (it names the caller the key is scoped to), before anything that reads the body.
     if (idempotency := idempotency_stage(vendor, route, services)) is not None:
         stages.append(idempotency)
+    if route is not None and (route.request_schema or route.request_transform):
+        stages.append(RequestPayload(route))
+    if route is not None and (route.response_schema or route.response_transform):
+        stages.append(ResponsePayload(route, services))
+    # Last, right before the forwarder: a request waits for its turn only once everything that could
+    # refuse it has passed, and the vendor's answer (429 + Retry-After) is seen before response stages.
+    if (ratelimit := ratelimit_stage(config, vendor, route, services)) is not None:
+        stages.append(ratelimit)
     return stages

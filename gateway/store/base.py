@@ -84,7 +84,57 @@ class IdempotencyOps(Protocol):
     async def get(self, key: IdempotencyKey) -> IdempotencyRecord | None: ...
 
 
-class Store(IdempotencyOps, Protocol):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateBucket:
+    """One rate limit's schedule (GCRA): one request every ``interval_seconds``, ``burst`` at once at most.
+
+    ``tag`` names what the limit protects (the vendor, or ``client:NAME``) and becomes the Redis hash
+    tag, so every key of one vendor lives in one Redis Cluster slot; ``name`` tells its limits apart.
+    """
+
+    tag: str
+    name: str
+    interval_seconds: float
+    burst: int
+
+    @property
+    def tolerance_seconds(self) -> float:
+        """How far ahead of now the schedule may run: ``burst`` requests at once, then the pace."""
+        return (self.burst - 1) * self.interval_seconds
+
+
+def gcra(tat: float, now: float, interval: float, tolerance: float) -> tuple[float, float]:
+    """One GCRA step: (seconds until a request is due, 0.0 if it goes now; the new theoretical arrival time).
+
+    ``tat`` is when the schedule would next be idle. A request goes when ``tat - tolerance <= now`` and
+    moves ``tat`` one interval on; otherwise nothing changes. The memory store, the local limiter and
+    the Redis script all run this same rule, so every scope behaves alike.
+    """
+    tat = max(tat, now)
+    due = tat - tolerance
+    if due > now:
+        return due - now, tat
+    return 0.0, tat + interval
+
+
+def gcra_pause(tat: float, now: float, seconds: float, tolerance: float) -> float:
+    """The schedule after a vendor asked for ``seconds`` of quiet: nothing is due before ``now + seconds``,
+    and from then on requests go at the pace, without the burst a long pause would otherwise save up."""
+    return max(tat, now + seconds + tolerance)
+
+
+class RateLimitOps(Protocol):
+    async def rate_take(self, bucket: RateBucket) -> float:
+        """Take the bucket's next slot if it is due: 0.0. Otherwise take nothing and return the seconds
+        until one is due (the caller waits that long and asks again)."""
+        ...
+
+    async def rate_pause(self, bucket: RateBucket, seconds: float) -> None:
+        """Let nothing through ``bucket`` for ``seconds`` from now (the vendor said Retry-After)."""
+        ...
+
+
+class Store(IdempotencyOps, RateLimitOps, Protocol):
     """Everything the gateway keeps outside one request. ``url`` is shown in /_gateway/ready, no secrets."""
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from .base import Claim, IdempotencyKey, IdempotencyRecord, StoredResponse
+from .base import Claim, IdempotencyKey, IdempotencyRecord, RateBucket, StoredResponse, gcra, gcra_pause
 
 # Expired records are dropped when touched, and all of them at most this often, so memory stays
 # bounded by what is live rather than by everything ever stored.
@@ -22,6 +22,8 @@ class MemoryStore:
         self._url = url
         self._idem: dict[IdempotencyKey, tuple[IdempotencyRecord, float]] = {}  # record, expires (monotonic)
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+        # (tag, name) -> theoretical arrival time (monotonic); one entry per configured limit.
+        self._rates: dict[tuple[str, str], float] = {}
 
     @property
     def url(self) -> str:
@@ -89,3 +91,15 @@ class MemoryStore:
 
     async def get(self, key: IdempotencyKey) -> IdempotencyRecord | None:
         return self._live(key, time.monotonic())
+
+    async def rate_take(self, bucket: RateBucket) -> float:
+        now = time.monotonic()
+        key = (bucket.tag, bucket.name)
+        wait, tat = gcra(self._rates.get(key, now), now, bucket.interval_seconds, bucket.tolerance_seconds)
+        self._rates[key] = tat
+        return wait
+
+    async def rate_pause(self, bucket: RateBucket, seconds: float) -> None:
+        now = time.monotonic()
+        key = (bucket.tag, bucket.name)
+        self._rates[key] = gcra_pause(self._rates.get(key, now), now, seconds, bucket.tolerance_seconds)

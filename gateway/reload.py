@@ -1,0 +1,140 @@
+"""Reload on file change (SPEC section 13): a watcher over config.toml, routes/ and transforms/.
+
+``watch_files`` calls ``reload`` once per burst of changes that altered what the config is made of
+(an editor's save, a deploy copying many files); ``app.reload`` does the work and keeps the running
+config when the new one is invalid. The folders watched follow the config in force, so a reload that
+moves ``routes_dir`` watches the new one.
+
+What is watched: the folder holding config.toml (not recursively: it is often a repository root),
+``routes_dir`` and ``transforms_dir`` (recursively). Watching folders rather than files survives
+editors and deploy tools that rename a new file over the old one, and Kubernetes ConfigMap volumes,
+which swap a ``..data`` symlink. Because a folder sees unrelated changes too, a burst of events reloads
+only when the contents of config.toml, ``routes/*.toml`` or the transforms tree changed (a digest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchfiles import DefaultFilter, awatch
+
+from .config import Config
+from .observability import Logger
+
+# How long the watcher waits for more changes before it looks (watchfiles' step), and the most it
+# groups changes over (its debounce): a deploy that copies a tree becomes one reload, not fifty.
+STEP_MS = 100
+DEBOUNCE_MS = 1_600
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    config_file: Path
+    routes_dir: Path
+    transforms_dir: Path
+
+    @classmethod
+    def of(cls, config: Config) -> Watched:
+        return cls(
+            config_file=config.path,
+            routes_dir=config.gateway.routes_dir,
+            transforms_dir=config.gateway.transforms_dir,
+        )
+
+    def covers(self, path: Path) -> bool:
+        """Whether a changed path is one of the config's own files (for the reload's reason)."""
+        return (
+            path == self.config_file or self.routes_dir in path.parents or self.transforms_dir in path.parents
+        )
+
+    def digest(self) -> str:
+        """What the config is made of, as the loader reads it (symlinks followed)."""
+        h = hashlib.sha256()
+        files = [self.config_file]
+        if self.routes_dir.is_dir():
+            files += sorted(self.routes_dir.glob("*.toml"))
+        if self.transforms_dir.is_dir():
+            files += sorted(p for p in self.transforms_dir.rglob("*") if not p.name.startswith("."))
+        for file in files:
+            h.update(str(file).encode() + b"\0")
+            try:
+                if file.is_file():
+                    h.update(hashlib.sha256(file.read_bytes()).digest())
+            except OSError as exc:
+                h.update(f"unreadable: {exc.errno}".encode())
+        return h.hexdigest()
+
+
+async def watch_files(
+    current: Callable[[], Config],
+    reload: Callable[[str], Awaitable[bool]],
+    logger: Logger,
+    *,
+    stop: asyncio.Event,
+) -> None:
+    """Reload on every change until ``stop`` is set. ``current`` gives the config in force."""
+    while not stop.is_set():
+        watched = Watched.of(current())
+        seen = await asyncio.to_thread(watched.digest)
+        changes: asyncio.Queue[set[str]] = asyncio.Queue()
+        restart = asyncio.Event()  # set to stop this round's watchers (stop, or folders moved)
+        groups = [
+            ([watched.config_file.parent], False),
+            ([watched.routes_dir, watched.transforms_dir], True),
+        ]
+        feeds = [
+            asyncio.create_task(_feed(folders, recursive, changes, restart, logger))
+            for folders, recursive in groups
+        ]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                getter = asyncio.create_task(changes.get())
+                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return
+                paths = getter.result()
+                while not changes.empty():
+                    paths |= changes.get_nowait()
+                digest = await asyncio.to_thread(watched.digest)
+                if digest == seen:
+                    continue  # something else in those folders changed
+                seen = digest
+                names = sorted({Path(p).name for p in paths if watched.covers(Path(p))})
+                await reload("file change: " + (", ".join(names) or "config files"))
+                if Watched.of(current()) != watched:
+                    break
+        finally:
+            restart.set()  # watchfiles sees it within one step and returns; cancelling would wait longer
+            stopper.cancel()
+            await asyncio.gather(*feeds, return_exceptions=True)
+
+
+async def _feed(
+    folders: list[Path],
+    recursive: bool,
+    out: asyncio.Queue[set[str]],
+    restart: asyncio.Event,
+    logger: Logger,
+) -> None:
+    existing = sorted({f for f in folders if f.is_dir()})
+    if not existing:
+        return
+    try:
+        async for found in awatch(
+            *existing,
+            watch_filter=DefaultFilter(),  # no .git, editor swap files, caches
+            recursive=recursive,
+            step=STEP_MS,
+            debounce=DEBOUNCE_MS,
+            stop_event=restart,
+        ):
+            out.put_nowait({path for _, path in found})
+    except Exception as exc:  # a watched folder removed, inotify limits: SIGHUP still reloads
+        logger.event("config_watch_failed", level="error", folders=[str(f) for f in existing], error=str(exc))
+        await restart.wait()

@@ -1,0 +1,261 @@
+"""Live reload (SPEC section 13): new limits, routes and vendors without a restart or a dropped request;
+a bad config is refused and the running one keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.app import LIVE, reload
+from gateway.config import load_config
+from gateway.observability import Logger
+from gateway.reload import watch_files
+from tests.conftest import CapturedLogs
+from tests.gateway_proc import GatewayProcess
+from tests.ratelimit_vendor import ARRIVALS, long_run_rate, rate_vendor
+
+
+def config_text(server: Any, limit: str, extra: str = "") -> str:
+    return f"""
+[vendors.v]
+base_url = "{server.make_url("/")}"
+rate_limit = {{ {limit} }}
+{extra}
+"""
+
+
+async def test_a_limit_changes_under_load_with_zero_failed_requests(
+    gateway: Any, vendor: Any, write_config: Callable[..., Path], logs: CapturedLogs
+) -> None:
+    server = await vendor(rate_vendor())
+    # burst = 2: one turn of slack lets the schedule catch up after a late wake-up on a loaded machine.
+    queue_forever = "max_wait_seconds = 20, max_queue = 1000, burst = 2"
+    client = await gateway(config_text(server, f"requests = 10, {queue_forever}"))
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            resp = await client.get("/v/load")
+            await resp.read()
+            statuses.append(resp.status)
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(20)]
+    await asyncio.sleep(1.5)
+    write_config(config_text(server, f"requests = 40, {queue_forever}"))
+    switched = time.monotonic()
+    assert await reload(client.app) is True
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.gather(*workers)
+    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {sorted(set(statuses))}"
+    times = server.app[ARRIVALS].all()
+    before = long_run_rate([t for t in times if t < switched], skip=2)
+    after = long_run_rate([t for t in times if t > switched + 0.1], skip=0)
+    print(f"reload under load: {len(statuses)} requests, all 200; {before:.2f}/s before, {after:.2f}/s after")
+    assert 9.0 <= before <= 11.0
+    assert 34.0 <= after <= 44.0
+    reloaded = [r for r in logs.records() if r["event"] == "config_reloaded"]
+    assert len(reloaded) == 1 and reloaded[0]["vendors"] == ["v"]
+
+
+async def test_an_unchanged_limit_keeps_its_schedule_across_a_reload(
+    gateway: Any, vendor: Any, write_config: Callable[..., Path]
+) -> None:
+    server = await vendor(rate_vendor())
+    text = config_text(server, "requests = 1, per_seconds = 60, max_wait_seconds = 0")
+    client = await gateway(text)
+    assert (await client.get("/v/a")).status == 200
+    write_config(text + "\n# a comment changed\n")
+    assert await reload(client.app) is True
+    assert (await client.get("/v/a")).status == 429  # not a fresh bucket
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        ("[vendors.v\n", "invalid TOML"),
+        (
+            "[vendors.v]\nbase_url = 'http://127.0.0.1:1'\nrate_limit = { requests = -5 }\n",
+            "must be at least 1",
+        ),
+    ],
+)
+async def test_a_bad_config_is_refused_and_the_old_one_keeps_serving(
+    gateway: Any,
+    vendor: Any,
+    write_config: Callable[..., Path],
+    logs: CapturedLogs,
+    broken: str,
+    expected: str,
+) -> None:
+    server = await vendor(rate_vendor())
+    client = await gateway(config_text(server, "requests = 100"))
+    before = client.app[LIVE].runtime
+    write_config(broken)
+    assert await reload(client.app, reason="test") is False
+    assert client.app[LIVE].runtime is before
+    failed = [r for r in logs.records() if r["event"] == "config_reload_failed"]
+    assert len(failed) == 1 and failed[0]["level"] == "error" and failed[0]["reason"] == "test"
+    assert any(expected in problem and "config.toml" in problem for problem in failed[0]["problems"])
+    assert (await client.get("/v/still")).status == 200
+
+
+async def test_routes_and_vendors_change_and_in_flight_requests_finish_on_the_old_config(
+    gateway: Any, vendor: Any, write_config: Callable[..., Path]
+) -> None:
+    server = await vendor(rate_vendor())
+    server.app[ARRIVALS].delay = 0.5
+    client = await gateway(f'[vendors.old]\nbase_url = "{server.make_url("/")}"\n')
+    in_flight = asyncio.ensure_future(client.get("/old/slow"))
+    await asyncio.sleep(0.1)
+    write_config(
+        f'[vendors.new]\nbase_url = "{server.make_url("/")}"\n',
+        routes={"new": 'vendor = "new"\n[[route]]\nmethod = "GET"\npath = "/only"\n'},
+    )
+    assert await reload(client.app) is True
+    assert (await in_flight).status == 200  # started on the old config, finished on it
+    assert (await client.get("/old/slow")).status == 404
+    assert (await client.get("/new/only")).status == 200
+    assert (await client.get("/new/other")).status == 404  # expose = "declared" from the new routes file
+
+
+@pytest.mark.slow
+async def test_sighup_and_file_changes_reload_a_running_process(
+    vendor: Any, write_config: Callable[..., Path]
+) -> None:
+    server = await vendor(rate_vendor())
+    base = f'[vendors.a]\nbase_url = "{server.make_url("/")}"\n'
+    path = write_config(base)
+    gw = GatewayProcess(path)
+
+    async def wait_for_log(text: str) -> None:
+        deadline = time.monotonic() + 10
+        while text not in gw.output():
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{gw.output()}"
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.to_thread(gw.wait_ready)
+        async with aiohttp.ClientSession() as session:
+
+            async def status(vendor_name: str) -> int:
+                async with session.get(f"{gw.url}/{vendor_name}/x") as resp:
+                    return resp.status
+
+            assert await status("b") == 404
+            # SIGHUP. The file watcher sees this write too; either may reload first, both succeed.
+            path.write_text(base + f'[vendors.b]\nbase_url = "{server.make_url("/")}"\n')
+            os.kill(gw.proc.pid, signal.SIGHUP)
+            await wait_for_log('"reason":"SIGHUP"')
+            assert await status("b") == 200
+            # A file change alone, and a broken one: refused, logged, the running config keeps serving.
+            await asyncio.sleep(0.3)  # let the watcher's burst from the write above settle
+            path.write_text(base + "[vendors.c\n")
+            await wait_for_log('"event":"config_reload_failed"')
+            assert await status("b") == 200
+            assert "invalid TOML" in gw.output()
+            path.write_text(base + f'[vendors.c]\nbase_url = "{server.make_url("/")}"\n')
+            deadline = time.monotonic() + 10
+            while await status("c") != 200:
+                assert time.monotonic() < deadline, gw.output()
+                await asyncio.sleep(0.05)
+            assert await status("b") == 404
+        assert gw.proc.poll() is None
+    finally:
+        gw.stop()
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_the_watcher_reloads_when_config_routes_or_transforms_change_and_not_otherwise(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_config('[vendors.a]\nbase_url = "http://127.0.0.1:1"\n')
+    config = load_config(path)
+    reasons: list[str] = []
+
+    async def fake_reload(why: str) -> bool:
+        reasons.append(why)
+        return True
+
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(
+        watch_files(lambda: config, fake_reload, Logger(stream=io.BytesIO()), stop=stop)
+    )
+    try:
+        await asyncio.sleep(0.5)  # the watches are in place
+        (tmp_path / "gateway.log").write_text("unrelated")
+        path.touch()  # same contents
+        await asyncio.sleep(0.6)
+        assert reasons == []
+        (tmp_path / "transforms" / "sub").mkdir()
+        (tmp_path / "transforms" / "sub" / "x.schema.json").write_text("{}")
+        await _until(lambda: len(reasons) == 1, "no reload for a transforms change")
+        (tmp_path / "routes" / "a.toml").write_text('vendor = "a"\n')
+        await _until(lambda: len(reasons) == 2, "no reload for a routes change")
+        path.write_text(path.read_text() + "# edited\n")
+        await _until(lambda: len(reasons) == 3, "no reload for a config change")
+        assert reasons[2] == "file change: config.toml"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_the_watcher_follows_a_kubernetes_style_symlink_swap(tmp_path: Path) -> None:
+    for version, port in (("v1", 1), ("v2", 2)):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "config.toml").write_text(
+            f'[vendors.a]\nbase_url = "http://127.0.0.1:{port}"\n'
+        )
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "transforms").mkdir()
+    os.symlink("v1", tmp_path / "..data")
+    os.symlink("..data/config.toml", tmp_path / "config.toml")
+    config = load_config(tmp_path / "config.toml")
+    reasons: list[str] = []
+
+    async def fake_reload(why: str) -> bool:
+        reasons.append(why)
+        return True
+
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(
+        watch_files(lambda: config, fake_reload, Logger(stream=io.BytesIO()), stop=stop)
+    )
+    try:
+        await asyncio.sleep(0.5)
+        os.symlink("v2", tmp_path / "..data_tmp")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # what the kubelet does on an update
+        await _until(lambda: len(reasons) == 1, "no reload after the symlink swap")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_settings_that_need_a_restart_are_named(
+    gateway: Any, vendor: Any, write_config: Callable[..., Path], logs: CapturedLogs
+) -> None:
+    server = await vendor(rate_vendor())
+    vendors = f'[vendors.v]\nbase_url = "{server.make_url("/")}"\n'
+    client = await gateway(vendors)
+    write_config('[gateway]\nlisten = "127.0.0.1:1"\nstore = "redis://127.0.0.1:1/0"\n' + vendors)
+    assert await reload(client.app) is True
+    reloaded = [r for r in logs.records() if r["event"] == "config_reloaded"]
+    assert reloaded[0]["level"] == "warning"
+    assert reloaded[0]["needs_restart"] == ["gateway.listen", "gateway.store"]
+    assert (await client.get("/v/x")).status == 200
