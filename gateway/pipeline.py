@@ -64,6 +64,8 @@ class Exchange:
     async def read_body(self) -> bytes:
         """The caller's body, read once (bounded by the vendor's max_body_bytes) and kept for later stages."""
         if self.body is None:
+            if not self.request.body_exists:
+                return b""
             limit = self.vendor.max_body_bytes
             length = self.request.content_length
             if length is not None and length > limit:

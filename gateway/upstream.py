@@ -202,7 +202,7 @@ class Forwarder:
                 ex.bytes_in = len(data)
             elif transport.tokens is not None:
                 # Kept whole (up to max_body_bytes) so the one retry after a vendor 401 can resend it.
-                data = b"".join([chunk async for chunk in _BodyLimit(request.content, limit, ex)])
+                data = await ex.read_body()
             else:
                 if length is not None:
                     headers[hdrs.CONTENT_LENGTH] = str(length)

@@ -43,7 +43,6 @@ from ..errors import (
     BadIdempotencyKey,
     Conflict,
     NotReplayable,
-    PayloadTooLarge,
     ServiceUnavailable,
     UnprocessableContent,
 )
@@ -54,7 +53,6 @@ from ..store import IdempotencyKey, IdempotencyRecord, Store, StoredResponse, St
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
-READ_CHUNK = 64 * 1024
 # Statuses that are a final answer worth replaying (SPEC section 6); everything else may be retried.
 NOT_STORED_4XX = frozenset({408, 409, 425, 429})
 # Response fields that describe one delivery rather than the answer: a replay gets fresh ones.
@@ -115,29 +113,6 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
         digest.update(part)
     digest.update(body)
     return digest.hexdigest()
-
-
-async def read_body(ex: Exchange) -> bytes:
-    """The caller's body, read once into ``ex.body`` (bounded by the vendor's ``max_body_bytes``)."""
-    if ex.body is not None:
-        return ex.body
-    request = ex.request
-    if not request.body_exists:
-        return b""
-    limit = ex.vendor.max_body_bytes
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        parts.append(chunk)
-    ex.body = b"".join(parts)
-    ex.bytes_in = len(ex.body)
-    return ex.body
 
 
 class _Lease:
@@ -235,7 +210,7 @@ class IdempotencyStage:
             exchange.headers[self.forward_header] = key
             exchange.idempotency_forwarded = True
         exchange.idempotency_key = key
-        body = await read_body(exchange)
+        body = await exchange.read_body()
         scope = IdempotencyKey(vendor=self.vendor.name, client=exchange.client, key=key)
         digest = fingerprint(exchange.method, exchange.path, exchange.query, body)
         owner = os.urandom(12).hex()
