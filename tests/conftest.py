@@ -93,7 +93,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """
     binary = redis_server_binary()
     if binary is None:
-        reason = "redis-server is not on PATH, so the Redis store is NOT TESTED (apt-get install redis-server)"
+        reason = (
+            "redis-server is not on PATH, so the Redis store is NOT TESTED (apt-get install redis-server)"
+        )
         if redis_required():
             pytest.fail(reason + "; CI=true or GATEWAY_REQUIRE_REDIS=1 requires it")
         pytest.skip(reason)

@@ -189,7 +189,9 @@ async def test_request_transform_failure_is_400_naming_the_rule(
             """
         },
     )
-    resp = await client.post("/billing/v1/customers", json={"fullName": "x", "emailAddress": "e", "id": 1, "state": "Q"})
+    resp = await client.post(
+        "/billing/v1/customers", json={"fullName": "x", "emailAddress": "e", "id": 1, "state": "Q"}
+    )
     assert resp.status == 400
     detail = (await resp.json())["detail"]
     assert "map[8]" in detail and "/state" in detail
@@ -216,7 +218,10 @@ def test_check_reports_broken_schemas_and_specs_by_file_and_rule(write_config: C
         },
     )
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--config", str(path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "gateway", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     out = result.stderr
