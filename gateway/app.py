@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from . import __version__
 from .config import Config, ConfigError, Route, Vendor, load_config
+from .dashboard import render_dashboard
+from .deprecation import UNROUTED
 from .errors import GatewayError, NotFound, ServiceUnavailable, problem_response
+from .metrics import UNKNOWN_VENDOR, registry_for, render
 from .observability import Logger
 from .pipeline import Exchange, Handler, Services, compose
 from .security import secret_values, startup_notes
@@ -61,6 +66,7 @@ LOGGER = web.AppKey("logger", Logger)
 CONFIG = web.AppKey("config", Config)  # the config the app started with; the one in force: LIVE
 LIVE = web.AppKey("live", Live)
 SERVICES = web.AppKey("services", Services)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 def build_runtime(config: Config, services: Services) -> Runtime:
@@ -139,19 +145,37 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         )
         return response
     finally:
+        seconds = time.perf_counter() - started
+        status = response.status if response is not None else 499
+        route_path = ex.route.path if ex and ex.route else None
+        upstream_seconds = ex.upstream_seconds if ex else 0.0
+        bytes_in = ex.bytes_in if ex else 0
+        bytes_out = ex.bytes_out if ex else 0
+        request.app[SERVICES].metrics.observe(
+            vendor_name
+            if vendor_name is not None and vendor_name in runtime.config.vendors
+            else UNKNOWN_VENDOR,
+            route_path or UNROUTED,
+            request.method,
+            status,
+            seconds,
+            upstream_seconds,
+            bytes_in,
+            bytes_out,
+        )
         logger.access(
             request_id=request_id,
             client=ex.client if ex else None,
             vendor=vendor_name,
-            route=ex.route.path if ex and ex.route else None,
+            route=route_path,
             method=request.method,
             path=request.raw_path.partition("?")[0],
-            status=response.status if response is not None else 499,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            upstream_ms=round(ex.upstream_seconds * 1000, 3) if ex else 0.0,
+            status=status,
+            duration_ms=round(seconds * 1000, 3),
+            upstream_ms=round(upstream_seconds * 1000, 3),
             attempts=ex.attempts if ex else 0,
-            bytes_in=ex.bytes_in if ex else 0,
-            bytes_out=ex.bytes_out if ex else 0,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
         )
 
 
@@ -180,6 +204,16 @@ async def ready(request: web.Request) -> web.Response:
             "store": store.url,
         },
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = render(request.app[METRICS])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+async def dashboard_page(request: web.Request) -> web.Response:
+    html = render_dashboard(request.app[LIVE].runtime.config, request.app[SERVICES])
+    return web.Response(text=html, content_type="text/html")
 
 
 async def deprecations(request: web.Request) -> web.Response:
@@ -211,6 +245,7 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
         services = Services(session=session, logger=app[LOGGER], store=store)
         app[SERVICES] = services
         app[LIVE] = Live(build_runtime(app[CONFIG], services))
+        app[METRICS] = registry_for(lambda: services)
         try:
             yield
         finally:
@@ -223,6 +258,8 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
     app.router.add_get("/_gateway/health", health)
     app.router.add_get("/_gateway/ready", ready)
     app.router.add_get("/_gateway/deprecations", deprecations)
+    app.router.add_get("/_gateway/metrics", metrics)
+    app.router.add_get("/_gateway/dashboard", dashboard_page)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 

@@ -21,6 +21,7 @@ from .config import Route, Vendor
 from .credentials import TokenManager
 from .deprecation import DeprecationTracker
 from .errors import PayloadTooLarge
+from .metrics import RequestMetrics
 from .observability import Logger
 from .ratelimit import RateLimits
 from .store import MemoryStore, Store
@@ -91,6 +92,8 @@ class Services:
     store: Store = field(default_factory=MemoryStore)
     # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
     idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Requests, durations and bytes per vendor (gateway_requests_total and friends).
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
     # (vendor, route) -> vendor answers that failed their response schema in report mode.
     response_schema_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
     # OAuth2 tokens per vendor; kept across config reloads (keyed by the vendor's auth settings).

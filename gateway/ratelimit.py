@@ -42,7 +42,6 @@ being allowed N times the limit until the store answers again.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import email.utils
 import math
@@ -54,6 +53,7 @@ from typing import ClassVar
 
 from .config import DEFAULT_CONCURRENCY_MAX_QUEUE, DEFAULT_MAX_WAIT_SECONDS, Client, RateLimit, Route, Vendor
 from .errors import TooManyRequests
+from .metrics import Histogram
 from .observability import Logger
 from .store import RateBucket, Store, StoreUnavailable
 from .store.base import gcra, gcra_pause
@@ -99,23 +99,6 @@ class LimitSettings:
     @property
     def is_global(self) -> bool:
         return self.rate is not None and self.rate.scope == "global"
-
-
-class WaitHistogram:
-    """Seconds requests waited for their turn: counts per ``WAIT_BUCKETS`` bound (not cumulative; the
-    last is +Inf), their sum and number, for ``gateway_ratelimit_wait_seconds{vendor}``."""
-
-    __slots__ = ("count", "counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(WAIT_BUCKETS) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(WAIT_BUCKETS, seconds)] += 1
-        self.sum += seconds
-        self.count += 1
 
 
 def _sf_string(text: str) -> str:
@@ -469,7 +452,7 @@ class RateLimits:
         self._limiters: dict[tuple[str, ...], Limiter] = {}
         # Per vendor: how long admitted requests waited (gateway_ratelimit_wait_seconds{vendor}) and
         # how many were refused with a 429 (gateway_ratelimit_rejected_total{vendor}).
-        self.wait_seconds: dict[str, WaitHistogram] = {}
+        self.wait_seconds: dict[str, Histogram] = {}
         self.rejected: Counter[str] = Counter()
         self.rejected_by_reason: Counter[tuple[str, str]] = Counter()  # (vendor, reason)
         self.pauses: Counter[str] = Counter()  # vendor answers with Retry-After that held the queue
@@ -522,7 +505,7 @@ class RateLimits:
     def observe_wait(self, vendor: str, seconds: float) -> None:
         histogram = self.wait_seconds.get(vendor)
         if histogram is None:
-            histogram = self.wait_seconds[vendor] = WaitHistogram()
+            histogram = self.wait_seconds[vendor] = Histogram(WAIT_BUCKETS)
         histogram.observe(seconds)
 
     def count_rejection(self, vendor: str, reason: str) -> None:

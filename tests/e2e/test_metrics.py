@@ -1,0 +1,120 @@
+"""/_gateway/metrics in the Prometheus text format, and the dashboard, as a scraper and a person see them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+SPEC_METRICS = {
+    "gateway_requests",
+    "gateway_request_duration_seconds",
+    "gateway_upstream_duration_seconds",
+    "gateway_request_bytes",
+    "gateway_response_bytes",
+    "gateway_ratelimit_wait_seconds",
+    "gateway_ratelimit_rejected",
+    "gateway_idempotency",
+    "gateway_vendor_deprecations",
+}
+
+
+def vendor_app() -> web.Application:
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="hello", headers={"Deprecation": "@1735689600"})
+
+    async def boom(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="down")
+
+    app = web.Application()
+    app.router.add_route("*", "/ok", ok)
+    app.router.add_get("/boom", boom)
+    return app
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_metrics_count_what_callers_saw(gateway: Any, vendor: Any) -> None:
+    server = await vendor(vendor_app())
+    client = await gateway(
+        f'[vendors.acme]\nbase_url = "{server.make_url("/")}"\n',
+        routes={"acme": 'vendor = "acme"\nexpose = "all"\n[[route]]\nmethod = "POST"\npath = "/ok"\n'},
+    )
+    for _ in range(3):
+        assert (await client.get("/acme/ok")).status == 200
+    assert (await client.post("/acme/ok", data=b"12345")).status == 200
+    assert (await client.get("/acme/boom")).status == 503
+    assert (await client.get("/nobody/x")).status == 404
+
+    resp = await client.get("/_gateway/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = await resp.text()
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert names >= SPEC_METRICS
+    got = samples(text)
+    assert (
+        got[
+            (
+                "gateway_requests_total",
+                (("method", "GET"), ("route", "*"), ("status", "200"), ("vendor", "acme")),
+            )
+        ]
+        == 3
+    )
+    assert (
+        got[
+            (
+                "gateway_requests_total",
+                (("method", "POST"), ("route", "/ok"), ("status", "200"), ("vendor", "acme")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        got[
+            (
+                "gateway_requests_total",
+                (("method", "GET"), ("route", "*"), ("status", "503"), ("vendor", "acme")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        got[
+            (
+                "gateway_requests_total",
+                (("method", "GET"), ("route", "*"), ("status", "404"), ("vendor", "-")),
+            )
+        ]
+        == 1
+    )
+    assert got[("gateway_request_duration_seconds_count", (("vendor", "acme"),))] == 5
+    assert got[("gateway_upstream_duration_seconds_count", (("vendor", "acme"),))] == 5
+    assert got[("gateway_request_bytes_total", (("vendor", "acme"),))] == 5
+    assert got[("gateway_response_bytes_total", (("vendor", "acme"),))] == 4 * len("hello") + len("down")
+    assert got[("gateway_vendor_deprecations_total", (("route", "*"), ("vendor", "acme")))] == 3
+    # Histogram buckets are cumulative and end at the count.
+    assert got[("gateway_request_duration_seconds_bucket", (("le", "+Inf"), ("vendor", "acme")))] == 5
+
+
+async def test_dashboard_is_a_page_for_people(gateway: Any, vendor: Any) -> None:
+    server = await vendor(vendor_app())
+    client = await gateway(f'[vendors.acme]\nbase_url = "{server.make_url("/")}"\n')
+    await client.get("/acme/ok")
+    await client.get("/acme/boom")
+    resp = await client.get("/_gateway/dashboard")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/html")
+    page = await resp.text()
+    assert "<td>acme</td><td>2</td>" in page  # two requests
+    assert '<span class="bad">1</span>' in page  # one 5xx
+    assert "2025-01-01" in page  # the deprecation notice with its date
