@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 from aiohttp import web
+from opentelemetry.trace import Span
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -32,6 +33,7 @@ from .stages import route_stages
 from .stages.client_auth import Authenticator
 from .store import StoreUnavailable, open_store
 from .target import parse_target
+from .tracing import Tracing, finish_server_span
 from .upstream import Forwarder, StreamAborted, request_headers, vendor_transport
 from .versioning import unversioned
 
@@ -92,6 +94,14 @@ def _request_id(request: web.Request) -> str:
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
+    tracing = request.app[SERVICES].tracing
+    if tracing is None:
+        return await _proxy(request, None)
+    with tracing.server_span(request) as span:
+        return await _proxy(request, span)
+
+
+async def _proxy(request: web.Request, span: Span | None) -> web.StreamResponse:
     runtime = request.app[LIVE].runtime
     logger = request.app[LOGGER]
     request_id = _request_id(request)
@@ -163,6 +173,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             bytes_in,
             bytes_out,
         )
+        if span is not None:
+            finish_server_span(span, vendor=vendor_name, route=route_path, status=status)
         logger.access(
             request_id=request_id,
             client=ex.client if ex else None,
@@ -242,7 +254,9 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
             trust_env=False,
         )
         store = open_store(app[CONFIG].gateway.store)
-        services = Services(session=session, logger=app[LOGGER], store=store)
+        settings = app[CONFIG].tracing
+        tracing = Tracing(settings) if settings.exporter != "none" else None
+        services = Services(session=session, logger=app[LOGGER], store=store, tracing=tracing)
         app[SERVICES] = services
         app[LIVE] = Live(build_runtime(app[CONFIG], services))
         app[METRICS] = registry_for(lambda: services)
@@ -253,6 +267,8 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
             await services.tokens.close()
             await session.close()
             await store.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # flushes spans still batched
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/_gateway/health", health)
@@ -270,8 +286,8 @@ async def reload(app: web.Application, *, reason: str = "requested") -> bool:
     Requests already in a pipeline finish on the old Runtime. Limiters are kept where a limit is
     unchanged and updated in place where it changed, so their schedules and queues carry over. A config
     that fails to load is refused: ``config_reload_failed`` lists every problem and the old config keeps
-    serving. ``gateway.listen``, ``store`` and ``shutdown_timeout_seconds`` need a restart: a change
-    to them is logged as ``needs_restart``.
+    serving. ``gateway.listen``, ``store``, ``shutdown_timeout_seconds`` and ``[tracing]`` need a
+    restart: a change to them is logged as ``needs_restart``.
     """
     live, logger = app[LIVE], app[LOGGER]
     async with live.lock:
@@ -304,6 +320,7 @@ async def reload(app: web.Application, *, reason: str = "requested") -> bool:
                     old.gateway.shutdown_timeout_seconds,
                     config.gateway.shutdown_timeout_seconds,
                 ),
+                ("tracing", old.tracing, config.tracing),
             )
             if before != after
         ]

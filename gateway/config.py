@@ -33,6 +33,21 @@ DEFAULT_RATE_PER_SECONDS = 1.0
 DEFAULT_MAX_WAIT_SECONDS = 1.0  # how long a request may queue for a rate or concurrency slot
 # Queue depth for a vendor with `concurrency` but no `rate_limit` (nothing to derive it from).
 DEFAULT_CONCURRENCY_MAX_QUEUE = 1000
+# Retries, circuit breakers and async delivery (SPEC sections 7 and 10).
+DEFAULT_RETRY_ATTEMPTS = 3
+DEFAULT_RETRY_BASE_DELAY_SECONDS = 0.1
+DEFAULT_RETRY_MAX_DELAY_SECONDS = 5.0
+DEFAULT_RETRY_ON = frozenset({429, 502, 503, 504})
+DEFAULT_RETRY_BUDGET_RATIO = 0.2
+DEFAULT_RETRY_BUDGET_MIN_PER_SECOND = 1.0
+DEFAULT_CIRCUIT_FAILURE_RATIO = 0.5
+DEFAULT_CIRCUIT_MIN_REQUESTS = 20
+DEFAULT_CIRCUIT_WINDOW_SECONDS = 10.0
+DEFAULT_CIRCUIT_OPEN_SECONDS = 30.0
+DEFAULT_DELIVERY_WORKERS = 8
+DEFAULT_DELIVERY_MAX_ATTEMPTS = 10
+DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS = 30.0
+DEFAULT_DELIVERY_KEEP_SECONDS = 86_400.0
 RATE_SCOPES = ("local", "global")
 IDEMPOTENCY_MODES = ("required", "optional", "off")
 # Methods that get idempotency "optional" when their route says nothing (SPEC section 8).
@@ -45,12 +60,7 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Features whose config keys are part of the contract (SPEC.md) but which this build does not
 # carry out yet. Accepting them silently would let ops believe a limit or a credential is in force,
 # so their presence is a config error until the feature lands.
-NOT_YET_SUPPORTED: dict[str, str] = {
-    "retry": "retries",
-    "circuit": "circuit breakers",
-    "tracing": "tracing",
-    "delivery": "async delivery",
-}
+NOT_YET_SUPPORTED: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +230,63 @@ class Idempotency:
     max_body_bytes: int = DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """A vendor's ``retry = {...}`` (SPEC section 7); every vendor has one, ``attempts = 1`` turns it off.
+
+    ``attempts``: total tries per request. The pause before try n+1 is drawn uniformly from 0 to
+    ``min(max_delay_seconds, base_delay_seconds * 2**(n-1))`` (full jitter), and is at least the vendor's
+    ``Retry-After``. Retried: connection errors, timeouts and ``retry_on`` statuses, for GET, HEAD,
+    OPTIONS, PUT and DELETE, and for POST and PATCH whose idempotency key is forwarded to the vendor.
+    The vendor's ``timeout.total_seconds`` bounds all tries together. Retry budget: over the last
+    ``RETRY_BUDGET_WINDOW_SECONDS``, retries are at most ``budget_ratio`` of first tries plus
+    ``budget_min_per_second`` per second (so a quiet vendor still gets its retries).
+    """
+
+    attempts: int = DEFAULT_RETRY_ATTEMPTS
+    base_delay_seconds: float = DEFAULT_RETRY_BASE_DELAY_SECONDS
+    max_delay_seconds: float = DEFAULT_RETRY_MAX_DELAY_SECONDS
+    retry_on: frozenset[int] = DEFAULT_RETRY_ON
+    budget_ratio: float = DEFAULT_RETRY_BUDGET_RATIO
+    budget_min_per_second: float = DEFAULT_RETRY_BUDGET_MIN_PER_SECOND
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Circuit:
+    """A vendor's ``circuit = {...}``: every vendor has a breaker with these defaults unless
+    ``enabled = false``. It opens when, over the last ``window_seconds``, at least ``min_requests`` calls
+    were made and ``failure_ratio`` of them failed (connection error, timeout or a 5xx answer); it stays
+    open ``open_seconds``, then lets one probe through (half-open) and closes if the probe succeeds."""
+
+    enabled: bool = True
+    failure_ratio: float = DEFAULT_CIRCUIT_FAILURE_RATIO
+    min_requests: int = DEFAULT_CIRCUIT_MIN_REQUESTS
+    window_seconds: float = DEFAULT_CIRCUIT_WINDOW_SECONDS
+    open_seconds: float = DEFAULT_CIRCUIT_OPEN_SECONDS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySettings:
+    """``[delivery]``: the async delivery workers (SPEC section 10).
+
+    ``workers``: deliveries in progress at once, per gateway process. ``max_attempts``: vendor calls a
+    delivery may make before it is dead-lettered (waiting out an open circuit or a rate-limit queue costs
+    none). ``claim_after_seconds``: how long a delivery held by a process that stopped answering stays
+    with it before another process takes it over. ``keep_seconds``: how long a delivered record (and its
+    vendor answer) stays readable at ``/_gateway/deliveries/ID``; dead letters stay until purged.
+    """
+
+    workers: int = DEFAULT_DELIVERY_WORKERS
+    max_attempts: int = DEFAULT_DELIVERY_MAX_ATTEMPTS
+    claim_after_seconds: float = DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS
+    keep_seconds: float = DEFAULT_DELIVERY_KEEP_SECONDS
+
+
 IdempotencyMode = Literal["required", "optional", "off"]
+# "sync": answered by the vendor; "async": 202 and a durable queue; "prefer": async when the caller
+# sends ``Prefer: respond-async`` (RFC 7240), else sync.
+DeliveryMode = Literal["sync", "async", "prefer"]
+DELIVERY_MODES = ("sync", "async", "prefer")
 
 
 AUTH_TYPES = ("bearer", "header", "query", "basic", "oauth2_client_credentials")
@@ -254,6 +320,7 @@ class Route:
     request_transform: TransformSpec | None = None
     response_transform: TransformSpec | None = None
     rate_limit: RateLimit | None = None  # on top of the vendor's: requests matching this route only
+    delivery: DeliveryMode = "sync"
 
     def matches(self, method: str, segments: tuple[str, ...]) -> bool:
         if self.method != "*" and self.method != method and not (self.method == "GET" and method == "HEAD"):
@@ -281,6 +348,8 @@ class Vendor:
     idempotency: Idempotency = field(default_factory=Idempotency)
     rate_limit: RateLimit | None = None
     concurrency: int | None = None  # at most this many requests in flight to the vendor (per process)
+    retry: Retry = field(default_factory=Retry)
+    circuit: Circuit = field(default_factory=Circuit)
     expose: Literal["all", "declared"] = "all"
     routes: tuple[Route, ...] = ()
 
@@ -297,10 +366,24 @@ class Vendor:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TracingSettings:
+    """``[tracing]``: "none" (the default: the caller's traceparent passes through untouched), "console"
+    (spans printed to stdout) or "otlp" (OTLP over HTTP to ``endpoint``); ``sample_ratio`` of new traces
+    are kept (a caller's sampled flag is followed)."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    endpoint: str | None = None
+    sample_ratio: float = 1.0
+    service_name: str = "egress-gateway"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     path: Path
     gateway: GatewaySettings
     vendors: Mapping[str, Vendor]
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     # Empty: callers are not authenticated (a sidecar on loopback). Otherwise every request needs a key.
     clients: Mapping[str, Client] = field(default_factory=dict)
     # Accepted but risky settings (``tls.verify = false``...): printed by ``check``, logged at start.
@@ -586,6 +669,7 @@ def _parse_route(t: _Table, assets: _Assets) -> Route | None:
     request_transform = assets.transform(t, "request_transform")
     response_transform = assets.transform(t, "response_transform")
     rate_limit = _parse_rate_limit(rt) if (rt := t.table("rate_limit")) is not None else None
+    delivery = t.string("delivery", "sync", choices=DELIVERY_MODES)
     t.done()
     if method is None or segments is None:
         return None
@@ -601,6 +685,7 @@ def _parse_route(t: _Table, assets: _Assets) -> Route | None:
         request_transform=request_transform,
         response_transform=response_transform,
         rate_limit=rate_limit,
+        delivery="async" if delivery == "async" else "prefer" if delivery == "prefer" else "sync",
     )
 
 
@@ -642,6 +727,8 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
         idempotency = _parse_idempotency(it)
     rate_limit = _parse_rate_limit(rt) if (rt := t.table("rate_limit")) is not None else None
     concurrency = t.integer("concurrency", None)
+    retry = _parse_retry(rt) if (rt := t.table("retry")) is not None else Retry()
+    circuit = _parse_circuit(ct) if (ct := t.table("circuit")) is not None else Circuit()
     t.done()
     if base_url is None:
         return None
@@ -656,6 +743,75 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
         idempotency=idempotency,
         rate_limit=rate_limit,
         concurrency=concurrency,
+        retry=retry,
+        circuit=circuit,
+    )
+
+
+def _parse_retry(t: _Table) -> Retry:
+    attempts = t.integer("attempts", DEFAULT_RETRY_ATTEMPTS)
+    base = t.number("base_delay_seconds", DEFAULT_RETRY_BASE_DELAY_SECONDS, positive=False)
+    cap = t.number("max_delay_seconds", DEFAULT_RETRY_MAX_DELAY_SECONDS, positive=False)
+    if isinstance(base, float) and isinstance(cap, float) and cap < base:
+        t.problem("max_delay_seconds", f"must be at least base_delay_seconds ({base:g}), not {cap:g}")
+        cap = None
+    retry_on: frozenset[int] | None = DEFAULT_RETRY_ON
+    raw = t.raw("retry_on")
+    if raw is not _MISSING:
+        if not isinstance(raw, list):
+            t.problem("retry_on", f"must be an array of HTTP status codes, not {_toml_type(raw)}")
+            retry_on = None
+        else:
+            codes: set[int] = set()
+            for i, code in enumerate(raw, start=1):
+                if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
+                    t.problem(f"retry_on[{i}]", f"must be a 4xx or 5xx status code, not {code!r}")
+                else:
+                    codes.add(code)
+            retry_on = frozenset(codes)
+    ratio = t.number("budget_ratio", DEFAULT_RETRY_BUDGET_RATIO, positive=False)
+    floor = t.number("budget_min_per_second", DEFAULT_RETRY_BUDGET_MIN_PER_SECOND, positive=False)
+    t.done()
+    return Retry(
+        attempts=attempts if isinstance(attempts, int) else DEFAULT_RETRY_ATTEMPTS,
+        base_delay_seconds=base if base is not None else DEFAULT_RETRY_BASE_DELAY_SECONDS,
+        max_delay_seconds=cap if cap is not None else DEFAULT_RETRY_MAX_DELAY_SECONDS,
+        retry_on=retry_on if retry_on is not None else DEFAULT_RETRY_ON,
+        budget_ratio=ratio if ratio is not None else DEFAULT_RETRY_BUDGET_RATIO,
+        budget_min_per_second=floor if floor is not None else DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+    )
+
+
+def _parse_circuit(t: _Table) -> Circuit:
+    enabled = t.boolean("enabled", True)
+    ratio = t.number("failure_ratio", DEFAULT_CIRCUIT_FAILURE_RATIO)
+    if isinstance(ratio, float) and ratio > 1:
+        t.problem("failure_ratio", f"must be greater than 0 and at most 1, not {ratio:g}")
+        ratio = None
+    min_requests = t.integer("min_requests", DEFAULT_CIRCUIT_MIN_REQUESTS)
+    window = t.number("window_seconds", DEFAULT_CIRCUIT_WINDOW_SECONDS)
+    open_for = t.number("open_seconds", DEFAULT_CIRCUIT_OPEN_SECONDS)
+    t.done()
+    return Circuit(
+        enabled=enabled is not False,
+        failure_ratio=ratio or DEFAULT_CIRCUIT_FAILURE_RATIO,
+        min_requests=min_requests or DEFAULT_CIRCUIT_MIN_REQUESTS,
+        window_seconds=window or DEFAULT_CIRCUIT_WINDOW_SECONDS,
+        open_seconds=open_for or DEFAULT_CIRCUIT_OPEN_SECONDS,
+    )
+
+
+def _parse_delivery(t: _Table) -> DeliverySettings:
+    workers = t.integer("workers", DEFAULT_DELIVERY_WORKERS)
+    max_attempts = t.integer("max_attempts", DEFAULT_DELIVERY_MAX_ATTEMPTS)
+    claim_after = t.number("claim_after_seconds", DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS)
+    keep = t.number("keep_seconds", DEFAULT_DELIVERY_KEEP_SECONDS)
+    t.done()
+    return DeliverySettings(
+        workers=workers or DEFAULT_DELIVERY_WORKERS,
+        max_attempts=max_attempts or DEFAULT_DELIVERY_MAX_ATTEMPTS,
+        claim_after_seconds=claim_after or DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS,
+        keep_seconds=keep or DEFAULT_DELIVERY_KEEP_SECONDS,
     )
 
 
@@ -999,6 +1155,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     clients: dict[str, Client] = {}
     if (ct := root.table("clients")) is not None:
         clients = _parse_clients(ct, base_dir, set(vt.data) if vt else set())
+    tracing = _parse_tracing(tt) if (tt := root.table("tracing")) is not None else TracingSettings()
+    delivery = _parse_delivery(dt) if (dt := root.table("delivery")) is not None else DeliverySettings()
     root.done()
 
     vendors = _load_routes(
@@ -1015,7 +1173,53 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         gateway=settings,
         vendors=vendors,
         clients=clients,
-        warnings=_warnings(display, vendors) + _rate_warnings(display, settings.store, vendors, clients),
+        tracing=tracing,
+        delivery=delivery,
+        warnings=_warnings(display, vendors)
+        + _rate_warnings(display, settings.store, vendors, clients)
+        + _delivery_warnings(settings.store, vendors),
+    )
+
+
+def _delivery_warnings(store: str, vendors: Mapping[str, Vendor]) -> tuple[Problem, ...]:
+    """Async routes on the memory store: the queue lives in this one process and dies with it."""
+    if store != "memory://":
+        return ()
+    found: list[Problem] = []
+    for vendor in vendors.values():
+        for route in vendor.routes:
+            if route.delivery != "sync":
+                file, _, where = route.source.partition(": ")
+                found.append(
+                    Problem(
+                        file,
+                        f"{where}.delivery",
+                        f"is {route.delivery!r} but the store is memory://: accepted deliveries live in "
+                        "this process only and are lost if it stops; use a redis:// store to keep them",
+                    )
+                )
+    return tuple(found)
+
+
+def _parse_tracing(t: _Table) -> TracingSettings:
+    exporter = t.string("exporter", "none", choices=("none", "console", "otlp"))
+    endpoint = t.string("endpoint", None)
+    if isinstance(endpoint, str) and not endpoint.startswith(("http://", "https://")):
+        t.problem("endpoint", f"must be an http:// or https:// URL, not {endpoint!r}")
+        endpoint = None
+    if exporter == "otlp" and not t.has("endpoint"):
+        t.problem("endpoint", 'is required with exporter = "otlp" (e.g. "http://127.0.0.1:4318/v1/traces")')
+    ratio = t.number("sample_ratio", 1.0, positive=False)
+    if isinstance(ratio, float) and ratio > 1:
+        t.problem("sample_ratio", f"must be from 0 to 1, not {ratio:g}")
+        ratio = None
+    service = t.string("service_name", "egress-gateway")
+    t.done()
+    return TracingSettings(
+        exporter=exporter if exporter in ("console", "otlp") else "none",
+        endpoint=endpoint,
+        sample_ratio=ratio if ratio is not None else 1.0,
+        service_name=service if isinstance(service, str) else "egress-gateway",
     )
 
 

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -25,6 +25,9 @@ from .metrics import RequestMetrics
 from .observability import Logger
 from .ratelimit import RateLimits
 from .store import MemoryStore, Store
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 Handler = Callable[["Exchange"], Awaitable[web.StreamResponse]]
 
@@ -92,6 +95,8 @@ class Services:
     store: Store = field(default_factory=MemoryStore)
     # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
     idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # OpenTelemetry spans, when [tracing] has an exporter; None costs nothing per request.
+    tracing: Tracing | None = None
     # Requests, durations and bytes per vendor (gateway_requests_total and friends).
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     # (vendor, route) -> vendor answers that failed their response schema in report mode.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..config import Config, Route, Vendor
 from ..pipeline import Services, Stage
+from ..tracing import VendorCallSpan
 from .client_auth import ClientAuth
 from .idempotency import idempotency_stage
 from .payload import RequestPayload, ResponsePayload
@@ -31,4 +32,6 @@ def route_stages(config: Config, vendor: Vendor, route: Route | None, services: 
     # refuse it has passed, and the vendor's answer (429 + Retry-After) is seen before response stages.
     if (ratelimit := ratelimit_stage(config, vendor, route, services)) is not None:
         stages.append(ratelimit)
+    if services.tracing is not None:  # innermost: one client span per vendor call
+        stages.append(VendorCallSpan(services.tracing))
     return stages
