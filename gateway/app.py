@@ -23,19 +23,22 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from . import __version__
 from .config import Config, ConfigError, Route, Vendor, load_config
 from .dashboard import render_dashboard
+from .delivery import delivery_status
 from .deprecation import UNROUTED
 from .errors import GatewayError, NotFound, ServiceUnavailable, problem_response
 from .metrics import UNKNOWN_VENDOR, registry_for, render
-from .observability import Logger
+from .observability import Logger, new_request_id
 from .pipeline import Exchange, Handler, Services, compose
+from .pool import Pool
 from .security import secret_values, startup_notes
-from .stages import route_stages
+from .stages import delivery_stages, route_stages
 from .stages.client_auth import Authenticator
 from .store import StoreUnavailable, open_store
 from .target import parse_target
 from .tracing import Tracing, finish_server_span
 from .upstream import Forwarder, StreamAborted, request_headers, vendor_transport
 from .versioning import unversioned
+from .workers import DeliveryWorkers
 
 USER_AGENT = f"egress-gateway/{__version__}"
 
@@ -49,10 +52,27 @@ class Runtime:
     handlers: dict[tuple[str, int], Handler]
     # With [clients]: callers are identified before a 404 too, so unknown callers learn no vendor names.
     authenticator: Authenticator | None = None
+    # What queued deliveries pass (breaker, rate limits, forwarder), keyed like ``handlers``: one per
+    # vendor (-1) and one per route that may be async.
+    delivery_handlers: dict[tuple[str, int], Handler] = field(default_factory=dict)
 
     def handler(self, vendor: Vendor, route: Route | None) -> Handler:
         index = -1 if route is None else vendor.routes.index(route)
         return self.handlers[(vendor.name, index)]
+
+    def delivery_handler(
+        self, vendor_name: str, method: str, segments: tuple[str, ...]
+    ) -> tuple[Vendor, Route | None, Handler] | None:
+        """For a queued delivery, with the config in force now: its vendor, route and handler."""
+        vendor = self.config.vendors.get(vendor_name)
+        if vendor is None:
+            return None
+        route = vendor.find_route(method, segments)
+        index = -1 if route is None else vendor.routes.index(route)
+        handler = (
+            self.delivery_handlers.get((vendor.name, index)) or self.delivery_handlers[(vendor.name, -1)]
+        )
+        return vendor, route, handler
 
 
 @dataclass(slots=True, eq=False)
@@ -68,21 +88,30 @@ LOGGER = web.AppKey("logger", Logger)
 CONFIG = web.AppKey("config", Config)  # the config the app started with; the one in force: LIVE
 LIVE = web.AppKey("live", Live)
 SERVICES = web.AppKey("services", Services)
+WORKERS = web.AppKey("workers", DeliveryWorkers)
 METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 def build_runtime(config: Config, services: Services) -> Runtime:
     transports = {name: vendor_transport(v) for name, v in config.vendors.items()}
     forwarder = Forwarder(
-        services.session, transports, tokens=services.tokens, deprecations=services.deprecations
+        services.pool, transports, tokens=services.tokens, deprecations=services.deprecations
     )
     handlers: dict[tuple[str, int], Handler] = {}
+    deliveries: dict[tuple[str, int], Handler] = {}
     for name, vendor in config.vendors.items():
         handlers[(name, -1)] = compose(route_stages(config, vendor, None, services), forwarder)
+        deliveries[(name, -1)] = compose(delivery_stages(config, vendor, None, services), forwarder)
         for index, route in enumerate(vendor.routes):
             handlers[(name, index)] = compose(route_stages(config, vendor, route, services), forwarder)
+            if route.delivery != "sync":
+                deliveries[(name, index)] = compose(
+                    delivery_stages(config, vendor, route, services), forwarder
+                )
     authenticator = Authenticator(config.clients) if config.clients else None
-    return Runtime(config=config, handlers=handlers, authenticator=authenticator)
+    return Runtime(
+        config=config, handlers=handlers, authenticator=authenticator, delivery_handlers=deliveries
+    )
 
 
 def _request_id(request: web.Request) -> str:
@@ -90,7 +119,7 @@ def _request_id(request: web.Request) -> str:
     # A caller's id is kept when it is a sane token; anything else could forge or break log lines.
     if given and len(given) <= 200 and given.isascii() and given.isprintable() and " " not in given:
         return given
-    return os.urandom(16).hex()
+    return new_request_id()
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
@@ -228,6 +257,14 @@ async def dashboard_page(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
+async def delivery(request: web.Request) -> web.Response:
+    """``GET /_gateway/deliveries/ID``: a queued delivery's state and, once done, the vendor's answer."""
+    authenticator = request.app[LIVE].runtime.authenticator
+    return await delivery_status(
+        request, request.app[SERVICES].deliveries, authenticator, _request_id(request)
+    )
+
+
 async def deprecations(request: web.Request) -> web.Response:
     """What vendors said is deprecated or sunsetting, per vendor and route, with dates and counts."""
     notices = request.app[SERVICES].deprecations.notices()
@@ -256,16 +293,32 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
         store = open_store(app[CONFIG].gateway.store)
         settings = app[CONFIG].tracing
         tracing = Tracing(settings) if settings.exporter != "none" else None
-        services = Services(session=session, logger=app[LOGGER], store=store, tracing=tracing)
+        services = Services(
+            session=session,
+            logger=app[LOGGER],
+            store=store,
+            tracing=tracing,
+            pool=Pool(user_agent=USER_AGENT),
+        )
         app[SERVICES] = services
         app[LIVE] = Live(build_runtime(app[CONFIG], services))
         app[METRICS] = registry_for(lambda: services)
+        live = app[LIVE]
+        workers = DeliveryWorkers(
+            services, lambda: live.runtime.config, lambda *key: live.runtime.delivery_handler(*key)
+        )
+        app[WORKERS] = workers
+        workers.start()
         try:
             yield
         finally:
+            # Requests have drained by now: deliveries in progress get as long again, then go back.
+            await workers.stop(app[CONFIG].gateway.shutdown_timeout_seconds)
+            services.circuits.close()
             services.ratelimits.close()
             await services.tokens.close()
             await session.close()
+            await services.pool.close()
             await store.close()
             if tracing is not None:
                 await asyncio.to_thread(tracing.shutdown)  # flushes spans still batched
@@ -276,6 +329,7 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
     app.router.add_get("/_gateway/deprecations", deprecations)
     app.router.add_get("/_gateway/metrics", metrics)
     app.router.add_get("/_gateway/dashboard", dashboard_page)
+    app.router.add_get("/_gateway/deliveries/{id}", delivery)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 

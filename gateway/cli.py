@@ -1,4 +1,4 @@
-"""``gateway run|check|transform|sandbox``: the operator's commands (SPEC section 1)."""
+"""``gateway run|check|transform|sandbox|dlq``: the operator's commands (SPEC section 1)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="run the local stand-in vendor")
     sandbox.add_argument("--listen", default="127.0.0.1:8081", help="HOST:PORT (default: %(default)s)")
     sandbox.set_defaults(func=cmd_sandbox)
+
+    from .dlq import add_parser as add_dlq_parser
+
+    add_dlq_parser(sub)
     return parser
 
 

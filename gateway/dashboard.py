@@ -38,6 +38,34 @@ def _row(cells: list[str], header: bool = False) -> str:
     return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
 
 
+def _resilience(config: Config, services: Services) -> str:
+    circuits = services.circuits.open_state()
+    deliveries = services.deliveries
+    retries: Counter[str] = Counter()
+    for (label, _reason), count in services.retries.sent.items():
+        retries[label] += count
+    rows = [_row(["vendor", "circuit", "retries sent", "delivered", "dead letters"], True)]
+    for name, vendor in sorted(config.vendors.items()):
+        if not vendor.circuit.enabled:
+            circuit = '<span class="muted">off</span>'
+        else:
+            circuit = '<span class="bad">open</span>' if circuits.get(name) else "closed"
+        dead = deliveries.dead.get(name, 0)
+        rows.append(
+            _row(
+                [
+                    html.escape(name),
+                    circuit,
+                    str(retries[name]),
+                    str(deliveries.delivered[name]),
+                    f'<span class="bad">{dead}</span>' if dead else "0",
+                ]
+            )
+        )
+    pending = f"<p>Deliveries queued or in progress: {deliveries.pending}</p>"
+    return "<table>" + "".join(rows) + "</table>" + pending
+
+
 def render_dashboard(config: Config, services: Services) -> str:
     m = services.metrics
     limits = services.ratelimits
@@ -93,6 +121,7 @@ def render_dashboard(config: Config, services: Services) -> str:
         _row([html.escape(label), html.escape(outcome), str(count)])
         for (label, outcome), count in sorted(services.idempotency_outcomes.items())
     ]
+    resilience = _resilience(config, services)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_SECONDS}">
 <title>Egress gateway</title><style>{_STYLE}</style></head><body>
@@ -101,6 +130,8 @@ store {html.escape(services.store.url)}</span></h1>
 <h2>Vendors</h2><table>{"".join(rows)}</table>
 <h2>Deprecation and sunset notices</h2>
 {"<table>" + "".join(deprecation_rows) + "</table>" if notices else '<p class="muted">none seen</p>'}
+<h2>Retries, circuit breakers and async delivery</h2>
+{resilience}
 <h2>Idempotency</h2>
 {
         "<table>" + _row(["vendor", "outcome", "count"], True) + "".join(idempotency) + "</table>"

@@ -16,7 +16,9 @@ The tree::
     ├── UnprocessableContent         422     idempotency key reused with another request
     ├── TooManyRequests              429     the rate-limit queue could not admit the request
     ├── BadGateway                   502     vendor unreachable, or its response is unusable
+    │   └── VendorUnreachable        502     no answer: connection refused, reset or broken off (retried)
     ├── ServiceUnavailable           503     circuit open, or the store is down and the route needs it
+    │   └── CircuitOpen              503     the vendor's circuit breaker is open (adds Retry-After)
     └── GatewayTimeout               504     vendor did not answer within its timeout
 
 A vendor's own error response is never a ``GatewayError``: it passes through unchanged.
@@ -147,10 +149,20 @@ class BadGateway(GatewayError):
     title = "Vendor unreachable or its response unusable"
 
 
+class VendorUnreachable(BadGateway):
+    """The vendor gave no answer (connection refused, reset, broken off): the retry policy may try again.
+    A vendor that answered with something unusable is a plain BadGateway, never retried."""
+
+
 class ServiceUnavailable(GatewayError):
     status = 503
     slug = "service-unavailable"
     title = "Service unavailable"
+
+
+class CircuitOpen(ServiceUnavailable):
+    slug = "circuit-open"
+    title = "Vendor circuit open"
 
 
 class GatewayTimeout(GatewayError):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -168,6 +168,55 @@ class GatewayCollector(Collector):
             ["vendor", "route"],
             services.response_schema_failures,
         )
+        yield _counter(
+            "gateway_retries",
+            "Vendor calls sent again by the retry policy (callers' requests and deliveries), by vendor and "
+            "reason: the status code, connection or timeout.",
+            ["vendor", "reason"],
+            services.retries.sent,
+        )
+        circuits = services.circuits.open_state()
+        yield _gauge(
+            "gateway_circuit_open",
+            "1 while the vendor's circuit breaker is open or half-open here.",
+            circuits,
+        )
+        deliveries = services.deliveries
+        vendors = set(circuits) | set(deliveries.dead)
+        yield _gauge(
+            "gateway_dlq_depth",
+            "Dead letters per vendor (read from the store every few seconds).",
+            {vendor: deliveries.dead.get(vendor, 0) for vendor in vendors},
+        )
+        outcomes = {
+            (vendor, outcome): count
+            for outcome, counts in (
+                ("accepted", deliveries.accepted),
+                ("delivered", deliveries.delivered),
+                ("retried", deliveries.retried),
+                ("dead_lettered", deliveries.dead_lettered),
+            )
+            for vendor, count in counts.items()
+        }
+        yield _counter(
+            "gateway_deliveries",
+            "Async deliveries by this process: accepted (202), delivered, retried, dead_lettered.",
+            ["vendor", "outcome"],
+            outcomes,
+        )
+        queued = GaugeMetricFamily(
+            "gateway_delivery_queue_depth",
+            "Deliveries queued or in progress, for every gateway on the store.",
+        )
+        queued.add_metric([], deliveries.pending)
+        yield queued
+
+
+def _gauge(name: str, doc: str, values: Mapping[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=["vendor"])
+    for vendor, value in sorted(values.items()):
+        family.add_metric([vendor], value)
+    return family
 
 
 def _single(values: Mapping[str, int]) -> dict[tuple[str], int]:

@@ -17,13 +17,17 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .circuit import CircuitBreakers
 from .config import Route, Vendor
 from .credentials import TokenManager
+from .delivery import Deliveries
 from .deprecation import DeprecationTracker
 from .errors import PayloadTooLarge
 from .metrics import RequestMetrics
 from .observability import Logger
+from .pool import Pool
 from .ratelimit import RateLimits
+from .retry import Retries
 from .store import MemoryStore, Store
 
 if TYPE_CHECKING:
@@ -59,6 +63,15 @@ class Exchange:
     # has a forward_header): a retried POST is safe at the vendor only then.
     idempotency_key: str | None = None
     idempotency_forwarded: bool = False
+    # Set by the retry stage: answers with these statuses come back as an unsent web.Response (bodies
+    # up to upstream.RETRY_RESPONSE_BYTES) so the stage can still drop them and try again.
+    retry_statuses: frozenset[int] = frozenset()
+    # time.perf_counter() by which every attempt must be over (the vendor's total timeout, counted from
+    # the first attempt); the forwarder cuts each attempt's timeout to what is left. None: no deadline.
+    deadline: float | None = None
+    # No caller connection (a delivery worker): every answer comes back as an unsent web.Response,
+    # bodiless or not; past capture_response_bytes the rest of the body is dropped.
+    detached: bool = False
     started: float = field(default_factory=time.perf_counter)
     upstream_seconds: float = 0.0
     attempts: int = 0
@@ -90,9 +103,11 @@ class Exchange:
 class Services:
     """App-wide resources the stages share; created and closed with the app (cleanup_ctx)."""
 
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # the OAuth2 token endpoint's client; vendors are called through ``pool``
     logger: Logger
     store: Store = field(default_factory=MemoryStore)
+    # Keep-alive connections to vendors, per origin (gateway.pool): what the forwarder sends through.
+    pool: Pool = field(default_factory=Pool)
     # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
     idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     # OpenTelemetry spans, when [tracing] has an exporter; None costs nothing per request.
@@ -108,11 +123,20 @@ class Services:
     # Rate and concurrency limiters per vendor, route and client, kept across config reloads, with the
     # wait and rejection figures for gateway_ratelimit_wait_seconds / gateway_ratelimit_rejected_total.
     ratelimits: RateLimits = field(init=False)
+    # Retry budgets per vendor and gateway_retries_total{vendor,reason} (Retries.sent).
+    retries: Retries = field(init=False)
+    # Circuit breakers per vendor, kept across reloads; gateway_circuit_open{vendor}: open_state().
+    circuits: CircuitBreakers = field(init=False)
+    # The async delivery queue: accepting, and the figures (gateway_dlq_depth{vendor}: dead).
+    deliveries: Deliveries = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = TokenManager(self.session, self.logger)
         self.deprecations = DeprecationTracker(self.logger)
         self.ratelimits = RateLimits(self.store, self.logger)
+        self.retries = Retries()
+        self.circuits = CircuitBreakers(self.store, self.logger)
+        self.deliveries = Deliveries(self.store, self.logger)
 
 
 class Stage(Protocol):

@@ -1,7 +1,8 @@
-"""The forwarder: one pooled ClientSession, bodies streamed both ways, client errors mapped in one place.
+"""The forwarder: vendor calls through the keep-alive pool (``gateway.pool``), bodies streamed both ways,
+the pool's errors mapped to problems in one place (``_vendor_error``).
 
-Only this module catches ``aiohttp.ClientError`` (and ``credentials``, for the OAuth2 token endpoint it
-calls itself): every stage sees ``GatewayError`` subclasses.
+Only this module catches ``pool.PoolError`` (and ``credentials`` catches ``aiohttp.ClientError`` for the
+OAuth2 token endpoint it calls itself): every stage sees ``GatewayError`` subclasses.
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ from urllib.parse import quote, unquote_plus
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from .config import Auth, Vendor
 from .credentials import TokenManager, TokenSource
 from .deprecation import DEPRECATION, SUNSET, DeprecationTracker
-from .errors import BadGateway, GatewayTimeout, PayloadTooLarge
+from .errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, VendorUnreachable
 from .pipeline import Exchange
+from .pool import (
+    Endpoint,
+    Origin,
+    Pool,
+    PoolError,
+    ProtocolError,
+    Response,
+    Timeout,
+    Timeouts,
+    TimeoutSettings,
+)
 
 # RFC 9110 section 7.6.1: fields that describe one connection, never forwarded either way.
 HOP_BY_HOP = frozenset(
@@ -39,6 +50,7 @@ HOP_BY_HOP = frozenset(
         "Proxy-Authenticate",
     )
 )
+_HOP_BY_HOP_NAMES = tuple(HOP_BY_HOP)
 # Caller-side fields that describe the internal network or the gateway itself: not for third parties.
 REQUEST_DROP = HOP_BY_HOP | frozenset(
     (
@@ -54,6 +66,9 @@ REQUEST_DROP = HOP_BY_HOP | frozenset(
 # Bodies up to this size are read whole and sent with one write; larger ones are streamed.
 SMALL_BODY = 64 * 1024
 STREAM_CHUNK = 64 * 1024
+# An answer with a status the retry policy may retry is read whole up to this size (so it can be
+# dropped for another attempt); a larger one streams to the caller and is not retried.
+RETRY_RESPONSE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,8 @@ class VendorTransport:
     prefix: str  # scheme://host[:port]/base/path[/version prefix], no trailing slash
     timeout: aiohttp.ClientTimeout
     ssl: ssl.SSLContext | bool
+    endpoint: Endpoint  # scheme, host, port and TLS: which pool.Origin the requests go through
+    path_prefix: str  # /base/path[/version prefix] of ``prefix``: request targets start with it
     # Static credentials and the pinned version: (name, value) pairs that replace whatever the caller
     # sent under that header or query parameter. Never shown by repr: the values are secrets.
     set_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -73,6 +90,7 @@ class VendorTransport:
 def vendor_transport(vendor: Vendor) -> VendorTransport:
     url = vendor.base_url
     prefix = str(url.origin()) + vendor.base_path
+    path_prefix = vendor.base_path
     ssl_param: ssl.SSLContext | bool = True
     if not vendor.tls.verify:
         ssl_param = False
@@ -104,10 +122,20 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
             set_query.append((version.name, version.value))
         else:
             prefix += version.value  # the caller's own version segment was taken off (gateway.versioning)
+            path_prefix += version.value
+    endpoint = Endpoint(
+        scheme=url.scheme,
+        host=url.raw_host or "",
+        port=url.port or (443 if url.scheme == "https" else 80),
+        host_header=url.host_port_subcomponent or "",
+        ssl=ssl_param,
+    )
     return VendorTransport(
         prefix=prefix,
         timeout=timeout,
         ssl=ssl_param,
+        endpoint=endpoint,
+        path_prefix=path_prefix,
         set_headers=tuple(set_headers),
         set_query=tuple(set_query),
         tokens=tokens,
@@ -131,14 +159,16 @@ def request_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMulti
 
 
 def response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP
-    connection = incoming.get(hdrs.CONNECTION)
+    # A copy minus what must go (a few C-level deletes) costs half of filtering field by field.
+    out = CIMultiDict(incoming)
+    connection = out.get(hdrs.CONNECTION)
+    for name in _HOP_BY_HOP_NAMES:
+        if name in out:
+            del out[name]
     if connection:
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        if name.lower() not in drop:
-            out.add(name, value)
+        for token in connection.split(","):
+            if (name := token.strip()) in out:
+                del out[name]
     out["X-Request-Id"] = request_id
     return out
 
@@ -166,14 +196,16 @@ class Forwarder:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        pool: Pool,
         transports: dict[str, VendorTransport],
         *,
         tokens: TokenManager | None = None,
         deprecations: DeprecationTracker | None = None,
     ) -> None:
-        self.session = session
+        self.pool = pool
         self.transports = transports
+        # Resolved once per config: a request looks its origin up by vendor name.
+        self.origins: dict[str, Origin] = {name: pool.origin(t.endpoint) for name, t in transports.items()}
         self.tokens = tokens
         self.deprecations = deprecations
         if tokens is None and any(t.tokens is not None for t in transports.values()):
@@ -189,7 +221,9 @@ class Forwarder:
         query = ex.query
         for name, value in transport.set_query:
             query = _replace_query_param(query, name, value)
-        url = URL(transport.prefix + (ex.path or "") + ("?" + query if query else ""), encoded=True)
+        if "#" in query:
+            query = query.partition("#")[0]  # a fragment is never sent (yarl dropped it too)
+        target = (transport.path_prefix + ex.path or "/") + ("?" + query if query else "")
 
         data: bytes | AsyncIterator[bytes] | None = ex.body
         streamer: _BodyLimit | None = None
@@ -217,7 +251,7 @@ class Forwarder:
             token = await manager.get(source)
             headers[hdrs.AUTHORIZATION] = token.header
         started = time.perf_counter()
-        upstream = await self._send(ex, transport, url, headers, data, streamer)
+        upstream = await self._send(ex, transport, target, headers, data, streamer)
         if token is not None and upstream.status == 401 and source is not None and manager is not None:
             # Revoked or expired early: drop that token, get another, try once more. (``data`` is bytes
             # or None here: OAuth2 vendors never get a streamed body.) A second 401 is the caller's.
@@ -225,7 +259,7 @@ class Forwarder:
             manager.discard(source, token)
             token = await manager.get(source)
             headers[hdrs.AUTHORIZATION] = token.header
-            upstream = await self._send(ex, transport, url, headers, data, streamer)
+            upstream = await self._send(ex, transport, target, headers, data, streamer)
         if self.deprecations is not None and (DEPRECATION in upstream.headers or SUNSET in upstream.headers):
             self.deprecations.observe(ex.vendor.name, ex.route, ex.method, ex.path, upstream.headers)
         try:
@@ -237,56 +271,51 @@ class Forwarder:
         self,
         ex: Exchange,
         transport: VendorTransport,
-        url: URL,
+        target: str,
         headers: CIMultiDict[str],
         data: bytes | AsyncIterator[bytes] | None,
         streamer: _BodyLimit | None,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         limit = ex.vendor.max_body_bytes
+        timeout = transport.timeout if ex.deadline is None else _until_deadline(ex, transport.timeout)
         started = time.perf_counter()
         ex.attempts += 1
         try:
-            return await self.session.request(
+            return await self.origins[ex.vendor.name].request(
                 ex.method,
-                url,
-                headers=headers,
-                data=data,
-                timeout=transport.timeout,
-                ssl=transport.ssl,
-                allow_redirects=False,
+                target,
+                headers,
+                data,
+                timeout=timeout,
+                # A POST whose Idempotency-Key the vendor gets may be resent after a stale connection.
+                idempotent=True if ex.idempotency_forwarded else None,
             )
-        except TimeoutError:
-            raise GatewayTimeout(
-                f"vendor {ex.vendor.name} did not answer within {ex.vendor.timeout.total_seconds:g}s"
-            ) from None
-        except PayloadTooLarge:
-            raise
-        except aiohttp.ClientError as exc:
+        except PoolError as exc:
             if streamer is not None and streamer.exceeded:
                 raise PayloadTooLarge(f"request body is larger than {limit} bytes") from None
-            raise BadGateway(f"vendor {ex.vendor.name} is unreachable: {_describe(exc)}") from None
+            raise _vendor_error(ex, exc, answering=False) from None
         finally:
             ex.upstream_seconds += time.perf_counter() - started
 
-    async def _respond(
-        self, ex: Exchange, upstream: aiohttp.ClientResponse, started: float
-    ) -> web.StreamResponse:
+    async def _respond(self, ex: Exchange, upstream: Response, started: float) -> web.StreamResponse:
         request = ex.request
         headers = response_headers(upstream.headers, ex.request_id)
         length = upstream.content_length
         bodiless = ex.method == "HEAD" or upstream.status in (204, 304) or 100 <= upstream.status < 200
         # Read whole: what fits in SMALL_BODY, what a stage needs (buffer: past its limit the answer is a
         # 502), and what a stage would like (capture: past its limit the answer streams as usual).
-        whole_limit = max(ex.buffer_response_bytes or ex.capture_response_bytes, SMALL_BODY)
+        capture = ex.capture_response_bytes
+        if upstream.status in ex.retry_statuses:
+            # The retry stage decides on this answer before the caller sees a byte of it.
+            capture = max(capture, RETRY_RESPONSE_BYTES)
+        whole_limit = max(ex.buffer_response_bytes or capture, SMALL_BODY)
         body: bytes | None = None
         prefix = b""  # the start of an answer of unknown length that outgrew the capture limit
-        if not bodiless and length is None and ex.capture_response_bytes and not ex.buffer_response_bytes:
+        if not bodiless and length is None and capture and not ex.buffer_response_bytes:
             try:
                 prefix, complete = await _read_upto(upstream, whole_limit)
-            except TimeoutError:
-                raise GatewayTimeout(f"vendor {ex.vendor.name} did not finish its answer in time") from None
-            except aiohttp.ClientError as exc:
-                raise BadGateway(f"vendor {ex.vendor.name} broke off its answer: {_describe(exc)}") from None
+            except PoolError as exc:
+                raise _vendor_error(ex, exc, answering=True) from None
             finally:
                 ex.upstream_seconds = time.perf_counter() - started
             if complete:
@@ -306,10 +335,8 @@ class Forwarder:
                 raise BadGateway(
                     f"vendor {ex.vendor.name} answered more than the {limit} bytes this route reads"
                 ) from None
-            except TimeoutError:
-                raise GatewayTimeout(f"vendor {ex.vendor.name} did not finish its answer in time") from None
-            except aiohttp.ClientError as exc:
-                raise BadGateway(f"vendor {ex.vendor.name} broke off its answer: {_describe(exc)}") from None
+            except PoolError as exc:
+                raise _vendor_error(ex, exc, answering=True) from None
             finally:
                 ex.upstream_seconds = time.perf_counter() - started
             headers.popall(hdrs.CONTENT_LENGTH, None)
@@ -321,6 +348,10 @@ class Forwarder:
                 del whole.headers[hdrs.CONTENT_TYPE]
             return whole
 
+        if ex.detached or (bodiless and upstream.status in ex.retry_statuses):
+            # Nothing is sent yet: the retry stage may still try again, or there is no caller to stream
+            # to (a delivery worker, which keeps up to capture_response_bytes of a larger answer).
+            return await _detached_answer(ex, upstream, headers, prefix, bodiless, whole_limit, started)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if bodiless:
             await response.prepare(request)
@@ -336,7 +367,7 @@ class Forwarder:
                 ex.bytes_out += len(chunk)
                 await response.write(chunk)
             await response.write_eof()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (PoolError, aiohttp.ClientError) as exc:  # ClientError: the caller's connection broke
             # The status line is gone already: all the caller can be told is a broken connection.
             if request.transport is not None:
                 request.transport.close()
@@ -352,7 +383,76 @@ class _TooLong(Exception):
     pass
 
 
-async def _read_upto(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+def _vendor_error(ex: Exchange, exc: PoolError, *, answering: bool) -> GatewayError:
+    """The one mapping of the pool's errors: a timeout is 504; no answer (refused, reset, broken off) is
+    VendorUnreachable, which the retry policy may retry; an answer that is not HTTP is a plain 502."""
+    name = ex.vendor.name
+    if isinstance(exc, Timeout):
+        if answering:
+            return GatewayTimeout(f"vendor {name} did not finish its answer in time")
+        return GatewayTimeout(f"vendor {name} did not answer within {ex.vendor.timeout.total_seconds:g}s")
+    if isinstance(exc, ProtocolError):
+        return BadGateway(f"vendor {name} answered with invalid HTTP: {exc}")
+    if answering:
+        return VendorUnreachable(f"vendor {name} broke off its answer: {exc}")
+    return VendorUnreachable(f"vendor {name} is unreachable: {exc}")
+
+
+def _until_deadline(ex: Exchange, timeout: aiohttp.ClientTimeout) -> TimeoutSettings:
+    """The vendor's timeout cut to what is left of the request's deadline (all attempts together)."""
+    assert ex.deadline is not None
+    left = ex.deadline - time.perf_counter()
+    if left <= 0:
+        raise GatewayTimeout(
+            f"vendor {ex.vendor.name} did not answer within {ex.vendor.timeout.total_seconds:g}s "
+            "(every attempt together)"
+        )
+    if timeout.total is not None and timeout.total <= left:
+        return timeout
+    return Timeouts(total=left, connect=min(timeout.connect or left, left))
+
+
+async def _detached_answer(
+    ex: Exchange,
+    upstream: Response,
+    headers: CIMultiDict[str],
+    prefix: bytes,
+    bodiless: bool,
+    limit: int,
+    started: float,
+) -> web.Response:
+    """The answer as an unsent web.Response: empty when bodiless, else its first ``limit`` bytes (the
+    rest is read and dropped, and ``X-Gateway-Truncated`` names the full size)."""
+    body = b""
+    if not bodiless:
+        parts = [prefix]
+        size = len(prefix)
+        total = size
+        try:
+            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+                total += len(chunk)
+                if size < limit:
+                    parts.append(chunk[: limit - size])
+                    size += len(parts[-1])
+        except PoolError as exc:
+            raise _vendor_error(ex, exc, answering=True) from None
+        finally:
+            ex.upstream_seconds = time.perf_counter() - started
+        body = b"".join(parts)
+        headers.popall(hdrs.CONTENT_LENGTH, None)
+        if total > size:
+            headers["X-Gateway-Truncated"] = str(total)
+    ex.bytes_out = len(body)
+    has_type = hdrs.CONTENT_TYPE in headers
+    whole = web.Response(
+        status=upstream.status, reason=upstream.reason, body=body if not bodiless else None, headers=headers
+    )
+    if not has_type:
+        whole.headers.popall(hdrs.CONTENT_TYPE, None)
+    return whole
+
+
+async def _read_upto(upstream: Response, limit: int) -> tuple[bytes, bool]:
     """An answer of unknown length: (body, True) if it ends within ``limit``, else (its start, False)."""
     parts: list[bytes] = []
     size = 0
@@ -364,7 +464,7 @@ async def _read_upto(upstream: aiohttp.ClientResponse, limit: int) -> tuple[byte
     return b"".join(parts), True
 
 
-async def _read_limited(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_limited(upstream: Response, limit: int) -> bytes:
     if upstream.content_length is not None:
         return await upstream.read()  # already checked against the limit
     parts: list[bytes] = []
@@ -377,12 +477,12 @@ async def _read_limited(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def _discard(upstream: aiohttp.ClientResponse) -> None:
+async def _discard(upstream: Response) -> None:
     """Done with an answer nobody will see: read a small body so the connection can be reused."""
     try:
         if upstream.content_length is not None and upstream.content_length <= SMALL_BODY:
             await upstream.read()
-    except (TimeoutError, aiohttp.ClientError):
+    except PoolError:
         pass
     finally:
         upstream.release()
@@ -397,10 +497,8 @@ class StreamAborted(Exception):
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the connection was closed before an answer"
+    if isinstance(exc, PoolError):
+        return str(exc)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +18,13 @@ from gateway.app import create_app
 from gateway.config import Config, load_config
 from gateway.observability import Logger
 from tests.redis_server import RedisServer, redis_required, redis_server_binary
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The loops async tests run on: asyncio's, and uvloop's too in modules that set ``LOOP_FACTORIES``
+    (code that runs on uvloop in production: its transports differ in timing and flow control)."""
+    factories: dict[str, Any] | None = getattr(getattr(item, "module", None), "LOOP_FACTORIES", None)
+    return factories or {"asyncio": asyncio.new_event_loop}
 
 
 class CapturedLogs(io.BytesIO):

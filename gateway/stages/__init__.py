@@ -1,7 +1,9 @@
 """Stages: one file per stage. ``route_stages`` decides, once per route at load, which ones run.
 
 Execution order (DESIGN.md): client auth -> idempotency -> validate request -> transform request
--> rate limit -> [forward] -> validate response -> transform response. Response-side work lives in
+-> async delivery (202 and done) -> retry -> circuit breaker -> rate limit -> [forward] -> validate
+response -> transform response. The retry stage loops over the vendor-facing ones, so every attempt
+asks the breaker, takes a rate-limit turn and obeys vendor pauses. Response-side work lives in
 the same stages as their request side, after ``call_next``. A route that asks for nothing gets no
 stages at all, so a plain pass-through costs nothing but the forwarder.
 """
@@ -11,10 +13,13 @@ from __future__ import annotations
 from ..config import Config, Route, Vendor
 from ..pipeline import Services, Stage
 from ..tracing import VendorCallSpan
+from .circuit import circuit_stage
 from .client_auth import ClientAuth
+from .delivery import delivery_stage
 from .idempotency import idempotency_stage
 from .payload import RequestPayload, ResponsePayload
 from .ratelimit import ratelimit_stage
+from .retry import retry_stage
 
 
 def route_stages(config: Config, vendor: Vendor, route: Route | None, services: Services) -> list[Stage]:
@@ -26,12 +31,30 @@ def route_stages(config: Config, vendor: Vendor, route: Route | None, services: 
         stages.append(idempotency)
     if route is not None and (route.request_schema or route.request_transform):
         stages.append(RequestPayload(route))
+    # Stores the request as the vendor will get it and answers 202; the response stages never see it.
+    if (delivery := delivery_stage(vendor, route, services)) is not None:
+        stages.append(delivery)
     if route is not None and (route.response_schema or route.response_transform):
         stages.append(ResponsePayload(route, services))
+    if (retry := retry_stage(vendor, services)) is not None:
+        stages.append(retry)
+    if (circuit := circuit_stage(vendor, services)) is not None:
+        stages.append(circuit)
     # Last, right before the forwarder: a request waits for its turn only once everything that could
     # refuse it has passed, and the vendor's answer (429 + Retry-After) is seen before response stages.
     if (ratelimit := ratelimit_stage(config, vendor, route, services)) is not None:
         stages.append(ratelimit)
     if services.tracing is not None:  # innermost: one client span per vendor call
         stages.append(VendorCallSpan(services.tracing))
+    return stages
+
+
+def delivery_stages(config: Config, vendor: Vendor, route: Route | None, services: Services) -> list[Stage]:
+    """What a queued delivery passes on its way to the forwarder: the breaker and the rate limits (the
+    delivery workers retry on their own schedule, so no retry stage)."""
+    stages: list[Stage] = []
+    if (circuit := circuit_stage(vendor, services)) is not None:
+        stages.append(circuit)
+    if (ratelimit := ratelimit_stage(config, vendor, route, services)) is not None:
+        stages.append(ratelimit)
     return stages

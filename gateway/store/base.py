@@ -1,9 +1,11 @@
-"""The store protocol: the state gateway processes share (idempotency now; global limits, queues later).
+"""The store protocol: the state gateway processes share (idempotency records, global rate limits,
+circuit breakers, the delivery queue and its dead letters).
 
 A store is one of two backends behind the same protocol: ``memory://`` (one process) and ``redis://``
 (every process sharing one Redis). Each family of operations is a small Protocol of its own, and
-``Store`` is their union, so a later family (GCRA for global rate limits, streams for delivery queues)
-is one more base class, not a change to the existing ones.
+``Store`` is their union, so a new family is one more base class, not a change to the existing ones:
+``IdempotencyOps`` and ``RateLimitOps`` here, ``CircuitOps`` (``store.circuits``) and ``DeliveryOps``
+(``store.deliveries``), whose backends are mixins of ``MemoryStore`` and ``RedisStore``.
 
 Every operation either answers or raises ``StoreUnavailable`` within the store's timeout: callers
 decide what a missing store means for them (SPEC section 5: 503 where the route needs it).
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from .circuits import CircuitOps
+from .deliveries import DeliveryOps
 
 
 class StoreUnavailable(Exception):
@@ -134,7 +139,7 @@ class RateLimitOps(Protocol):
         ...
 
 
-class Store(IdempotencyOps, RateLimitOps, Protocol):
+class Store(IdempotencyOps, RateLimitOps, CircuitOps, DeliveryOps, Protocol):
     """Everything the gateway keeps outside one request. ``url`` is shown in /_gateway/ready, no secrets."""
 
     @property

@@ -11,13 +11,15 @@ import time
 from dataclasses import replace
 
 from .base import Claim, IdempotencyKey, IdempotencyRecord, RateBucket, StoredResponse, gcra, gcra_pause
+from .circuits import MemoryCircuits
+from .deliveries import MemoryDeliveries
 
 # Expired records are dropped when touched, and all of them at most this often, so memory stays
 # bounded by what is live rather than by everything ever stored.
 SWEEP_INTERVAL_SECONDS = 30.0
 
 
-class MemoryStore:
+class MemoryStore(MemoryCircuits, MemoryDeliveries):
     def __init__(self, url: str = "memory://") -> None:
         self._url = url
         self._idem: dict[IdempotencyKey, tuple[IdempotencyRecord, float]] = {}  # record, expires (monotonic)

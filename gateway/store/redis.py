@@ -31,6 +31,8 @@ from .base import (
     StoreUnavailable,
     redact_url,
 )
+from .redis_circuits import RedisCircuits
+from .redis_deliveries import RedisDeliveries
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
 DEFAULT_MAX_CONNECTIONS = 64
@@ -135,7 +137,7 @@ def _record(values: list[Any]) -> IdempotencyRecord:
     )
 
 
-class RedisStore:
+class RedisStore(RedisCircuits, RedisDeliveries):
     def __init__(
         self,
         url: str,

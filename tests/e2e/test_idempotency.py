@@ -111,6 +111,7 @@ store = "{store}"
 base_url = "{server.make_url("/")}"
 timeout = {{ connect_seconds = 2, total_seconds = {total_seconds} }}
 idempotency = {{ {idempotency} }}
+retry = {{ attempts = 1 }}  # one vendor call per request here; retries: tests/e2e/test_retries.py
 """
 
 

@@ -171,7 +171,11 @@ async def test_a_second_429_pauses_again_and_is_passed_on(gateway: Any, vendor: 
     server = await vendor(rate_vendor())
     state: Arrivals = server.app[ARRIVALS]
     state.throttle["/limited"] = ["1", "1"]
-    client = await gateway(limited_config(server, "requests = 100, per_seconds = 1, max_wait_seconds = 3"))
+    client = await gateway(
+        limited_config(
+            server, "requests = 100, per_seconds = 1, max_wait_seconds = 3", "retry = { attempts = 2 }"
+        )
+    )
     resp = await client.get("/v/limited")
     assert resp.status == 429  # sent once more, refused again: the vendor's answer, no third try
     assert len(state.times["/limited"]) == 2

@@ -59,6 +59,7 @@ async def test_tracing_on_continues_the_callers_trace(gateway: Any, vendor: Any)
         endpoint = "{collector.make_url("/v1/traces")}"
         [vendors.v]
         base_url = "{server.make_url("/")}"
+        retry = {{ attempts = 1 }}  # one vendor call, so one client span, per request
         """
     )
     assert (await client.get("/v/x?token=secret", headers={"traceparent": TRACEPARENT})).status == 200
