@@ -456,7 +456,6 @@ class RateLimits:
         self.rejected: Counter[str] = Counter()
         self.rejected_by_reason: Counter[tuple[str, str]] = Counter()  # (vendor, reason)
         self.pauses: Counter[str] = Counter()  # vendor answers with Retry-After that held the queue
-        self.retries: Counter[str] = Counter()  # requests sent again after such a pause
         self.store_fallbacks: Counter[str] = Counter()  # policy -> times the store was down
 
     def _get(self, key: tuple[str, ...], settings: LimitSettings) -> Limiter:
