@@ -16,8 +16,11 @@ Invariants:
 - The answer's body is buffered up to ``HIGH_WATER`` bytes; past that the socket is not read until the
   reader catches up, so however large an answer is, it is never held whole unless the reader asks.
 - Each request has one deadline (``timeout.total``, from the moment it is sent to the pool): past it the
-  connection is closed and whoever waits on it gets ``Timeout``. Getting a connection (waiting for a free
-  slot, DNS, TCP, TLS) is also bounded by ``timeout.connect``.
+  connection is closed and whoever waits on it gets ``Timeout``. Deadlines are checked every
+  ``DEADLINE_TICK`` (one ticker for the pool, not a timer per request), so one fires up to that much late.
+  Getting a connection (waiting for a free slot, DNS, TCP, TLS) is also bounded by ``timeout.connect``.
+- Requests whose body is bytes (or none) are written when the loop iteration that made them ends, all
+  together, in order; a streamed body starts at once.
 - Failures are this module's own exceptions (``PoolError`` and its subclasses); the forwarder turns them
   into HTTP problems in one place. An exception raised by the caller's body iterator is wrapped in
   ``BodyError`` with the original as ``__cause__``.
@@ -38,7 +41,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 # RFC 9110 section 9.2.2.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-# Methods that send ``Content-Length: 0`` without a body (as aiohttp did): the rest send no framing.
+# Without a body these send no framing; every other method sends ``Content-Length: 0`` (as aiohttp did).
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Response body buffering per connection: stop reading the socket above HIGH_WATER, resume at LOW_WATER.
 HIGH_WATER = 256 * 1024
@@ -46,6 +49,7 @@ LOW_WATER = 64 * 1024
 DEFAULT_LIMIT = 1024  # connections per origin, idle and busy together
 DEFAULT_KEEPALIVE_SECONDS = 30.0  # an idle connection is closed after this long
 _SWEEP_SECONDS = 5.0
+DEADLINE_TICK = 0.025  # how often deadlines are checked: one may pass by up to this much
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one answer, together
 _ENCODING = "utf-8"
 # Header bytes the caller or vendor sent that are not UTF-8 travel unchanged (as aiohttp's parser keeps
@@ -126,6 +130,8 @@ class Pool:
         self.user_agent = user_agent
         self._origins: dict[Endpoint, Origin] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._writes: list[tuple[asyncio.Transport, bytes]] = []  # see _write_soon
         self._closed = False
         self._verified: ssl.SSLContext | None = None
         self._unverified: ssl.SSLContext | None = None
@@ -155,6 +161,42 @@ class Pool:
             self._unverified = context
         return self._unverified
 
+    def _write_soon(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, data: bytes) -> None:
+        """Requests are written together once the loop iteration that made them is done: one burst of
+        sends wakes a vendor once, instead of once per request (on loopback or a VM each wake-up costs
+        more than the send). Order per connection is kept: one list, written first to last."""
+        pending = self._writes
+        pending.append((transport, data))
+        if len(pending) == 1:
+            loop.call_soon(self._flush_writes)
+
+    def _flush_writes(self) -> None:
+        pending, self._writes = self._writes, []
+        for transport, data in pending:
+            if not transport.is_closing():  # closed meanwhile: its exchange fails on connection_lost
+                transport.write(data)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deadlines are checked every DEADLINE_TICK while any exchange has one: a timer per request
+        (uvloop: a libuv timer started and stopped) cost more than the whole check."""
+        if self._ticker is None and not self._closed:
+            self._ticker = loop.call_later(DEADLINE_TICK, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._ticker = None
+        now = loop.time()
+        pending = False
+        for origin in self._origins.values():
+            if not origin._busy:
+                continue
+            for conn in [conn for conn in origin._busy if conn.deadline]:
+                if conn.deadline <= now:
+                    conn._expire()
+                elif conn._state != _DONE:
+                    pending = True
+        if pending:
+            self._watch(loop)
+
     def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sweeper is None and not self._closed:
             self._sweeper = loop.call_later(_SWEEP_SECONDS, self._sweep, loop)
@@ -173,9 +215,10 @@ class Pool:
     async def close(self) -> None:
         """Close every connection; requests still running fail with Disconnected."""
         self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for handle in (self._sweeper, self._ticker):
+            if handle is not None:
+                handle.cancel()
+        self._sweeper = self._ticker = None
         for origin in self._origins.values():
             origin._close_all()
         self._origins.clear()
@@ -241,10 +284,13 @@ class Origin:
             if conn is None:
                 conn = await self._connect(loop, deadline, timeout.connect)
             self._busy.add(conn)
+            waiter = conn.send(loop, method, head, body, chunked, deadline)
             try:
-                return await conn.exchange(loop, method, head, body, chunked, deadline)
-            except Disconnected as exc:
-                if reused and retry and not exc.answered:
+                return await waiter
+            except BaseException as exc:
+                # Nobody will read this exchange's answer: the connection cannot be reused.
+                conn.abandon()
+                if isinstance(exc, Disconnected) and reused and retry and not exc.answered:
                     fresh_only = True  # the vendor closed it as we sent: nothing can have been processed
                     continue
                 raise
@@ -394,13 +440,13 @@ class Connection(asyncio.Protocol):
         "_reason",
         "_response",
         "_state",
-        "_timer",
         "_until_eof",
         "_waiter",
         "_where",
         "_write_paused",
         "_writer",
         "closed",
+        "deadline",
         "idle_since",
         "loop",
         "origin",
@@ -419,7 +465,7 @@ class Connection(asyncio.Protocol):
         self._where = origin._where
         self._response: Response | None = None
         self._waiter: asyncio.Future[Response] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time the current exchange must be over by; 0: none
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = ""
         self._head_request = False
@@ -438,7 +484,7 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ one exchange
 
-    async def exchange(
+    def send(
         self,
         loop: asyncio.AbstractEventLoop,
         method: str,
@@ -446,7 +492,8 @@ class Connection(asyncio.Protocol):
         body: bytes | AsyncIterable[bytes] | None,
         chunked: bool,
         deadline: float | None,
-    ) -> Response:
+    ) -> asyncio.Future[Response]:
+        """Start one exchange; the future gets the Response once its head is in (or the error)."""
         self.idle_since = 0.0
         self._state = _WAITING
         self._response = None
@@ -462,26 +509,26 @@ class Connection(asyncio.Protocol):
         waiter: asyncio.Future[Response] = loop.create_future()
         self._waiter = waiter
         if deadline is not None:
-            self._timer = loop.call_at(deadline, self._expire)
+            self.deadline = deadline
+            self.origin.pool._watch(loop)
+        else:
+            self.deadline = 0.0
         transport = self.transport
         if body is None:
-            transport.write(head)
+            self.origin.pool._write_soon(loop, transport, head)
         elif isinstance(body, bytes):
-            transport.write(head + body)
+            self.origin.pool._write_soon(loop, transport, head + body)
         else:
             transport.write(head)
             self._chunked = chunked
             self._body_sent = False
             self._writer = loop.create_task(self._send_body(body))
             self._writer.add_done_callback(self._body_done)
-        try:
-            return await waiter
-        except BaseException as exc:
-            # Nobody will read this exchange's answer: the connection cannot be reused.
-            del exc
-            self._waiter = None
-            self._stop()
-            raise
+        return waiter
+
+    def abandon(self) -> None:
+        self._waiter = None
+        self._stop()
 
     async def _send_body(self, body: AsyncIterable[bytes]) -> None:
         chunked = self._chunked
@@ -518,7 +565,6 @@ class Connection(asyncio.Protocol):
             self._fail(exc if isinstance(exc, PoolError) else BodyError(str(exc)))
 
     def _expire(self) -> None:
-        self._timer = None
         if self._state != _DONE:
             self._fail(Timeout(f"{self._where} did not answer in time"))
 
@@ -537,9 +583,6 @@ class Connection(asyncio.Protocol):
 
     def _stop(self) -> None:
         """Abandon the exchange and the connection."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         writer = self._writer
         if writer is not None and not writer.done():
             writer.cancel()
@@ -552,9 +595,6 @@ class Connection(asyncio.Protocol):
 
     def release(self) -> None:
         """The Response is done with: reuse the connection if its exchange ended cleanly, else close it."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         clean = (
             self._state == _DONE
             and self._keep_alive
@@ -623,9 +663,6 @@ class Connection(asyncio.Protocol):
         if self._state in (_WAITING, _BODY) and self._failed is None:
             if self._state == _BODY and self._until_eof and exc is None:
                 self._state = _DONE  # an answer without length ends with the connection
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
                 if self._response is not None:
                     self._response._finish()
             else:
@@ -734,9 +771,6 @@ class Connection(asyncio.Protocol):
 
     def _complete(self) -> None:
         self._state = _DONE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._response is not None:
             self._response._finish()
 

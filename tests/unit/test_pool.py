@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 
 from gateway import pool as pool_module
 from gateway.pool import (
+    DEADLINE_TICK,
     HIGH_WATER,
     BodyError,
     ConnectError,
@@ -154,8 +155,10 @@ def serve(*answers: bytes, then_close: bool = False) -> Script:
     return script
 
 
-async def get(p: Pool, v: Vendor, target: str = "/x", **kwargs: object) -> tuple[int, bytes]:
-    response = await p.origin(endpoint(v)).request("GET", target, CIMultiDict(), timeout=LIMITS, **kwargs)
+async def get(
+    p: Pool, v: Vendor, target: str = "/x", *, limits: Limits = LIMITS, **kwargs: object
+) -> tuple[int, bytes]:
+    response = await p.origin(endpoint(v)).request("GET", target, CIMultiDict(), timeout=limits, **kwargs)
     try:
         return response.status, await response.read()
     finally:
@@ -515,6 +518,36 @@ async def test_connect_refused_is_a_connect_error(pool: Pool) -> None:
 
 
 # --------------------------------------------------------------------------- timeouts and limits
+
+
+async def test_deadlines_are_kept_within_a_tick_and_the_ticker_stops(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    v = await vendor(script)
+    loop = asyncio.get_running_loop()
+    for total in (0.05, 0.15):
+        started = loop.time()
+        with pytest.raises(Timeout):
+            await get(pool, v, limits=Limits(total=total))
+        elapsed = loop.time() - started
+        assert total <= elapsed + 0.005 and elapsed < total + 2 * DEADLINE_TICK + 0.1, (total, elapsed)
+    await asyncio.sleep(3 * DEADLINE_TICK)
+    assert pool._ticker is None  # nothing in flight: no timer keeps running
+
+
+async def test_requests_made_together_are_written_together(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
+) -> None:
+    v = await vendor(serve(answer()))
+    assert await get(pool, v) == (200, b"ok")  # one connection to start with
+    results = await asyncio.gather(*(get(pool, v, f"/{i}") for i in range(20)))
+    assert results == [(200, b"ok")] * 20
+    assert sorted(r.lines[0] for r in v.requests[1:]) == sorted(f"GET /{i} HTTP/1.1" for i in range(20))
+    assert pool._writes == []
 
 
 async def test_deadline_covers_the_head_and_the_body(
