@@ -250,7 +250,9 @@ class Forwarder:
         if source is not None and manager is not None:
             token = await manager.get(source)
             headers[hdrs.AUTHORIZATION] = token.header
-        started = time.perf_counter()
+        # _respond sets upstream_seconds to "now - started": shifting started back by the time earlier
+        # attempts (retries) already spent keeps the access log's upstream_ms the sum over attempts.
+        started = time.perf_counter() - ex.upstream_seconds
         upstream = await self._send(ex, transport, target, headers, data, streamer)
         if token is not None and upstream.status == 401 and source is not None and manager is not None:
             # Revoked or expired early: drop that token, get another, try once more. (``data`` is bytes

@@ -204,3 +204,30 @@ async def test_a_quiet_vendor_keeps_its_retries_thanks_to_the_floor(gateway: Any
     client, rec = await start(gateway, vendor)  # default floor: 1 retry per second of the window
     assert (await client.get("/v/fail/2/a")).status == 200
     assert len(rec.calls) == 3
+
+
+async def test_upstream_time_in_the_access_log_adds_up_every_attempt(
+    gateway: Any, vendor: Any, logs: Any
+) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    calls = 0
+
+    async def slow_then_ok(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.15)
+        return web.Response(status=503 if calls == 1 else 200, text="x", headers={"Retry-After": "0"})
+
+    app = web.Application()
+    app.router.add_get("/x", slow_then_ok)
+    server = await vendor(app)
+    client = await gateway(
+        f'[vendors.v]\nbase_url = "{server.make_url("/")}"\nretry = {{ attempts = 2, base_delay_seconds = 0.01, max_delay_seconds = 0.01 }}\n'
+    )
+    assert (await client.get("/v/x")).status == 200
+    (record,) = logs.access()
+    assert record["attempts"] == 2
+    assert record["upstream_ms"] >= 290  # both 150 ms vendor answers, not just the last
