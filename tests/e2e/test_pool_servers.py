@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
 from gateway.pool import ConnectError, Endpoint, Pool, Timeout
+from tests.streaming_vendor import StreamingVendor
 
 LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -119,33 +120,9 @@ async def test_server_keepalive_timeout_closes_idle_connections_harmlessly(
 
 async def test_streaming_both_ways(aiohttp_server: Server, pool: Pool) -> None:
     """The vendor's first bytes reach the reader before the vendor has finished, and vice versa."""
-    release = asyncio.Event()
-    received_first = asyncio.Event()
-    size = 20 * 1024 * 1024
-    block = os.urandom(64 * 1024)
-
-    async def download(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.content_length = size
-        await response.prepare(request)
-        await response.write(block)
-        await asyncio.wait_for(release.wait(), 10)
-        for _ in range(size // len(block) - 1):
-            await response.write(block)
-        return response
-
-    async def upload(request: web.Request) -> web.Response:
-        digest = hashlib.sha256()
-        first = await request.content.readexactly(1024)
-        received_first.set()
-        digest.update(first)
-        async for data in request.content.iter_chunked(65536):
-            digest.update(data)
-        return web.json_response({"sha256": digest.hexdigest()})
-
-    app = web.Application(client_max_size=size * 2)
-    app.router.add_get("/big", download)
-    app.router.add_post("/up", upload)
+    streaming = StreamingVendor()
+    size, release, received_first = streaming.size, streaming.release, streaming.received_first
+    app = streaming.app()
     server = await aiohttp_server(app)
     origin = pool.origin(endpoint(server))
 

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import ClientSession, web
 
 from tests.conftest import CapturedLogs
+from tests.streaming_vendor import StreamingVendor
 
 
 def echo_app(seen: list[dict[str, Any]] | None = None) -> web.Application:
@@ -212,33 +213,14 @@ async def test_body_over_max_body_bytes_is_413(gateway: Any, vendor: Any) -> Non
 
 async def test_large_bodies_stream_both_ways(gateway: Any, vendor: Any) -> None:
     """The vendor's first bytes reach the caller before the vendor has finished, and vice versa."""
-    release = asyncio.Event()
-    received_first_chunk = asyncio.Event()
-    size = 20 * 1024 * 1024
-    chunk = os.urandom(64 * 1024)
-
-    async def download(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        resp.content_length = size
-        await resp.prepare(request)
-        await resp.write(chunk)
-        await asyncio.wait_for(release.wait(), 10)  # hold the rest until the caller saw the start
-        for _ in range(size // len(chunk) - 1):
-            await resp.write(chunk)
-        return resp
-
-    async def upload(request: web.Request) -> web.Response:
-        digest = hashlib.sha256()
-        first = await request.content.readexactly(1024)
-        received_first_chunk.set()
-        digest.update(first)
-        async for data in request.content.iter_chunked(65536):
-            digest.update(data)
-        return web.json_response({"sha256": digest.hexdigest()})
-
-    app = web.Application(client_max_size=size * 2)
-    app.router.add_get("/big", download)
-    app.router.add_post("/up", upload)
+    streaming = StreamingVendor()
+    size, chunk, release, received_first_chunk = (
+        streaming.size,
+        streaming.block,
+        streaming.release,
+        streaming.received_first,
+    )
+    app = streaming.app()
     server = await vendor(app)
     client = await gateway(
         f'[gateway]\nmax_body_bytes = {size * 2}\n[vendors.acme]\nbase_url = "{server.make_url("/")}"\n'
