@@ -19,6 +19,7 @@ from yarl import URL
 
 from .schemas import CompiledSchema, SchemaFileError, SchemaRegistry
 from .transform import TransformSpec, TransformSpecError, load_spec
+from .transform.spec import toml_type
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STORE = "memory://"
@@ -56,11 +57,6 @@ IDEMPOTENCY_DEFAULT_METHODS = frozenset({"POST", "PATCH"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _VENDOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-# Features whose config keys are part of the contract (SPEC.md) but which this build does not
-# carry out yet. Accepting them silently would let ops believe a limit or a credential is in force,
-# so their presence is a config error until the feature lands.
-NOT_YET_SUPPORTED: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +425,7 @@ class _Table:
             self.problem(name, f"must be {label}, not a boolean")
             return None
         if not isinstance(value, kinds):
-            self.problem(name, f"must be {label}, not {_toml_type(value)}")
+            self.problem(name, f"must be {label}, not {toml_type(value)}")
             return None
         return value
 
@@ -476,7 +472,7 @@ class _Table:
                 self.problem(name, "is required")
             return None
         if not isinstance(value, dict):
-            self.problem(name, f"must be a table, not {_toml_type(value)}")
+            self.problem(name, f"must be a table, not {toml_type(value)}")
             return None
         return _Table(self._problems, self.file, self.key(name), value)
 
@@ -486,11 +482,11 @@ class _Table:
         if value is _MISSING:
             return
         if not isinstance(value, list):
-            self.problem(name, f"must be an array of tables, not {_toml_type(value)}")
+            self.problem(name, f"must be an array of tables, not {toml_type(value)}")
             return
         for i, item in enumerate(value, start=1):
             if not isinstance(item, dict):
-                self.problem(f"{name}[{i}]", f"must be a table, not {_toml_type(item)}")
+                self.problem(f"{name}[{i}]", f"must be a table, not {toml_type(item)}")
                 continue
             yield _Table(self._problems, self.file, self.key(f"{name}[{i}]"), item)
 
@@ -504,22 +500,7 @@ class _Table:
         """Report keys nobody asked for: a typo must not silently turn a limit off."""
         for name in self.data:
             if name not in self._seen:
-                feature = NOT_YET_SUPPORTED.get(name)
-                if feature:
-                    self.problem(name, f"{feature} are not supported by this build yet")
-                else:
-                    self.problem(name, "unknown key")
-
-
-def _toml_type(value: object) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
+                self.problem(name, "unknown key")
 
 
 def _resolve_secret(reference: str, base_dir: Path, report: Any) -> Secret | None:
@@ -759,7 +740,7 @@ def _parse_retry(t: _Table) -> Retry:
     raw = t.raw("retry_on")
     if raw is not _MISSING:
         if not isinstance(raw, list):
-            t.problem("retry_on", f"must be an array of HTTP status codes, not {_toml_type(raw)}")
+            t.problem("retry_on", f"must be an array of HTTP status codes, not {toml_type(raw)}")
             retry_on = None
         else:
             codes: set[int] = set()
@@ -994,7 +975,7 @@ def _parse_clients(t: _Table, base_dir: Path, vendors: Collection[str]) -> dict[
         if allow is _MISSING:
             ct.problem("allow", 'is required: a list of "vendor" or "vendor:METHOD /path/glob"')
         elif not isinstance(allow, list):
-            ct.problem("allow", f"must be an array of strings, not {_toml_type(allow)}")
+            ct.problem("allow", f"must be an array of strings, not {toml_type(allow)}")
         else:
             for i, entry in enumerate(allow, start=1):
                 rule = _parse_allow(ct, f"allow[{i}]", entry, vendors)
@@ -1013,7 +994,7 @@ def _parse_clients(t: _Table, base_dir: Path, vendors: Collection[str]) -> dict[
 
 def _parse_allow(ct: _Table, where: str, entry: object, vendors: Collection[str]) -> AllowRule | None:
     if not isinstance(entry, str):
-        ct.problem(where, f"must be a string, not {_toml_type(entry)}")
+        ct.problem(where, f"must be a string, not {toml_type(entry)}")
         return None
     vendor, sep, rest = entry.partition(":")
     vendor = vendor.strip()

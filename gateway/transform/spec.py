@@ -78,7 +78,8 @@ def parse_spec(data: Mapping[str, object], *, source: str) -> TransformSpec:
     return spec
 
 
-def _toml_type(value: object) -> str:
+def toml_type(value: object) -> str:
+    """A TOML value's type for messages: "an integer", "a table", ..."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
@@ -114,19 +115,19 @@ class _Parser:
     def table_array(self, value: object, where: str, example: str) -> list[tuple[str, Mapping[str, object]]]:
         """The tables of an array of tables, each with its 1-based key path; problems for anything else."""
         if not isinstance(value, list):
-            self.problem(where, f"must be an array of tables ({example}), not {_toml_type(value)}")
+            self.problem(where, f"must be an array of tables ({example}), not {toml_type(value)}")
             return []
         tables: list[tuple[str, Mapping[str, object]]] = []
         for number, item in enumerate(value, start=1):
             if isinstance(item, dict):
                 tables.append((f"{where}[{number}]", item))
             else:
-                self.problem(f"{where}[{number}]", f"must be a table, not {_toml_type(item)}")
+                self.problem(f"{where}[{number}]", f"must be a table, not {toml_type(item)}")
         return tables
 
     def pointer(self, value: object, where: str, *, allow_root: bool) -> tuple[str, Tokens] | None:
         if not isinstance(value, str):
-            self.problem(where, f'must be a JSON Pointer string such as "/name", not {_toml_type(value)}')
+            self.problem(where, f'must be a JSON Pointer string such as "/name", not {toml_type(value)}')
             return None
         if value == "" and not allow_root:
             self.problem(where, 'must name a field, such as "/name"; "" would be the whole document')
@@ -158,12 +159,12 @@ class _Parser:
     def spec(self, data: object) -> TransformSpec | None:
         # Callers outside mypy's reach (tests, other tools) may pass anything parsed from anywhere.
         if not isinstance(data, Mapping):
-            self.problem("", f"a transform spec must be a TOML table, not {_toml_type(data)}")
+            self.problem("", f"a transform spec must be a TOML table, not {toml_type(data)}")
             return None
         self.unknown_keys(data, TOP_KEYS, "")
         keep_unmapped = data.get("keep_unmapped", False)
         if not isinstance(keep_unmapped, bool):
-            self.problem("keep_unmapped", f"must be true or false, not {_toml_type(keep_unmapped)}")
+            self.problem("keep_unmapped", f"must be true or false, not {toml_type(keep_unmapped)}")
             keep_unmapped = False
         rules: list[MapRule] = []
         if "map" in data:
@@ -244,7 +245,7 @@ class _Parser:
 
         optional = data.get("optional", False)
         if not isinstance(optional, bool):
-            self.problem(f"{where}.optional", f"must be true or false, not {_toml_type(optional)}")
+            self.problem(f"{where}.optional", f"must be true or false, not {toml_type(optional)}")
             optional = False
 
         values: dict[str, object] | None = None
@@ -253,7 +254,7 @@ class _Parser:
             if not isinstance(raw_values, dict):
                 self.problem(
                     f"{where}.values",
-                    f"must be a table of source value = target value, not {_toml_type(raw_values)}",
+                    f"must be a table of source value = target value, not {toml_type(raw_values)}",
                 )
             elif not raw_values:
                 self.problem(f"{where}.values", "must not be empty")
@@ -349,7 +350,7 @@ class _Parser:
         if not isinstance(value, dict):
             self.problem(
                 where,
-                f'must be a table such as {{ from = "%d/%m/%Y", to = "unix" }}, not {_toml_type(value)}',
+                f'must be a table such as {{ from = "%d/%m/%Y", to = "unix" }}, not {toml_type(value)}',
             )
             return None
         self.unknown_keys(value, DATE_KEYS, where)
@@ -362,7 +363,7 @@ class _Parser:
             if not isinstance(pattern, str):
                 self.problem(
                     f"{where}.{side}",
-                    f'must be a strftime pattern, "iso8601" or "unix", not {_toml_type(pattern)}',
+                    f'must be a strftime pattern, "iso8601" or "unix", not {toml_type(pattern)}',
                 )
                 continue
             reason = date_format_problem(pattern, parsing=side == "from")
