@@ -469,14 +469,10 @@ async def _read_upto(upstream: Response, limit: int) -> tuple[bytes, bool]:
 async def _read_limited(upstream: Response, limit: int) -> bytes:
     if upstream.content_length is not None:
         return await upstream.read()  # already checked against the limit
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise _TooLong
-        parts.append(chunk)
-    return b"".join(parts)
+    body, complete = await _read_upto(upstream, limit)
+    if not complete:
+        raise _TooLong
+    return body
 
 
 async def _discard(upstream: Response) -> None:
