@@ -9,7 +9,6 @@ The tree::
     ├── Unauthorized                 401     missing or unknown gateway key
     ├── Forbidden                    403     key not allowed this vendor, method or path
     ├── NotFound                     404     unknown vendor, or a route the vendor does not expose
-    ├── MethodNotAllowed             405     (reserved for the gateway's own endpoints)
     ├── Conflict                     409     idempotency key in flight
     │   └── NotReplayable            409     idempotency key done, but its answer was too large to keep
     ├── PayloadTooLarge              413     body over ``max_body_bytes``
@@ -106,12 +105,6 @@ class NotFound(GatewayError):
     status = 404
     slug = "not-found"
     title = "Not found"
-
-
-class MethodNotAllowed(GatewayError):
-    status = 405
-    slug = "method-not-allowed"
-    title = "Method not allowed"
 
 
 class Conflict(GatewayError):

@@ -27,21 +27,6 @@ import orjson
 
 LogFormat = Literal["json", "text"]
 
-ACCESS_FIELDS = (
-    "request_id",
-    "client",
-    "vendor",
-    "route",
-    "method",
-    "path",
-    "status",
-    "duration_ms",
-    "upstream_ms",
-    "attempts",
-    "bytes_in",
-    "bytes_out",
-)
-
 
 class Logger:
     def __init__(self, stream: IO[bytes] | None = None, fmt: LogFormat = "json") -> None:

@@ -15,7 +15,6 @@ import jsonschema
 import jsonschema_rs
 import orjson
 
-DEFAULT_DRAFT = "https://json-schema.org/draft/2020-12/schema"
 MAX_ERRORS = 50  # a caller needs the failing paths, not ten thousand copies of one mistake
 
 

@@ -25,8 +25,6 @@ from . import __version__
 from .config import TracingSettings
 from .pipeline import Exchange, Handler
 
-SERVICE_NAME = "egress-gateway"
-
 
 class Tracing:
     """One TracerProvider per app (not the process-global one), flushed and shut down with the app."""

@@ -122,14 +122,13 @@ class _Lease:
     logged (another process may now run the same key) and stops.
     """
 
-    __slots__ = ("handle", "key", "lost", "owner", "seconds", "stage", "task")
+    __slots__ = ("handle", "key", "owner", "seconds", "stage", "task")
 
     def __init__(self, stage: IdempotencyStage, key: IdempotencyKey, owner: str) -> None:
         self.stage = stage
         self.key = key
         self.owner = owner
         self.seconds = stage.vendor.idempotency.lease_seconds
-        self.lost = False
         self.task: asyncio.Task[None] | None = None
         self.handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             self.seconds / 3, self._fire
@@ -146,7 +145,6 @@ class _Lease:
             self.stage.store_warning("idempotency_lease_renewal_failed", exc)
             held = True  # unknown: try again next time; the lease may still hold
         if not held:
-            self.lost = True
             self.stage.logger.event(
                 "idempotency_lease_lost", level="warning", vendor=self.key.vendor, key=self.key.key
             )

@@ -13,8 +13,8 @@ from typing import Any
 from .circuits import CIRCUIT_BUCKETS, CircuitSettings, CircuitStateName, CircuitView, Outcome
 
 CIRCUIT_KEY_PREFIX = "gw:cb:"
-# An open breaker's hash outlives any sane open_seconds; a closed one's expires with its window.
-OPEN_STATE_TTL_MS = 86_400_000
+# TTLs in the script: an open breaker's hash lives open_seconds plus a day (outliving any probe), a
+# closed one's expires with its window.
 
 # KEYS[1]: the hash. ARGV[1]: op ("report" | "probe" | "settle"), ARGV[2]: open_seconds in ms.
 # report: ARGV[3] successes, ARGV[4] failures, ARGV[5] bucket ms, ARGV[6] buckets, ARGV[7] min_requests,
