@@ -14,11 +14,18 @@ Invariants:
   of an answer came back and resending cannot do harm: an idempotent method (or the caller says so) and
   a body we still hold (bytes, not a stream).
 - The answer's body is buffered up to ``HIGH_WATER`` bytes; past that the socket is not read until the
-  reader catches up, so however large an answer is, it is never held whole unless the reader asks.
-- Each request has one deadline (``timeout.total``, from the moment it is sent to the pool): past it the
-  connection is closed and whoever waits on it gets ``Timeout``. Deadlines are checked every
-  ``DEADLINE_TICK`` (one ticker for the pool, not a timer per request), so one fires up to that much late.
-  Getting a connection (waiting for a free slot, DNS, TCP, TLS) is also bounded by ``timeout.connect``.
+  reader catches up, so however large an answer is, it is never held whole unless the reader asks
+  (``read()`` takes what is buffered as it goes, so reading a large answer whole never stalls).
+- Each request has one deadline for its answer's head (``timeout.total``, from the moment it is sent to
+  the pool, or for a streamed body from the moment its last byte was sent: a slow uploader is the
+  caller's problem, not the vendor's). Once the head is in, the body is bounded by ``timeout.read_idle``
+  between bytes, not counting time the socket is paused because the reader is slow; a streamed request
+  body waits at most that long for the vendor to take more. Past a deadline the connection is closed and
+  whoever waits on it gets ``Timeout``. Deadlines are checked every ``DEADLINE_TICK`` (one ticker for the
+  pool, not a timer per request), so one fires up to that much late. Getting a connection (waiting for a
+  free slot, DNS, TCP, TLS) is also bounded by ``timeout.connect``.
+- An answer's head is bounded as a whole: status line, names and values together at most
+  ``max_head_bytes``, at most ``max_head_fields`` fields; past either it is a ``ProtocolError``.
 - Requests whose body is bytes (or none) are written when the loop iteration that made them ends, all
   together, in order; a streamed body starts at once.
 - Failures are this module's own exceptions (``PoolError`` and its subclasses); the forwarder turns them
@@ -34,7 +41,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -51,6 +58,7 @@ DEFAULT_KEEPALIVE_SECONDS = 30.0  # an idle connection is closed after this long
 _SWEEP_SECONDS = 5.0
 DEADLINE_TICK = 0.025  # how often deadlines are checked: one may pass by up to this much
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one answer, together
+MAX_HEAD_FIELDS = 200  # header fields in one answer
 _ENCODING = "utf-8"
 # Header bytes the caller or vendor sent that are not UTF-8 travel unchanged (as aiohttp's parser keeps
 # them): decoded with surrogateescape, encoded back the same way.
@@ -85,21 +93,14 @@ class BodyError(PoolError):
     """Reading the caller's request body failed; the original exception is ``__cause__``."""
 
 
-class TimeoutSettings(Protocol):
-    """What the pool reads from a timeout (``aiohttp.ClientTimeout`` fits): seconds, None for no limit."""
-
-    @property
-    def total(self) -> float | None: ...
-
-    @property
-    def connect(self) -> float | None: ...
-
-
 class Timeouts(NamedTuple):
-    """Timeout settings made per request (cheaper than an ``aiohttp.ClientTimeout``)."""
+    """One request's timeouts, in seconds (None: no limit): ``total`` up to the answer's head,
+    ``connect`` for getting a connection, ``read_idle`` between body bytes (and for the vendor to take
+    more of a streamed request body)."""
 
     total: float | None = None
     connect: float | None = None
+    read_idle: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +124,12 @@ class Pool:
         limit: int = DEFAULT_LIMIT,
         keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
         user_agent: str | None = None,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        max_head_fields: int = MAX_HEAD_FIELDS,
     ) -> None:
         self.limit = limit
+        self.max_head_bytes = max_head_bytes
+        self.max_head_fields = max_head_fields
         self.keepalive_seconds = keepalive_seconds
         # Sent when the caller sent no User-Agent of its own.
         self.user_agent = user_agent
@@ -254,7 +259,7 @@ class Origin:
         body: bytes | AsyncIterable[bytes] | None = None,
         *,
         # Not an asyncio.timeout(): the deadline also bounds reading the body, after this returns.
-        timeout: TimeoutSettings,  # noqa: ASYNC109
+        timeout: Timeouts,  # noqa: ASYNC109
         idempotent: bool | None = None,
     ) -> Response:
         """Send one request; the answer's status and headers are in, its body is read from the Response.
@@ -284,7 +289,7 @@ class Origin:
             if conn is None:
                 conn = await self._connect(loop, deadline, timeout.connect)
             self._busy.add(conn)
-            waiter = conn.send(loop, method, head, body, chunked, deadline)
+            waiter = conn.send(loop, method, head, body, chunked, deadline, timeout)
             try:
                 return await waiter
             except BaseException as exc:
@@ -434,12 +439,14 @@ class Connection(asyncio.Protocol):
         "_head_bytes",
         "_head_request",
         "_headers",
+        "_idle_seconds",
         "_informational",
         "_keep_alive",
         "_paused",
         "_reason",
         "_response",
         "_state",
+        "_total_seconds",
         "_until_eof",
         "_waiter",
         "_where",
@@ -476,6 +483,8 @@ class Connection(asyncio.Protocol):
         self._failed: BaseException | None = None
         self._got_bytes = False
         self._head_bytes = 0
+        self._idle_seconds: float | None = None
+        self._total_seconds: float | None = None
         self._paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -492,6 +501,7 @@ class Connection(asyncio.Protocol):
         body: bytes | AsyncIterable[bytes] | None,
         chunked: bool,
         deadline: float | None,
+        timeout: Timeouts,
     ) -> asyncio.Future[Response]:
         """Start one exchange; the future gets the Response once its head is in (or the error)."""
         self.idle_since = 0.0
@@ -506,9 +516,13 @@ class Connection(asyncio.Protocol):
         self._failed = None
         self._got_bytes = False
         self._head_bytes = 0
+        self._idle_seconds = timeout.read_idle
         waiter: asyncio.Future[Response] = loop.create_future()
         self._waiter = waiter
-        if deadline is not None:
+        streamed = body is not None and not isinstance(body, bytes)
+        # A streamed body's time is the caller's: the head's deadline starts once its last byte is sent.
+        self._total_seconds = timeout.total if streamed else None
+        if deadline is not None and not streamed:
             self.deadline = deadline
             self.origin.pool._watch(loop)
         else:
@@ -551,10 +565,20 @@ class Connection(asyncio.Protocol):
                 transport.write(chunk)
             if self._write_paused:
                 drain = self._drain = self.loop.create_future()
-                await drain
+                try:
+                    async with asyncio.timeout(self._idle_seconds):
+                        await drain
+                except TimeoutError:
+                    raise Timeout(
+                        f"{self._where} took no more of the request body for {self._idle_seconds:g}s"
+                    ) from None
         if chunked and not self.closed:
             transport.write(b"0\r\n\r\n")
         self._body_sent = True
+        total = self._total_seconds
+        if total is not None and self._state == _WAITING:
+            self.deadline = self.loop.time() + total
+            self.origin.pool._watch(self.loop)
 
     def _body_done(self, task: asyncio.Task[None]) -> None:
         self._writer = None
@@ -565,8 +589,10 @@ class Connection(asyncio.Protocol):
             self._fail(exc if isinstance(exc, PoolError) else BodyError(str(exc)))
 
     def _expire(self) -> None:
-        if self._state != _DONE:
+        if self._state == _WAITING:
             self._fail(Timeout(f"{self._where} did not answer in time"))
+        elif self._state == _BODY:
+            self._fail(Timeout(f"{self._where} sent no more of its answer for {self._idle_seconds:g}s"))
 
     def _fail(self, exc: PoolError) -> None:
         """The exchange cannot finish: tell whoever waits, and close the connection."""
@@ -648,9 +674,10 @@ class Connection(asyncio.Protocol):
         except HttpParserError as exc:
             self._fail(ProtocolError(f"{self._where} sent an invalid answer: {exc}"))
         else:
-            if self._state == _WAITING and self._head_bytes > MAX_HEAD_BYTES:
+            limit = self.origin.pool.max_head_bytes
+            if self._state == _WAITING and self._head_bytes > limit:
                 # llhttp keeps what it has of a head in memory: a vendor cannot make that grow unbounded.
-                self._fail(ProtocolError(f"{self._where} sent a head of more than {MAX_HEAD_BYTES} bytes"))
+                self._fail(ProtocolError(f"{self._where} sent a head of more than {limit} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -717,9 +744,16 @@ class Connection(asyncio.Protocol):
         if status == 101:
             raise ProtocolError(f"{self._where} switched protocols, which the gateway does not do")
         raw = self._headers
+        pool = self.origin.pool
+        if len(raw) > pool.max_head_fields:
+            raise ProtocolError(
+                f"{self._where} sent {len(raw)} header fields, more than {pool.max_head_fields}"
+            )
         values = b"".join([value for _, value in raw])
-        if len(values) > MAX_HEAD_BYTES:
-            raise ProtocolError(f"{self._where} sent more than {MAX_HEAD_BYTES} bytes of headers")
+        # "HTTP/1.1 200 " and CRLF, each field's ": " and CRLF, and the empty line.
+        size = len(values) + sum([len(name) for name, _ in raw]) + 4 * len(raw) + len(self._reason) + 17
+        if size > pool.max_head_bytes:
+            raise ProtocolError(f"{self._where} sent a head of more than {pool.max_head_bytes} bytes")
         # As aiohttp's parser: NUL is never part of a value, nor is trailing whitespace.
         if b"\0" in values:
             raise ProtocolError(f"{self._where} sent a header value with a NUL byte")
@@ -736,8 +770,17 @@ class Connection(asyncio.Protocol):
         elif (coding := headers.get("Transfer-Encoding")) is not None:
             chunked = "chunked" in coding.lower()
         response = Response(self, status, self._reason, CIMultiDictProxy(headers), length)
+        if not values.isascii() or not self._reason.isascii():
+            response.obs_text = _obs_text(raw, self._reason)
         self._response = response
         self._state = _BODY
+        idle = self._idle_seconds
+        # From here on the body is bounded between bytes, no longer by the head's deadline.
+        if idle is not None:
+            self.deadline = self.loop.time() + idle
+            self.origin.pool._watch(self.loop)
+        else:
+            self.deadline = 0.0
         bodiless = self._head_request or status in (204, 304)
         self._until_eof = not bodiless and length is None and not chunked
         waiter = self._waiter
@@ -758,6 +801,9 @@ class Connection(asyncio.Protocol):
         if response._size >= HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pause_reading()
+            self.deadline = 0.0  # not read because the reader is slow: not the vendor's delay
+        elif (idle := self._idle_seconds) is not None:
+            self.deadline = self.loop.time() + idle
         waiter = response._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -778,6 +824,9 @@ class Connection(asyncio.Protocol):
         if self._paused and not self.closed:
             self._paused = False
             self.transport.resume_reading()
+            if self._state == _BODY and (idle := self._idle_seconds) is not None:
+                self.deadline = self.loop.time() + idle
+                self.origin.pool._watch(self.loop)
 
 
 class Response:
@@ -793,6 +842,7 @@ class Response:
         "_waiter",
         "content_length",
         "headers",
+        "obs_text",
         "reason",
         "status",
     )
@@ -816,6 +866,9 @@ class Response:
         self._exc: PoolError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
+        # Whether a header value or the reason holds bytes that are not UTF-8 (obs-text): kept as
+        # surrogate escapes, they need writing back byte for byte.
+        self.obs_text = False
 
     def __repr__(self) -> str:
         return f"<pool.Response {self.status} {self.reason!r}>"
@@ -827,16 +880,23 @@ class Response:
 
     async def read(self) -> bytes:
         """The rest of the body, whole."""
-        while not self._done:
-            await self._wait()
         chunks = self._chunks
-        if not chunks:
-            return b""
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        parts: list[bytes] = []
+        while not self._done:
+            if self._size >= LOW_WATER:
+                # Taken as it comes: the socket is paused past HIGH_WATER until the buffer drains.
+                parts.extend(chunks)
+                chunks.clear()
+                self._size = 0
+                self._conn._resume()
+            await self._wait()
+        parts.extend(chunks)
         chunks.clear()
         self._size = 0
         self._conn._resume()
-        return data
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def iter_chunked(self, size: int) -> AsyncIterator[bytes]:
         """The body in pieces of at most ``size`` bytes, as it arrives."""
@@ -908,6 +968,18 @@ def _describe(exc: BaseException) -> str:
         return exc.strerror
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _obs_text(raw: list[tuple[bytes, bytes]], reason: str) -> bool:
+    if any("\udc80" <= char <= "\udcff" for char in reason):
+        return True
+    for name, value in raw:
+        try:
+            name.decode(_ENCODING)
+            value.decode(_ENCODING)
+        except UnicodeDecodeError:
+            return True
+    return False
 
 
 def _parser(conn: Connection) -> HttpResponseParser:

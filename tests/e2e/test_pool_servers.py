@@ -32,6 +32,7 @@ Server = Callable[..., Awaitable[TestServer]]
 class Limits:
     total: float | None = 10.0
     connect: float | None = 2.0
+    read_idle: float | None = None
 
 
 @pytest.fixture

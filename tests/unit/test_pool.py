@@ -34,6 +34,7 @@ LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_
 class Limits:
     total: float | None = 5.0
     connect: float | None = 2.0
+    read_idle: float | None = None
 
 
 LIMITS = Limits()
@@ -550,7 +551,7 @@ async def test_requests_made_together_are_written_together(
     assert pool._writes == []
 
 
-async def test_deadline_covers_the_head_and_the_body(
+async def test_total_covers_the_head_and_read_idle_the_body(
     vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
 ) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
@@ -568,8 +569,10 @@ async def test_deadline_covers_the_head_and_the_body(
     started = loop.time()
     with pytest.raises(Timeout):
         await origin.request("GET", "/slow-head", CIMultiDict(), timeout=Limits(total=0.2))
-    response = await origin.request("GET", "/slow-body", CIMultiDict(), timeout=Limits(total=0.2))
-    with pytest.raises(Timeout):
+    response = await origin.request(
+        "GET", "/slow-body", CIMultiDict(), timeout=Limits(total=0.2, read_idle=0.2)
+    )
+    with pytest.raises(Timeout, match=r"sent no more of its answer for 0\.2s"):
         await response.read()
     response.release()
     assert loop.time() - started < 2
@@ -742,3 +745,169 @@ async def test_cancelled_request_does_not_leak_its_connection(
 def test_module_exports_its_error_tree() -> None:
     for name in ("ConnectError", "Timeout", "Disconnected", "ProtocolError", "BodyError"):
         assert issubclass(getattr(pool_module, name), pool_module.PoolError)
+
+
+async def test_a_body_that_keeps_flowing_outlasts_total(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
+) -> None:
+    """Issue 10 (6): ``total`` bounds the wait for the head; a body still flowing is not cut by it."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        assert await read_request(reader) is not None
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        for _ in range(10):  # 1 s in all, one byte per 0.1 s: never idle for 0.5 s
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    v = await vendor(script)
+    assert await get(pool, v, limits=Limits(total=0.3, read_idle=0.5)) == (200, b"x" * 10)
+
+
+async def test_a_slow_reader_is_not_the_vendors_idleness(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
+) -> None:
+    """While the socket is paused because the reader is behind, read_idle does not run."""
+    size = 4 * HIGH_WATER
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        assert await read_request(reader) is not None
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"y" * size)
+        await writer.drain()
+
+    v = await vendor(script)
+    response = await pool.origin(endpoint(v)).request(
+        "GET", "/", CIMultiDict(), timeout=Limits(total=5, read_idle=0.2)
+    )
+    try:
+        await asyncio.sleep(0.6)  # three idle periods with the socket paused at HIGH_WATER
+        body = b"".join([chunk async for chunk in response.iter_chunked(65536)])
+    finally:
+        response.release()
+    assert len(body) == size
+
+
+@pytest.mark.parametrize("size", [HIGH_WATER + 1, 1_000_000])
+async def test_read_whole_takes_an_answer_larger_than_high_water(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool, size: int
+) -> None:
+    """Issue 10 (2): ``read()`` used to wait for the end of a body whose socket it had paused."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        while await read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for start in range(0, size, 50_000):
+                part = b"z" * min(50_000, size - start)
+                writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    v = await vendor(script)
+    status, body = await get(pool, v, limits=Limits(total=5, read_idle=5))
+    assert (status, len(body)) == (200, size)
+    assert await get(pool, v, limits=Limits(total=5, read_idle=5)) == (200, b"z" * size)
+    assert v.connections == 1  # read to its end: the connection was reused
+
+
+async def test_read_whole_fails_at_once_on_a_reset_mid_body(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        assert await read_request(reader) is not None
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n" + b"a" * 600_000)
+        await writer.drain()
+        writer.transport.abort()
+
+    v = await vendor(script)
+    response = await pool.origin(endpoint(v)).request(
+        "GET", "/", CIMultiDict(), timeout=Limits(total=30, read_idle=30)
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(Disconnected):
+        await response.read()
+    response.release()
+    assert loop.time() - started < 10  # at once: not after a 30 s timeout
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"".join(b"X-H%d: v\r\n" % i for i in range(10_000)),  # ~130 KB in many small fields
+        b"".join(b"X-H%d: v\r\n" % i for i in range(201)),  # few bytes, too many fields
+        b"".join(b"X-%s: %s\r\n" % (b"n" * 4000, b"v" * 100) for i in range(17)),  # long names
+    ],
+    ids=["10000-fields", "201-fields", "long-names"],
+)
+async def test_an_oversized_head_is_a_protocol_error(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool, head: bytes
+) -> None:
+    """Issue 10 (9): the whole head counts (status line, names, values), and so does the field count."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        assert await read_request(reader) is not None
+        writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    v = await vendor(script)
+    with pytest.raises(ProtocolError, match=r"head of more than 65536 bytes|header fields, more than 200"):
+        await get(pool, v)
+
+
+async def test_two_hundred_fields_of_a_modest_head_pass(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
+) -> None:
+    head = b"".join(b"X-H%d: v\r\n" % i for i in range(199))
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        assert await read_request(reader) is not None
+        writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    v = await vendor(script)
+    assert await get(pool, v) == (200, b"ok")
+
+
+async def test_obs_text_in_a_header_value_is_kept_and_flagged(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        while await read_request(reader) is not None:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nX-Utf8: caf\xc3\xa9\r\nContent-Length: 0\r\n\r\n"
+            )
+            await writer.drain()
+
+    v = await vendor(script)
+    response = await pool.origin(endpoint(v)).request("GET", "/", CIMultiDict(), timeout=LIMITS)
+    response.release()
+    assert response.obs_text
+    assert response.headers["X-Name"].encode("utf-8", "surrogateescape") == b"caf\xe9"
+    assert response.headers["X-Utf8"] == "caf\u00e9"
+
+
+async def test_a_streamed_upload_does_not_spend_the_heads_deadline(
+    vendor: Callable[[Script], Awaitable[Vendor]], pool: Pool
+) -> None:
+    """A caller uploading slowly is not the vendor failing to answer: ``total`` starts after the body."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, v: Vendor) -> None:
+        request = await read_request(reader)
+        assert request is not None
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(request.body), request.body))
+        await writer.drain()
+
+    async def slow() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            await asyncio.sleep(0.15)  # 0.75 s in all, against a total of 0.3 s
+            yield b"part"
+
+    v = await vendor(script)
+    response = await pool.origin(endpoint(v)).request(
+        "POST", "/", CIMultiDict(), slow(), timeout=Limits(total=0.3, read_idle=0.3)
+    )
+    try:
+        assert await response.read() == b"part" * 5
+    finally:
+        response.release()
