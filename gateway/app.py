@@ -138,6 +138,7 @@ async def _proxy(request: web.Request, span: Span | None = None) -> web.StreamRe
     ex: Exchange | None = None
     vendor_name: str | None = None
     response: web.StreamResponse | None = None
+    caller_gone = False
     try:
         target = parse_target(request.raw_path)
         vendor_name = target.vendor
@@ -172,9 +173,12 @@ async def _proxy(request: web.Request, span: Span | None = None) -> web.StreamRe
         response = problem_response(exc, request_id)
         return response
     except StreamAborted as exc:
-        logger.event(
-            "upstream_aborted", level="warning", request_id=request_id, vendor=vendor_name, error=str(exc)
-        )
+        if exc.caller:
+            caller_gone = True
+        else:
+            logger.event(
+                "upstream_aborted", level="warning", request_id=request_id, vendor=vendor_name, error=str(exc)
+            )
         response = exc.response
         return response
     except Exception as exc:
@@ -185,7 +189,9 @@ async def _proxy(request: web.Request, span: Span | None = None) -> web.StreamRe
         return response
     finally:
         seconds = time.perf_counter() - started
-        status = response.status if response is not None else 499
+        # 499 (nginx's "client closed request"): the caller left before its answer was complete. A
+        # cancelled handler (the caller's connection closed: handler_cancellation) has no response.
+        status = 499 if caller_gone or response is None else response.status
         route_path = ex.route.path if ex and ex.route else None
         upstream_seconds = ex.upstream_seconds if ex else 0.0
         bytes_in = ex.bytes_in if ex else 0
@@ -415,6 +421,9 @@ async def serve(
         app,
         handle_signals=False,
         access_log=None,
+        # A caller that closes its connection cancels its request: the vendor call is abandoned and
+        # its connection closed (a keyed or async request runs on; see the idempotency stage).
+        handler_cancellation=True,
         shutdown_timeout=config.gateway.shutdown_timeout_seconds,
     )
     await runner.setup()

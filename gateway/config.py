@@ -27,6 +27,7 @@ DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 10.0
 DEFAULT_CONNECT_SECONDS = 5.0
 DEFAULT_TOTAL_SECONDS = 30.0
+DEFAULT_READ_IDLE_SECONDS = 30.0
 DEFAULT_IDEMPOTENCY_TTL_SECONDS = 86_400.0
 DEFAULT_IDEMPOTENCY_LEASE_SECONDS = 10.0
 DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES = 1_048_576
@@ -113,7 +114,10 @@ class Listen:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timeout:
     connect_seconds: float = DEFAULT_CONNECT_SECONDS
+    # Up to the vendor's answer head, every attempt together (a streamed upload's time is not counted).
     total_seconds: float = DEFAULT_TOTAL_SECONDS
+    # Once the head is in: the longest gap between body bytes (a slow caller's backpressure excluded).
+    read_idle_seconds: float = DEFAULT_READ_IDLE_SECONDS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -679,6 +683,8 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
         timeout = Timeout(
             connect_seconds=tt.number("connect_seconds", DEFAULT_CONNECT_SECONDS) or DEFAULT_CONNECT_SECONDS,
             total_seconds=tt.number("total_seconds", DEFAULT_TOTAL_SECONDS) or DEFAULT_TOTAL_SECONDS,
+            read_idle_seconds=tt.number("read_idle_seconds", DEFAULT_READ_IDLE_SECONDS)
+            or DEFAULT_READ_IDLE_SECONDS,
         )
         tt.done()
     tls = Tls()

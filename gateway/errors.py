@@ -11,7 +11,9 @@ The tree::
     ├── NotFound                     404     unknown vendor, or a route the vendor does not expose
     ├── Conflict                     409     idempotency key in flight
     │   └── NotReplayable            409     idempotency key done, but its answer was too large to keep
-    ├── PayloadTooLarge              413     body over ``max_body_bytes``
+    ├── CallerFault                          the caller's own doing: never a vendor failure
+    │   ├── PayloadTooLarge          413     body over ``max_body_bytes``
+    │   └── ClientClosedRequest      499     the caller closed its connection before its body was in
     ├── UnprocessableContent         422     idempotency key reused with another request
     ├── TooManyRequests              429     the rate-limit queue could not admit the request
     ├── BadGateway                   502     vendor unreachable, or its response is unusable
@@ -20,7 +22,9 @@ The tree::
     │   └── CircuitOpen              503     the vendor's circuit breaker is open (adds Retry-After)
     └── GatewayTimeout               504     vendor did not answer within its timeout
 
-A vendor's own error response is never a ``GatewayError``: it passes through unchanged.
+A vendor's own error response is never a ``GatewayError``: it passes through unchanged. A
+``CallerFault`` never reaches a circuit breaker, a retry or a vendor's failure counts: the vendor did
+nothing wrong. (499 is nginx's "client closed request": logged and counted, never seen by the caller.)
 """
 
 from __future__ import annotations
@@ -118,10 +122,20 @@ class NotReplayable(Conflict):
     title = "The request with this idempotency key completed, but its answer cannot be replayed"
 
 
-class PayloadTooLarge(GatewayError):
+class CallerFault(GatewayError):
+    """Base of the errors that are the caller's doing (aborted, too large): not the vendor's."""
+
+
+class PayloadTooLarge(CallerFault):
     status = 413
     slug = "payload-too-large"
     title = "Request body too large"
+
+
+class ClientClosedRequest(CallerFault):
+    status = 499
+    slug = "client-closed-request"
+    title = "The caller closed the connection"
 
 
 class UnprocessableContent(GatewayError):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from .circuit import CircuitBreakers
@@ -22,7 +23,7 @@ from .config import Route, Vendor
 from .credentials import TokenManager
 from .delivery import Deliveries
 from .deprecation import DeprecationTracker
-from .errors import PayloadTooLarge
+from .errors import ClientClosedRequest, PayloadTooLarge
 from .metrics import RequestMetrics
 from .observability import Logger
 from .pool import Pool
@@ -89,14 +90,26 @@ class Exchange:
                 raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
             parts: list[bytes] = []
             size = 0
-            async for chunk in self.request.content.iter_chunked(65536):
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-                parts.append(chunk)
+            try:
+                async for chunk in self.request.content.iter_chunked(65536):
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                    parts.append(chunk)
+            except CALLER_BODY_ERRORS as exc:
+                raise caller_closed(exc, size) from None
             self.body = b"".join(parts)
             self.bytes_in = size
         return self.body
+
+
+# What reading a caller's body raises when the caller's connection ended before the body did.
+CALLER_BODY_ERRORS = (ConnectionError, aiohttp.ClientPayloadError, HttpProcessingError)
+
+
+def caller_closed(exc: BaseException, received: int) -> ClientClosedRequest:
+    reason = str(exc) or type(exc).__name__
+    return ClientClosedRequest(f"the caller's request body broke off after {received} bytes ({reason})")
 
 
 @dataclass(slots=True, eq=False)

@@ -16,14 +16,23 @@ from urllib.parse import quote, unquote_plus
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import Auth, Vendor
 from .credentials import TokenManager, TokenSource
 from .deprecation import DEPRECATION, SUNSET, DeprecationTracker
-from .errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, VendorUnreachable
-from .pipeline import Exchange
+from .errors import (
+    BadGateway,
+    ClientClosedRequest,
+    GatewayError,
+    GatewayTimeout,
+    PayloadTooLarge,
+    VendorUnreachable,
+)
+from .pipeline import CALLER_BODY_ERRORS, Exchange, caller_closed
 from .pool import (
+    BodyError,
     Endpoint,
     Origin,
     Pool,
@@ -32,7 +41,6 @@ from .pool import (
     Response,
     Timeout,
     Timeouts,
-    TimeoutSettings,
 )
 
 # RFC 9110 section 7.6.1: fields that describe one connection, never forwarded either way.
@@ -76,7 +84,7 @@ class VendorTransport:
     """What the forwarder precomputes per vendor at load: URL prefix, timeouts, TLS, credentials."""
 
     prefix: str  # scheme://host[:port]/base/path[/version prefix], no trailing slash
-    timeout: aiohttp.ClientTimeout
+    timeout: Timeouts
     ssl: ssl.SSLContext | bool
     endpoint: Endpoint  # scheme, host, port and TLS: which pool.Origin the requests go through
     path_prefix: str  # /base/path[/version prefix] of ``prefix``: request targets start with it
@@ -96,8 +104,9 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
         ssl_param = False
     elif vendor.tls.ca_file is not None:
         ssl_param = ssl.create_default_context(cafile=str(vendor.tls.ca_file))
-    timeout = aiohttp.ClientTimeout(
-        total=vendor.timeout.total_seconds, connect=vendor.timeout.connect_seconds
+    limits = vendor.timeout
+    timeout = Timeouts(
+        total=limits.total_seconds, connect=limits.connect_seconds, read_idle=limits.read_idle_seconds
     )
     set_headers: list[tuple[str, str]] = []
     set_query: list[tuple[str, str]] = []
@@ -114,7 +123,8 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
         else:
             set_query.append((auth.name, secret))
     elif auth is not None:
-        tokens = TokenSource(vendor=vendor.name, auth=auth, ssl=ssl_param, timeout=timeout)
+        token_timeout = aiohttp.ClientTimeout(total=limits.total_seconds, connect=limits.connect_seconds)
+        tokens = TokenSource(vendor=vendor.name, auth=auth, ssl=ssl_param, timeout=token_timeout)
     if (version := vendor.version) is not None:
         if version.kind == "header":
             set_headers.append((version.name, version.value))
@@ -173,22 +183,16 @@ def response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMult
     return out
 
 
-class _BodyLimit:
-    """Streams the caller's body to the vendor, stopping once it passes the vendor's limit."""
-
-    def __init__(self, content: aiohttp.StreamReader, limit: int, exchange: Exchange) -> None:
-        self.content = content
-        self.limit = limit
-        self.exchange = exchange
-        self.exceeded = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.content.iter_chunked(STREAM_CHUNK):
-            self.exchange.bytes_in += len(chunk)
-            if self.exchange.bytes_in > self.limit:
-                self.exceeded = True
-                raise PayloadTooLarge(f"request body is larger than {self.limit} bytes")
+async def _stream_body(content: aiohttp.StreamReader, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
+    """The caller's body as it arrives, stopping once it passes the vendor's limit."""
+    try:
+        async for chunk in content.iter_chunked(STREAM_CHUNK):
+            exchange.bytes_in += len(chunk)
+            if exchange.bytes_in > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
             yield chunk
+    except CALLER_BODY_ERRORS as exc:
+        raise caller_closed(exc, exchange.bytes_in) from None
 
 
 class Forwarder:
@@ -226,13 +230,15 @@ class Forwarder:
         target = (transport.path_prefix + ex.path or "/") + ("?" + query if query else "")
 
         data: bytes | AsyncIterator[bytes] | None = ex.body
-        streamer: _BodyLimit | None = None
         if data is None and request.body_exists:
             length = request.content_length
             if length is not None and length > limit:
                 raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
             if length is not None and length <= SMALL_BODY:
-                data = await request.read()
+                try:
+                    data = await request.read()
+                except CALLER_BODY_ERRORS as exc:
+                    raise caller_closed(exc, 0) from None
                 ex.bytes_in = len(data)
             elif transport.tokens is not None:
                 # Kept whole (up to max_body_bytes) so the one retry after a vendor 401 can resend it.
@@ -240,8 +246,7 @@ class Forwarder:
             else:
                 if length is not None:
                     headers[hdrs.CONTENT_LENGTH] = str(length)
-                streamer = _BodyLimit(request.content, limit, ex)
-                data = streamer.__aiter__()
+                data = _stream_body(request.content, limit, ex)
         elif ex.body is not None:
             ex.bytes_in = len(ex.body)
 
@@ -253,7 +258,7 @@ class Forwarder:
         # _respond sets upstream_seconds to "now - started": shifting started back by the time earlier
         # attempts (retries) already spent keeps the access log's upstream_ms the sum over attempts.
         started = time.perf_counter() - ex.upstream_seconds
-        upstream = await self._send(ex, transport, target, headers, data, streamer)
+        upstream = await self._send(ex, transport, target, headers, data)
         if token is not None and upstream.status == 401 and source is not None and manager is not None:
             # Revoked or expired early: drop that token, get another, try once more. (``data`` is bytes
             # or None here: OAuth2 vendors never get a streamed body.) A second 401 is the caller's.
@@ -261,7 +266,7 @@ class Forwarder:
             manager.discard(source, token)
             token = await manager.get(source)
             headers[hdrs.AUTHORIZATION] = token.header
-            upstream = await self._send(ex, transport, target, headers, data, streamer)
+            upstream = await self._send(ex, transport, target, headers, data)
         if self.deprecations is not None and (DEPRECATION in upstream.headers or SUNSET in upstream.headers):
             self.deprecations.observe(ex.vendor.name, ex.route, ex.method, ex.path, upstream.headers)
         try:
@@ -276,9 +281,7 @@ class Forwarder:
         target: str,
         headers: CIMultiDict[str],
         data: bytes | AsyncIterator[bytes] | None,
-        streamer: _BodyLimit | None,
     ) -> Response:
-        limit = ex.vendor.max_body_bytes
         timeout = transport.timeout if ex.deadline is None else _until_deadline(ex, transport.timeout)
         started = time.perf_counter()
         ex.attempts += 1
@@ -292,9 +295,12 @@ class Forwarder:
                 # A POST whose Idempotency-Key the vendor gets may be resent after a stale connection.
                 idempotent=True if ex.idempotency_forwarded else None,
             )
+        except BodyError as exc:
+            # The caller's body failed while it streamed: its own fault, never the vendor's.
+            if isinstance(exc.__cause__, GatewayError):
+                raise exc.__cause__ from None
+            raise ClientClosedRequest(f"the caller's request body failed: {exc}") from None
         except PoolError as exc:
-            if streamer is not None and streamer.exceeded:
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes") from None
             raise _vendor_error(ex, exc, answering=False) from None
         finally:
             ex.upstream_seconds += time.perf_counter() - started
@@ -343,25 +349,18 @@ class Forwarder:
                 ex.upstream_seconds = time.perf_counter() - started
             headers.popall(hdrs.CONTENT_LENGTH, None)
             ex.bytes_out = len(body)
-            has_type = hdrs.CONTENT_TYPE in headers
-            whole = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
-            if not has_type:
-                # aiohttp would otherwise label the body application/octet-stream.
-                del whole.headers[hdrs.CONTENT_TYPE]
-            return whole
+            return whole_answer(upstream.status, upstream.reason, headers, body, raw=upstream.obs_text)
 
         if ex.detached or (bodiless and upstream.status in ex.retry_statuses):
             # Nothing is sent yet: the retry stage may still try again, or there is no caller to stream
             # to (a delivery worker, which keeps up to capture_response_bytes of a larger answer).
             return await _detached_answer(ex, upstream, headers, prefix, bodiless, whole_limit, started)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        if bodiless:
-            await response.prepare(request)
-            await response.write_eof()
-            ex.upstream_seconds = time.perf_counter() - started
-            return response
-        await response.prepare(request)
+        response = stream_answer(upstream.status, upstream.reason, headers, raw=upstream.obs_text)
         try:
+            await response.prepare(request)
+            if bodiless:
+                await response.write_eof()
+                return response
             if prefix:
                 ex.bytes_out += len(prefix)
                 await response.write(prefix)
@@ -369,12 +368,16 @@ class Forwarder:
                 ex.bytes_out += len(chunk)
                 await response.write(chunk)
             await response.write_eof()
-        except (PoolError, aiohttp.ClientError) as exc:  # ClientError: the caller's connection broke
+        except PoolError as exc:
             # The status line is gone already: all the caller can be told is a broken connection.
             if request.transport is not None:
                 request.transport.close()
             raise StreamAborted(
-                response, f"vendor {ex.vendor.name} broke off a streamed answer: {_describe(exc)}"
+                response, f"vendor {ex.vendor.name} broke off a streamed answer: {exc}"
+            ) from None
+        except (ConnectionError, aiohttp.ClientError) as exc:  # the caller's connection broke
+            raise StreamAborted(
+                response, f"the caller closed the connection during the answer: {_describe(exc)}", caller=True
             ) from None
         finally:
             ex.upstream_seconds = time.perf_counter() - started
@@ -391,7 +394,9 @@ def _vendor_error(ex: Exchange, exc: PoolError, *, answering: bool) -> GatewayEr
     name = ex.vendor.name
     if isinstance(exc, Timeout):
         if answering:
-            return GatewayTimeout(f"vendor {name} did not finish its answer in time")
+            return GatewayTimeout(
+                f"vendor {name} sent nothing of its answer for {ex.vendor.timeout.read_idle_seconds:g}s"
+            )
         return GatewayTimeout(f"vendor {name} did not answer within {ex.vendor.timeout.total_seconds:g}s")
     if isinstance(exc, ProtocolError):
         return BadGateway(f"vendor {name} answered with invalid HTTP: {exc}")
@@ -400,7 +405,7 @@ def _vendor_error(ex: Exchange, exc: PoolError, *, answering: bool) -> GatewayEr
     return VendorUnreachable(f"vendor {name} is unreachable: {exc}")
 
 
-def _until_deadline(ex: Exchange, timeout: aiohttp.ClientTimeout) -> TimeoutSettings:
+def _until_deadline(ex: Exchange, timeout: Timeouts) -> Timeouts:
     """The vendor's timeout cut to what is left of the request's deadline (all attempts together)."""
     assert ex.deadline is not None
     left = ex.deadline - time.perf_counter()
@@ -411,7 +416,76 @@ def _until_deadline(ex: Exchange, timeout: aiohttp.ClientTimeout) -> TimeoutSett
         )
     if timeout.total is not None and timeout.total <= left:
         return timeout
-    return Timeouts(total=left, connect=min(timeout.connect or left, left))
+    return timeout._replace(total=left, connect=min(timeout.connect or left, left))
+
+
+class VendorStreamResponse(web.StreamResponse):
+    """A vendor's answer, its head written as the vendor sent it, in two ways aiohttp would not:
+
+    - no Content-Type where the vendor sent none (aiohttp labels any body application/octet-stream);
+    - obs-text (RFC 9110 section 5.5: bytes that are not UTF-8, which the pool keeps as surrogate
+      escapes) byte for byte: aiohttp's header writer drops them, so such a head is written here.
+    """
+
+    untyped = False
+    raw = False
+
+    async def _write_headers(self) -> None:
+        if self.untyped:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)
+        if not self.raw:
+            return await super()._write_headers()
+        request = self._req
+        writer = self._payload_writer
+        assert request is not None and isinstance(writer, StreamWriter)
+        version = request.version
+        lines = [f"HTTP/{version[0]}.{version[1]} {self.status} {self.reason}"]
+        lines.extend(map(": ".join, self.headers.items()))
+        lines.append("\r\n")
+        text = "\r\n".join(lines)
+        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+            raise ValueError("an answer header name or value contains CR or LF")
+        # As StreamWriter.write_headers does, which aiohttp then sends with the first body bytes.
+        writer._headers_buf = text.encode("utf-8", "surrogateescape")
+        writer._headers_written = False
+        if getattr(self, "_send_headers_immediately", True):
+            writer.send_headers()
+
+
+class VendorResponse(VendorStreamResponse, web.Response):
+    """A vendor's answer with its body whole (see VendorStreamResponse)."""
+
+
+def _as_sent(response: VendorStreamResponse, headers: CIMultiDict[str], raw: bool | None) -> None:
+    response.untyped = hdrs.CONTENT_TYPE not in headers
+    if raw is None:
+        raw = not all(value.isascii() for value in headers.values()) and any(
+            _has_obs_text(value) for value in headers.values()
+        )
+    response.raw = raw
+
+
+def whole_answer(
+    status: int, reason: str | None, headers: CIMultiDict[str], body: bytes | None, *, raw: bool | None = None
+) -> web.Response:
+    """An answer with its body whole, its head as the vendor sent it. ``raw``: whether a header
+    value holds obs-text (None: look)."""
+    response = VendorResponse(status=status, reason=reason, body=body, headers=headers)
+    _as_sent(response, headers, raw)
+    return response
+
+
+def stream_answer(
+    status: int, reason: str | None, headers: CIMultiDict[str], *, raw: bool | None = None
+) -> web.StreamResponse:
+    """An answer whose body is written as it comes, its head as the vendor sent it."""
+    response = VendorStreamResponse(status=status, reason=reason, headers=headers)
+    _as_sent(response, headers, raw)
+    return response
+
+
+def _has_obs_text(value: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in value)
 
 
 async def _detached_answer(
@@ -425,7 +499,7 @@ async def _detached_answer(
 ) -> web.Response:
     """The answer as an unsent web.Response: empty when bodiless, else its first ``limit`` bytes (the
     rest is read and dropped, and ``X-Gateway-Truncated`` names the full size)."""
-    body = b""
+    body: bytes | None = None
     if not bodiless:
         parts = [prefix]
         size = len(prefix)
@@ -444,14 +518,8 @@ async def _detached_answer(
         headers.popall(hdrs.CONTENT_LENGTH, None)
         if total > size:
             headers["X-Gateway-Truncated"] = str(total)
-    ex.bytes_out = len(body)
-    has_type = hdrs.CONTENT_TYPE in headers
-    whole = web.Response(
-        status=upstream.status, reason=upstream.reason, body=body if not bodiless else None, headers=headers
-    )
-    if not has_type:
-        whole.headers.popall(hdrs.CONTENT_TYPE, None)
-    return whole
+    ex.bytes_out = len(body or b"")
+    return whole_answer(upstream.status, upstream.reason, headers, body, raw=upstream.obs_text)
 
 
 async def _read_upto(upstream: Response, limit: int) -> tuple[bytes, bool]:
@@ -487,16 +555,16 @@ async def _discard(upstream: Response) -> None:
 
 
 class StreamAborted(Exception):
-    """A streamed response failed after its headers were sent; the connection was closed."""
+    """A streamed response failed after its headers were sent, by the vendor or (``caller``) by the
+    caller's connection closing."""
 
-    def __init__(self, response: web.StreamResponse, message: str) -> None:
+    def __init__(self, response: web.StreamResponse, message: str, *, caller: bool = False) -> None:
         super().__init__(message)
         self.response = response
+        self.caller = caller
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, PoolError):
-        return str(exc)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..circuit import Breaker
 from ..config import Vendor
-from ..errors import GatewayError
+from ..errors import CallerFault, GatewayError
 from ..pipeline import Exchange, Handler, Services
 from ..retry import retry_reason
 from ..store.circuits import Outcome
@@ -33,6 +33,9 @@ class CircuitStage:
             response = await call_next(ex)
         except asyncio.CancelledError:
             breaker.abandon(ticket)
+            raise
+        except CallerFault:
+            await breaker.finish(ticket, "none")  # the caller's doing says nothing about the vendor
             raise
         except GatewayError as exc:
             if ex.attempts > before and retry_reason(exc) is not None:

@@ -21,6 +21,8 @@ delivery. A store that cannot take the request is a 503: nothing is accepted tha
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import hdrs, web
 
 from ..config import Auth, Route, Vendor
@@ -94,7 +96,9 @@ class AsyncDelivery:
             idempotency_key=key,
         )
         try:
-            await self.deliveries.enqueue(delivery_id, request)
+            # Shielded: once the caller's request is on its way into the queue, a caller that leaves
+            # does not take it back out (nothing accepted is lost; it is simply not told the id).
+            await asyncio.shield(self.deliveries.enqueue(delivery_id, request))
         except StoreUnavailable as exc:
             raise ServiceUnavailable(
                 f"the delivery queue is unavailable, so the request was not accepted: {exc}",

@@ -33,9 +33,10 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import IDEMPOTENCY_DEFAULT_METHODS, IdempotencyMode, Route, Vendor
@@ -49,6 +50,7 @@ from ..errors import (
 from ..observability import Logger
 from ..pipeline import Exchange, Handler, Services
 from ..store import IdempotencyKey, IdempotencyRecord, Store, StoredResponse, StoreUnavailable
+from ..upstream import whole_answer
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -230,7 +232,9 @@ class IdempotencyStage:
         if not claim.acquired:
             assert claim.existing is not None
             return self._answer_existing(exchange, claim.existing, digest)
-        return await self._run(exchange, call_next, scope, owner)
+        # A caller that goes away does not stop a keyed request: it runs to its end and its answer is
+        # stored, so the caller's retry with the same key is replayed instead of sent again.
+        return await _outlive_caller(self._run(exchange, call_next, scope, owner))
 
     def _answer_existing(self, ex: Exchange, record: IdempotencyRecord, digest: str) -> web.Response:
         if record.fingerprint != digest:
@@ -306,6 +310,27 @@ class IdempotencyStage:
             self.store_warning("idempotency_store_unavailable", exc)  # the lease will lapse instead
 
 
+_OUTLIVING: set[asyncio.Task[web.StreamResponse]] = set()  # runs whose caller left: kept referenced
+
+
+async def _outlive_caller(work: Coroutine[Any, Any, web.StreamResponse]) -> web.StreamResponse:
+    """``work``'s result; if the caller's request is cancelled meanwhile, ``work`` runs on to its end."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            _OUTLIVING.add(task)
+            task.add_done_callback(_outlived)
+        raise
+
+
+def _outlived(task: asyncio.Task[web.StreamResponse]) -> None:
+    _OUTLIVING.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: its outcome was counted and logged by the run itself
+
+
 def snapshot(ex: Exchange, response: web.StreamResponse, max_body_bytes: int) -> StoredResponse:
     headers = tuple((k, v) for k, v in response.headers.items() if k.lower() not in NOT_REPLAYED)
     body: bytes | None = None
@@ -324,13 +349,8 @@ def replay(ex: Exchange, stored: StoredResponse) -> web.Response:
     headers: CIMultiDict[str] = CIMultiDict(stored.headers)
     headers[REPLAYED_HEADER] = "true"
     headers["X-Request-Id"] = ex.request_id
-    has_type = hdrs.CONTENT_TYPE in headers
-    response = web.Response(status=stored.status, body=stored.body, headers=headers)
-    if not has_type:
-        # As the forwarder does: no Content-Type the vendor did not send.
-        response.headers.popall(hdrs.CONTENT_TYPE, None)
     ex.bytes_out = len(stored.body or b"")
-    return response
+    return whole_answer(stored.status, None, headers, stored.body)
 
 
 def idempotency_stage(vendor: Vendor, route: Route | None, services: Services) -> IdempotencyStage | None:

@@ -48,10 +48,10 @@ class RetryStage:
         self.budget.request()
         if not safe_to_repeat(ex.method, ex.idempotency_forwarded):
             return await call_next(ex)
+        if ex.body is None and ex.request.body_exists:
+            await ex.read_body()  # before the deadline starts: the caller's upload is not the vendor's time
         deadline = time.perf_counter() + self.total_seconds
         ex.deadline = deadline if ex.deadline is None else min(ex.deadline, deadline)
-        if ex.body is None and ex.request.body_exists:
-            await ex.read_body()
         ex.retry_statuses = self.retry_on
         attempt = 1
         last: web.StreamResponse | GatewayError | None = None
