@@ -9,6 +9,7 @@ before the vendor is called. Then:
 - it was used for another method, path, query or body (the fingerprint): 422;
 - it completed: the stored status, headers and body are replayed with ``Idempotent-Replayed: true``
   and the vendor is not called; a completed answer too large to keep gives 409 naming that reason.
+  The vendor's ``Set-Cookie`` reaches the first caller only: it is neither stored nor replayed.
 
 Invariants: a claim is one atomic store operation; only its owner (a random token per request) can
 complete, renew or release it; its lease is renewed while the request runs, so a live owner keeps
@@ -61,6 +62,11 @@ NOT_STORED_4XX = frozenset({408, 409, 425, 429})
 NOT_REPLAYED = frozenset(
     h.lower() for h in ("X-Request-Id", "Date", "Content-Length", "Transfer-Encoding", REPLAYED_HEADER)
 )
+# Vendor cookies are the first caller's session: that caller gets them live, but they are never stored,
+# and never replayed (not even from a record stored before they were left out), so a retry or another
+# request with the key cannot pick up someone's session.
+COOKIE_FIELDS = frozenset({"set-cookie", "set-cookie2"})
+NOT_STORED = NOT_REPLAYED | COOKIE_FIELDS
 STORE_WARNING_INTERVAL_SECONDS = 10.0
 
 
@@ -332,7 +338,7 @@ def _outlived(task: asyncio.Task[web.StreamResponse]) -> None:
 
 
 def snapshot(ex: Exchange, response: web.StreamResponse, max_body_bytes: int) -> StoredResponse:
-    headers = tuple((k, v) for k, v in response.headers.items() if k.lower() not in NOT_REPLAYED)
+    headers = tuple((k, v) for k, v in response.headers.items() if k.lower() not in NOT_STORED)
     body: bytes | None = None
     if isinstance(response, web.Response) and not response.prepared:
         raw = response.body
@@ -346,7 +352,9 @@ def snapshot(ex: Exchange, response: web.StreamResponse, max_body_bytes: int) ->
 
 
 def replay(ex: Exchange, stored: StoredResponse) -> web.Response:
-    headers: CIMultiDict[str] = CIMultiDict(stored.headers)
+    headers: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in stored.headers if k.lower() not in COOKIE_FIELDS
+    )
     headers[REPLAYED_HEADER] = "true"
     headers["X-Request-Id"] = ex.request_id
     ex.bytes_out = len(stored.body or b"")

@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 
 from gateway.app import SERVICES
+from gateway.stages.idempotency import fingerprint
+from gateway.store import IdempotencyKey, StoredResponse
 from tests.redis_server import RedisServer
 
 ROUTES = {
@@ -69,6 +71,11 @@ class Vendor:
             return web.json_response({"call": n}, status=int(request.query["code"]))
         if path.endswith("/empty"):
             return web.Response(status=204, headers={"X-Call": str(n)})
+        if path.endswith("/cookie"):
+            response = web.json_response({"call": n}, status=201)
+            response.headers.add("Set-Cookie", f"session=s{n}; Path=/; HttpOnly")
+            response.headers.add("Set-Cookie", f"tracker=t{n}; Path=/")
+            return response
         if path.endswith("/big") or path.endswith("/chunked"):
             size = int(request.query.get("size", "300000"))
             response = web.StreamResponse(status=201, headers={"Content-Type": "application/octet-stream"})
@@ -153,6 +160,50 @@ async def test_first_request_runs_and_a_retry_is_replayed_byte_for_byte(
     assert fake.calls["/v1/charges"] == 1
     assert outcomes(client)[("v", "stored")] == 1
     assert outcomes(client)[("v", "replayed")] == 1
+
+
+async def test_vendor_cookies_reach_the_first_caller_but_are_never_stored_or_replayed(
+    gateway: Any, vendor: Any, store_url: str
+) -> None:
+    client, fake = await start(gateway, vendor, store_url)
+    first = await post(client, "/v/v1/cookie", "cookie-1")
+    assert first.status == 201
+    assert first.headers.getall("Set-Cookie") == ["session=s1; Path=/; HttpOnly", "tracker=t1; Path=/"]
+
+    again = await post(client, "/v/v1/cookie", "cookie-1")
+    assert again.status == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Set-Cookie" not in again.headers
+    assert await again.json() == {"call": 1}
+    assert fake.calls["/v1/cookie"] == 1
+    scope = IdempotencyKey(vendor="v", client=None, key="cookie-1")
+    record = await client.app[SERVICES].store.get(scope)
+    assert record is not None and record.response is not None
+    assert [name for name, _ in record.response.headers if name.lower() == "set-cookie"] == []
+
+
+async def test_a_record_stored_with_a_cookie_before_the_fix_replays_without_it(
+    gateway: Any, vendor: Any, store_url: str
+) -> None:
+    client, fake = await start(gateway, vendor, store_url)
+    body = b'{"amount":100}'
+    store = client.app[SERVICES].store
+    scope = IdempotencyKey(vendor="v", client=None, key="old-1")
+    digest = fingerprint("POST", "/v1/charges", "", body)
+    assert (await store.claim(scope, fingerprint=digest, owner="o", lease_seconds=10)).acquired
+    old = StoredResponse(
+        status=201,
+        headers=(("Content-Type", "application/json"), ("Set-Cookie", "session=stale; Path=/")),
+        body=b'{"id":"ch_old"}',
+    )
+    assert await store.complete(scope, owner="o", response=old, ttl_seconds=60)
+
+    replayed = await post(client, "/v/v1/charges", "old-1", body=body)
+    assert replayed.status == 201
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert "Set-Cookie" not in replayed.headers
+    assert await replayed.read() == b'{"id":"ch_old"}'
+    assert fake.calls["/v1/charges"] == 0
 
 
 async def test_25_concurrent_duplicates_reach_the_vendor_once(
