@@ -99,6 +99,9 @@ def record_json(record: DeliveryRecord, *, request_body: bool = False) -> dict[s
         "replays": record.replays,
         "request_id": req.request_id,
         "idempotency_key": req.idempotency_key,
+        # The vendor header the key is sent under; null: the vendor's config named no forward_header
+        # (the caller's key, if any, passes among the request's headers, and a POST is not repeated).
+        "idempotency_forward_header": req.forward_header,
         "response": None,
     }
     if request_body:

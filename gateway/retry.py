@@ -4,7 +4,8 @@ Used by the retry stage (``gateway.stages.retry``: a caller waits while its requ
 the delivery workers (``gateway.workers``: a queued delivery is retried later), so both follow one rule:
 
 - only requests that are safe to repeat: GET, HEAD, OPTIONS, PUT and DELETE (idempotent by RFC 9110
-  section 9.2.2), and POST or PATCH whose idempotency key is forwarded to the vendor;
+  section 9.2.2), and POST or PATCH whose idempotency key goes to the vendor under its
+  ``idempotency.forward_header`` (a caller's key passing as an ordinary header does not count);
 - only after a connection error, a timeout, or a ``retry_on`` status (never another 4xx);
 - after full-jitter exponential backoff (``backoff``), and no sooner than the vendor's ``Retry-After``;
 - within a retry budget per vendor (``RetryBudget``): a vendor that fails everything sees at most

@@ -10,7 +10,8 @@ retry policy (``gateway.retry``):
 - 2xx or 3xx: delivered; the answer is kept ``keep_seconds`` for ``GET /_gateway/deliveries/ID``;
 - a connection error, a timeout or a ``retry_on`` status: tried again after full-jitter backoff (at
   least the vendor's ``Retry-After``), until ``[delivery] max_attempts`` vendor calls were made; then,
-  or at once when the request is not safe to repeat (POST/PATCH without a forwarded key), it is dead;
+  or at once when the request is not safe to repeat (a POST/PATCH accepted while the vendor's config
+  named no ``idempotency.forward_header``), it is dead;
 - an open circuit or a full rate-limit queue: put back until then, without spending an attempt;
 - any other answer (4xx, other 5xx) or error: dead at once (``delivery_dead_lettered``), answer kept.
 
@@ -109,6 +110,18 @@ def classify(
     if reason is not None and called:
         return Outcome("retry", f"{error.status}: {error.detail}", reason=reason)
     return Outcome("dead", f"{error.status}: {error.detail}")
+
+
+def not_repeated(vendor: Vendor, method: str) -> str:
+    """Why a POST or PATCH delivery that failed is not sent again. The key the caller sent, if any,
+    still reached the vendor as an ordinary header: what is missing is the vendor's forward_header."""
+    why = (
+        f"not retried: {method} is retried only when the vendor's config names "
+        f"idempotency.forward_header, and vendors.{vendor.name}"
+    )
+    if vendor.idempotency.forward_header is None:
+        return f"{why} names none"
+    return f"{why} named none when this delivery was accepted"
 
 
 class DeliveryWorkers:
@@ -236,7 +249,7 @@ class DeliveryWorkers:
             body=req.body,
             capture_response_bytes=DELIVERY_RESPONSE_BYTES,
             idempotency_key=req.idempotency_key,
-            idempotency_forwarded=req.idempotency_key is not None,
+            idempotency_forwarded=req.forward_header is not None,
             detached=True,
         )
         response: web.Response | None = None
@@ -270,10 +283,7 @@ class DeliveryWorkers:
             return
         if outcome.kind == "retry":
             if not safe_to_repeat(req.method, ex.idempotency_forwarded):
-                why = (
-                    f"{outcome.error}; not retried: {req.method} without an idempotency key forwarded "
-                    "to the vendor"
-                )
+                why = f"{outcome.error}; {not_repeated(vendor, req.method)}"
                 await self._dead(lease, record, attempts, Outcome("dead", why, outcome.response))
                 return
             max_attempts = self.settings.max_attempts

@@ -7,16 +7,18 @@ the request is stored in the queue and the caller gets ``202 Accepted`` with
 (``gateway.workers``) deliver it later with the vendor's retry policy, rate limits and breaker.
 
 It sits after client auth, idempotency and the request payload stages, so what is stored is the request
-as the vendor will get it (validated, transformed, the caller's key gone), and before the response
+as the vendor will get it (validated, transformed, the caller's gateway key gone), and before the response
 stages and the vendor-facing ones: the delivery record keeps the vendor's answer as it came (a route's
 ``response_schema`` and ``response_transform`` apply to sync answers only). Credentials are never
 stored: the forwarder injects them at each delivery, and any header the vendor's ``auth`` would set is
 dropped here.
 
-Exactly one effect at the vendor: the idempotency key is forwarded with every delivery attempt when the
-vendor has an ``idempotency.forward_header``; a caller that sent no key gets one made from the delivery
-id. A keyed caller repeating itself gets the stored 202 back from the idempotency stage, not a second
-delivery. A store that cannot take the request is a 503: nothing is accepted that is not stored.
+Exactly one effect at the vendor: the idempotency key is sent under the vendor's
+``idempotency.forward_header`` with every delivery attempt; a caller that sent no key gets one made from
+the delivery id. Without a forward_header the caller's ``Idempotency-Key`` (recorded with the delivery)
+passes as an ordinary header, and a POST or PATCH is not repeated. A keyed caller repeating itself gets
+the stored 202 back from the idempotency stage, not a second delivery. A store that cannot take the
+request is a 503: nothing is accepted that is not stored.
 """
 
 from __future__ import annotations
@@ -77,9 +79,9 @@ class AsyncDelivery:
             preferred = True
         body = await ex.read_body()
         delivery_id = new_delivery_id()
-        key: str | None = None
+        key = ex.idempotency_key
         if self.forward_header is not None:
-            key = ex.idempotency_key or f"gw-{delivery_id}"
+            key = key or f"gw-{delivery_id}"
             ex.headers.popall("Idempotency-Key", None)
             ex.headers[self.forward_header] = key
         headers = tuple((name, value) for name, value in ex.headers.items() if name.lower() not in self.drop)
@@ -94,6 +96,7 @@ class AsyncDelivery:
             client=ex.client,
             request_id=ex.request_id,
             idempotency_key=key,
+            forward_header=self.forward_header,
         )
         try:
             # Shielded: once the caller's request is on its way into the queue, a caller that leaves

@@ -2,7 +2,7 @@
 
 Placed before the circuit breaker and the rate limit, so every attempt asks the breaker, takes its own
 rate-limit turn and obeys a vendor pause. The policy (``gateway.retry``): requests safe to repeat
-(GET, HEAD, OPTIONS, PUT, DELETE; POST and PATCH only with a forwarded idempotency key), retried after
+(GET, HEAD, OPTIONS, PUT, DELETE; POST and PATCH only with the key under a ``forward_header``), retried after
 a connection error, a timeout or a ``retry_on`` status, with full-jitter backoff and at least the
 vendor's ``Retry-After``, at most ``attempts`` tries in all, within the vendor's ``timeout.total_seconds``
 counted from the first try (``Exchange.deadline``: the forwarder cuts each attempt to what is left), and

@@ -15,7 +15,8 @@ delivery that is already final (another worker finished it, or it was purged) is
 duplicate never turns a delivered record back into a queued one.
 
 Delivery is at least once: a worker that dies after the vendor acted but before ``done`` leaves the
-delivery to be sent again, which the forwarded idempotency key makes harmless at the vendor.
+delivery to be sent again, which the idempotency key sent under the vendor's ``forward_header`` makes
+harmless at the vendor.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ class DeliveryRequest:
     body: bytes
     client: str | None
     request_id: str
-    idempotency_key: str | None = None  # forwarded to the vendor under its forward_header
+    # The caller's Idempotency-Key (or ``gw-<id>``, made for a vendor with a forward_header), as accepted.
+    idempotency_key: str | None = None
+    # The vendor header the key is sent under (the vendor's ``idempotency.forward_header``), which makes a
+    # POST or PATCH safe to repeat. None: the vendor's config named none; the caller's field, if any,
+    # is in ``headers`` as an ordinary header, and the request is not repeated.
+    forward_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

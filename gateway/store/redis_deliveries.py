@@ -192,7 +192,21 @@ def _fields(request: DeliveryRequest) -> list[Any]:
         fields += ["client", request.client]
     if request.idempotency_key is not None:
         fields += ["key", request.idempotency_key]
+    fields += ["fwd", request.forward_header or ""]  # always there: its absence marks an older record
     return fields
+
+
+def _forward_header(
+    data: dict[str, Any], key: str | None, headers: tuple[tuple[str, str], ...]
+) -> str | None:
+    value = data.get("fwd")
+    if value is not None:
+        return _text(value) or None
+    # A record from before "fwd" holds "key" only when the key was sent under the vendor's forward_header,
+    # which is the stored header carrying it.
+    if key is None:
+        return None
+    return next((name for name, v in headers if v == key), "Idempotency-Key")
 
 
 def _pairs(raw: Any) -> tuple[tuple[str, str], ...]:
@@ -204,17 +218,20 @@ def _record(delivery_id: str, data: dict[str, Any]) -> DeliveryRecord:
         value = data.get(name)
         return None if value is None else _text(value)
 
+    headers = _pairs(data.get("headers"))
+    key = text("key")
     request = DeliveryRequest(
         vendor=text("vendor") or "",
         method=text("method") or "",
         path=text("path") or "",
         query=text("query") or "",
         segments=tuple(str(s) for s in orjson.loads(data.get("segments") or b"[]")),
-        headers=_pairs(data.get("headers")),
+        headers=headers,
         body=bytes(data.get("body") or b""),
         client=text("client"),
         request_id=text("rid") or "",
-        idempotency_key=text("key"),
+        idempotency_key=key,
+        forward_header=_forward_header(data, key, headers),
     )
     response = None
     if data.get("status") is not None:

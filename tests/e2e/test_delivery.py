@@ -142,6 +142,7 @@ async def test_async_job_is_accepted_then_delivered(
     assert call.headers["Idempotency-Key"] == key
     assert call.headers["X-Request-Id"] == "job-1"
     assert rec.effects == {key: 1}
+    assert record["idempotency_key"] == key and record["idempotency_forward_header"] == "Idempotency-Key"
     assert next(r for r in logs.records() if r["event"] == "delivery_delivered")["delivery_id"] == body["id"]
     assert client.app[SERVICES].deliveries.delivered["v"] == 1
 
@@ -191,11 +192,35 @@ async def test_exhausted_attempts_go_to_the_dead_letters(gateway: Any, vendor: A
     assert len(rec.calls) == 3
 
 
-async def test_post_without_a_forwarded_key_is_not_retried(gateway: Any, vendor: Any) -> None:
+NOKEY_NOT_RETRIED = (
+    "vendor answered 503; not retried: POST is retried only when the vendor's config names "
+    "idempotency.forward_header, and vendors.nokey names none"
+)
+
+
+async def test_post_without_a_forward_header_is_not_retried(gateway: Any, vendor: Any) -> None:
     client, rec = await start(gateway, vendor, "memory://")
     record = await settled(client, await accept(client, "/nokey/fail/1/x"))
-    assert record["state"] == "dead" and "not retried" in record["last_error"]
+    assert record["state"] == "dead" and record["last_error"] == NOKEY_NOT_RETRIED
+    assert record["idempotency_key"] is None and record["idempotency_forward_header"] is None
     assert len(rec.calls) == 1
+
+
+async def test_the_callers_key_without_a_forward_header_is_recorded_and_the_error_says_why(
+    gateway: Any, vendor: Any, store_url: str, logs: CapturedLogs
+) -> None:
+    client, rec = await start(gateway, vendor, store_url)
+    location = await accept(client, "/nokey/fail/1/x", headers={"Idempotency-Key": "order-7"})
+    record = await settled(client, location)
+    assert record["state"] == "dead" and record["attempts"] == 1
+    # The caller's field reached the vendor as an ordinary header; the message says what was missing.
+    (call,) = rec.calls
+    assert call.headers["Idempotency-Key"] == "order-7"
+    assert record["last_error"] == NOKEY_NOT_RETRIED
+    assert "without an idempotency key" not in record["last_error"]
+    assert record["idempotency_key"] == "order-7" and record["idempotency_forward_header"] is None
+    dead = next(r for r in logs.records() if r["event"] == "delivery_dead_lettered")
+    assert dead["error"] == NOKEY_NOT_RETRIED
 
 
 async def test_prefer_respond_async_on_a_route_that_allows_it(gateway: Any, vendor: Any) -> None:
@@ -319,6 +344,24 @@ async def test_dlq_cli_lists_shows_replays_and_purges(
     assert purged.returncode == 0 and purged.stdout.split() == ["purged", doomed["id"]]
     assert (await asyncio.to_thread(dlq, path, "list")).stdout == ""
     assert (await client.get(f"/_gateway/deliveries/{doomed['id']}")).status == 404
+
+
+async def test_dlq_show_names_the_callers_key_and_why_it_was_not_retried(
+    gateway: Any, vendor: Any, write_config: Any, redis_server: RedisServer
+) -> None:
+    server = await vendor(resilience_vendor())
+    path = write_config(config(server, redis_server.url), ROUTES)
+    client = await gateway(config(server, redis_server.url), routes=ROUTES)
+    dead = await settled(
+        client, await accept(client, "/nokey/fail/1/y", headers={"Idempotency-Key": "order-8"})
+    )
+    shown = await asyncio.to_thread(dlq, path, "show", dead["id"])
+    assert shown.returncode == 0, shown.stderr
+    detail = orjson.loads(shown.stdout)
+    assert detail["idempotency_key"] == "order-8"
+    assert detail["idempotency_forward_header"] is None
+    assert ["Idempotency-Key", "order-8"] in detail["request"]["headers"]
+    assert detail["last_error"] == NOKEY_NOT_RETRIED
 
 
 async def test_dlq_cli_needs_a_redis_store(vendor: Any, write_config: Any) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
+import redis
 
 from gateway.store import MemoryStore, Store, open_store
 from gateway.store.circuits import CircuitSettings
 from gateway.store.deliveries import DeliveryRequest, DeliveryResponse
+from gateway.store.redis_deliveries import record_key
 from tests.redis_server import RedisServer
 
 SETTINGS = CircuitSettings(failure_ratio=0.5, min_requests=4, window_seconds=1.0, open_seconds=0.3)
@@ -25,6 +28,7 @@ REQUEST = DeliveryRequest(
     client="billing",
     request_id="req-1",
     idempotency_key="k-1",
+    forward_header="Idempotency-Key",
 )
 ANSWER = DeliveryResponse(status=201, headers=(("Content-Type", "application/json"),), body=b'{"id": 1}')
 
@@ -114,6 +118,36 @@ async def test_enqueue_take_start_done(store: Store) -> None:
     assert done is not None
     assert (done.state, done.attempts, done.response) == ("delivered", 2, ANSWER)
     assert await store.delivery_depth() == (0, {})
+
+
+async def test_a_callers_key_not_forwarded_under_a_forward_header_is_kept_as_such(store: Store) -> None:
+    unforwarded = replace(REQUEST, forward_header=None)  # the vendor's config named no forward_header
+    await store.delivery_enqueue("d1", unforwarded)
+    record = await store.delivery_get("d1")
+    assert record is not None and record.request == unforwarded
+    assert record.request.idempotency_key == "k-1" and record.request.forward_header is None
+
+
+async def test_a_redis_record_from_before_forward_header_was_kept_still_counts_as_forwarded(
+    redis_server: RedisServer,
+) -> None:
+    # Such records held "key" only when the key was forwarded, under the vendor's forward_header.
+    store = open_store(redis_server.url)
+    raw = redis.Redis(port=redis_server.port)
+    try:
+        await store.delivery_enqueue(
+            "d1", replace(REQUEST, headers=(("X-Key", "k-1"),), forward_header="X-Key")
+        )
+        await store.delivery_enqueue("d2", replace(REQUEST, idempotency_key=None, forward_header=None))
+        assert raw.hdel(record_key("d1"), "fwd") == 1 and raw.hdel(record_key("d2"), "fwd") == 1
+        old = await store.delivery_get("d1")
+        assert old is not None and old.request.idempotency_key == "k-1"
+        assert old.request.forward_header == "X-Key"
+        keyless = await store.delivery_get("d2")
+        assert keyless is not None and keyless.request.forward_header is None
+    finally:
+        raw.close()
+        await store.close()
 
 
 async def test_retry_waits_its_delay(store: Store) -> None:
