@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import orjson
@@ -84,12 +85,70 @@ class Live:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
 
 
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True, eq=False)
+class Drain:
+    """Shutdown's one deadline: from the signal, requests in flight and deliveries in progress together
+    get ``seconds`` (``shutdown_timeout_seconds``), once. What still runs then is cancelled.
+
+    aiohttp alone would wait its ``shutdown_timeout`` for handlers, then cancel them and wait up to as
+    long again (a handler awaiting a vendor notices nothing until its task is cancelled), and the
+    delivery workers would then get the timeout once more. Here every handler's task is known, and at
+    the deadline they are cancelled, which ends aiohttp's wait at once; the workers get what is left.
+    """
+
+    seconds: float
+    handlers: set[asyncio.Task[Any]] = field(default_factory=set)  # handler tasks running now
+    deadline: float | None = None  # loop time; set when shutdown begins
+    timer: asyncio.TimerHandle | None = None
+
+    def begin(self) -> float:
+        """Start the drain (once: later calls keep the first deadline) and return its deadline."""
+        loop = asyncio.get_running_loop()
+        if self.deadline is None:
+            self.deadline = loop.time() + self.seconds
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self.cancel_handlers)
+        return self.deadline
+
+    def remaining(self) -> float:
+        if self.deadline is None:
+            return self.seconds
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    def cancel_handlers(self) -> None:
+        for task in list(self.handlers):
+            task.cancel()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def track(self, handler: RouteHandler) -> RouteHandler:
+        """``handler``, with its task known to the drain while it runs."""
+        running = self.handlers
+
+        async def tracked(request: web.Request) -> web.StreamResponse:
+            task = asyncio.current_task()
+            assert task is not None
+            running.add(task)
+            try:
+                return await handler(request)
+            finally:
+                running.discard(task)
+
+        return tracked
+
+
 LOGGER = web.AppKey("logger", Logger)
 CONFIG = web.AppKey("config", Config)  # the config the app started with; the one in force: LIVE
 LIVE = web.AppKey("live", Live)
 SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("workers", DeliveryWorkers)
 METRICS = web.AppKey("metrics", CollectorRegistry)
+DRAIN = web.AppKey("drain", Drain)
 
 
 def build_runtime(config: Config, services: Services) -> Runtime:
@@ -282,6 +341,7 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
     app[CONFIG] = config
     app[LOGGER] = logger or Logger()
     app[LOGGER].redact(secret_values(config))
+    drain = app[DRAIN] = Drain(config.gateway.shutdown_timeout_seconds)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60, keepalive_timeout=30)
@@ -318,8 +378,10 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
         try:
             yield
         finally:
-            # Requests have drained by now: deliveries in progress get as long again, then go back.
-            await workers.stop(app[CONFIG].gateway.shutdown_timeout_seconds)
+            # Requests have drained by now: deliveries in progress get what is left of the drain
+            # (they ran on meanwhile), then go back to the queue.
+            await workers.stop(drain.remaining())
+            drain.close()
             services.circuits.close()
             services.ratelimits.close()
             await services.tokens.close()
@@ -329,15 +391,23 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
             if tracing is not None:
                 await asyncio.to_thread(tracing.shutdown)  # flushes spans still batched
 
+    async def begin_drain(app: web.Application) -> None:
+        # aiohttp calls this once the listening sockets are closed, before it waits for handlers.
+        drain.begin()
+        if WORKERS in app:
+            app[WORKERS].stop_taking()
+
     app.cleanup_ctx.append(resources)
-    app.router.add_get("/_gateway/health", health)
-    app.router.add_get("/_gateway/ready", ready)
-    app.router.add_get("/_gateway/deprecations", deprecations)
-    app.router.add_get("/_gateway/metrics", metrics)
-    app.router.add_get("/_gateway/dashboard", dashboard_page)
-    app.router.add_get("/_gateway/deliveries/{id}", delivery)
+    app.on_shutdown.append(begin_drain)
+    track = drain.track
+    app.router.add_get("/_gateway/health", track(health))
+    app.router.add_get("/_gateway/ready", track(ready))
+    app.router.add_get("/_gateway/deprecations", track(deprecations))
+    app.router.add_get("/_gateway/metrics", track(metrics))
+    app.router.add_get("/_gateway/dashboard", track(dashboard_page))
+    app.router.add_get("/_gateway/deliveries/{id}", track(delivery))
     # Without tracing (it needs a restart to change) the route skips the span wrapper altogether.
-    app.router.add_route("*", "/{tail:.*}", proxy if config.tracing.exporter != "none" else _proxy)
+    app.router.add_route("*", "/{tail:.*}", track(proxy if config.tracing.exporter != "none" else _proxy))
     return app
 
 
@@ -472,9 +542,11 @@ async def serve(
             )
         )
     await stopping.wait()
+    app[DRAIN].begin()  # the drain's one deadline counts from the signal
     loop.remove_signal_handler(signal.SIGHUP)
     logger.event("stopping", reason="signal", drain_seconds=config.gateway.shutdown_timeout_seconds)
-    # Stops the listening socket first, then waits for in-flight handlers up to shutdown_timeout.
+    # Stops the listening socket first, then waits for in-flight handlers until the drain's deadline
+    # (Drain cancels them then), then lets deliveries use what is left of it.
     await runner.cleanup()
     if watcher is not None:
         await asyncio.gather(watcher, return_exceptions=True)  # it returns within one watch step

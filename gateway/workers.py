@@ -145,10 +145,14 @@ class DeliveryWorkers:
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self, drain_seconds: float) -> None:
-        """Stop taking work; let running deliveries finish for ``drain_seconds``; give back the rest."""
+    def stop_taking(self) -> None:
+        """Take no more deliveries; the ones running go on (shutdown has begun)."""
         self._stopping.set()
         self.deliveries.wake.set()
+
+    async def stop(self, drain_seconds: float) -> None:
+        """Stop taking work; let running deliveries finish for ``drain_seconds``; give back the rest."""
+        self.stop_taking()
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._active:

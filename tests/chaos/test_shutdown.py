@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,5 +75,74 @@ async def test_drain_is_bounded_by_shutdown_timeout(vendor: Any, write_config: C
             with pytest.raises(aiohttp.ClientError):
                 resp = await in_flight
                 await resp.read()
+    finally:
+        gw.stop()
+
+
+SHUTDOWN_SECONDS = 2.0
+
+
+def holding_vendor(arrived: list[str]) -> web.Application:
+    """Answers nothing within any drain: each call is recorded as it arrives, then held."""
+
+    async def hold(request: web.Request) -> web.Response:
+        arrived.append(f"{request.method} {request.path}")
+        await asyncio.sleep(60)
+        return web.Response(text="too late")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hold)
+    return app
+
+
+@pytest.mark.slow
+async def test_requests_and_deliveries_outliving_the_drain_share_one_shutdown_timeout(
+    vendor: Any, write_config: Callable[..., Path]
+) -> None:
+    arrived: list[str] = []
+    server = await vendor(holding_vendor(arrived))
+    config = write_config(
+        f"""
+        [gateway]
+        shutdown_timeout_seconds = {SHUTDOWN_SECONDS}
+        [vendors.v]
+        base_url = "{server.make_url("/")}"
+        timeout = {{ connect_seconds = 2, total_seconds = 60 }}
+        retry = {{ attempts = 1 }}
+        """,
+        routes={
+            "v": 'vendor = "v"\nexpose = "all"\n[[route]]\nmethod = "POST"\npath = "/job"\ndelivery = "async"\n'
+        },
+    )
+    gw = GatewayProcess(config)
+    try:
+        await asyncio.to_thread(gw.wait_ready)
+        async with aiohttp.ClientSession() as session:
+            accepted = await session.post(f"{gw.url}/v/job", data=b"{}")
+            assert accepted.status == 202
+            in_flight = asyncio.ensure_future(session.get(f"{gw.url}/v/slow"))
+            # Both are with the vendor (a delivery in progress, a caller waiting) before the signal.
+            waited = time.monotonic() + 20
+            while sorted(arrived) != ["GET /slow", "POST /job"]:
+                assert time.monotonic() < waited, arrived
+                await asyncio.sleep(0.02)
+            started = time.monotonic()
+            gw.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(gw.proc.wait, 20)
+            elapsed = time.monotonic() - started
+            print(f"shutdown_timeout_seconds={SHUTDOWN_SECONDS}: exited after {elapsed:.3f} s")
+            assert code == 0, gw.output()
+            with pytest.raises(aiohttp.ClientError):
+                resp = await in_flight
+                await resp.read()
+        # In flight work gets the whole drain, and the drain is spent once: the request and the
+        # delivery wait together, and nothing waits a second time after them. The slack is for
+        # closing up and the interpreter's exit, far less than the timeout itself.
+        assert elapsed >= SHUTDOWN_SECONDS - 0.05, gw.output()
+        assert elapsed < SHUTDOWN_SECONDS * 1.5, gw.output()
+        output = gw.output()
+        assert '"event":"stopped"' in output
+        access = [line for line in output.splitlines() if '"event":"access"' in line and "/v/slow" in line]
+        assert len(access) == 1 and '"status":499' in access[0], output
     finally:
         gw.stop()
