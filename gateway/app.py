@@ -28,7 +28,7 @@ from .delivery import delivery_status
 from .deprecation import UNROUTED
 from .errors import GatewayError, NotFound, ServiceUnavailable, problem_response
 from .metrics import UNKNOWN_VENDOR, registry_for, render
-from .observability import Logger, new_request_id
+from .observability import Logger, capture_library_logs, new_request_id
 from .pipeline import Exchange, Handler, Services, compose
 from .pool import Pool
 from .security import secret_values, startup_notes
@@ -485,7 +485,11 @@ async def serve(
     SIGHUP, and with ``watch`` a change to config.toml, routes or transforms, reloads the config.
 
     ``extra`` starts something beside the gateway (the sandbox) and returns its stop coroutine.
+
+    From here on the process's ``logging`` records (opentelemetry, urllib3, asyncio, aiohttp...) are
+    ``library_log`` events of ``logger``, so every line of output is the gateway's own format.
     """
+    capture_library_logs(logger)
     app = create_app(config, logger=logger)
     runner = web.AppRunner(
         app,

@@ -7,7 +7,13 @@ built from fields the gateway chose, never from config objects, so secrets canno
 Access records are written once per event-loop iteration (every record the iteration made goes out in
 one write), not one write per record, whatever buffering the stream has (PYTHONUNBUFFERED is common in
 containers). Every other record is written at once, after anything still held; what is held at exit is
-written by an atexit hook, so a clean shutdown loses no line.
+written by an atexit hook, so a clean shutdown loses no line. Records may come from any thread (the
+span exporter's, ``asyncio.to_thread``'s): a lock keeps lines whole and none is lost.
+
+Third-party libraries log through Python's ``logging`` (opentelemetry's exporter, urllib3, asyncio,
+aiohttp). While serving, ``capture_library_logs`` sends those records (warnings and worse, as
+``logging`` does by default) through the same Logger, one ``library_log`` event each, so nothing on the
+gateway's output is plain text.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
 import os
 import sys
+import threading
 import time
 import traceback
 import weakref
@@ -35,6 +43,9 @@ class Logger:
         self._redacted: tuple[bytes, ...] = ()
         self._held: list[bytes] = []  # access lines not written yet
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # a flush is scheduled on this loop
+        # Over _held, _flush_loop and writes to the stream; reentrant, so a record logged from inside a
+        # write can never deadlock the process.
+        self._lock = threading.RLock()
         _LOGGERS.add(self)
 
     def redact(self, values: Iterable[str]) -> None:
@@ -54,30 +65,36 @@ class Logger:
         for secret in self._redacted:
             if secret in line:
                 line = line.replace(secret, b"[redacted]")
-        self._held.append(line)
         if batch:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
             if loop is not None:
-                if self._flush_loop is not loop:
+                with self._lock:
+                    self._held.append(line)
+                    if self._flush_loop is loop:
+                        return
                     self._flush_loop = loop
-                    loop.call_soon(self.flush)
+                loop.call_soon(self.flush)
                 return
+        with self._lock:
+            self._held.append(line)
         self.flush()
 
     def flush(self) -> None:
         """Write every line held so far."""
-        self._flush_loop = None
-        held = self._held
-        if not held:
-            return
-        data = held[0] if len(held) == 1 else b"".join(held)
-        held.clear()
-        with contextlib.suppress(OSError, ValueError):  # a closed or full stdout must never fail a request
-            self._stream.write(data)
-            self._stream.flush()
+        with self._lock:
+            self._flush_loop = None
+            held = self._held
+            if not held:
+                return
+            data = held[0] if len(held) == 1 else b"".join(held)
+            held.clear()
+            # A closed or full stdout must never fail a request.
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.write(data)
+                self._stream.flush()
 
     def access(self, **fields: Any) -> None:
         self._write({"ts": _now(), "level": "info", "event": "access", **fields}, batch=True)
@@ -91,6 +108,40 @@ class Logger:
 
 
 _LOGGERS: weakref.WeakSet[Logger] = weakref.WeakSet()
+
+
+class LibraryLogHandler(logging.Handler):
+    """A ``logging`` handler writing each record as one ``library_log`` event of a Logger: the library
+    logger's name, the level, the message and, with an exception, its type and traceback as fields."""
+
+    def __init__(self, logger: Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string: still one line, with what it passed
+            message = f"{record.msg!r} % {record.args!r}"
+        fields: dict[str, Any] = {"logger": record.name, "message": message}
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            fields["error"] = f"{type(exc).__name__}: {exc}"
+            fields["traceback"] = "".join(traceback.format_exception(exc))
+        self.logger.event("library_log", level=record.levelname.lower(), **fields)
+
+
+def capture_library_logs(logger: Logger) -> LibraryLogHandler:
+    """Send Python ``logging`` (the root logger: every library's) and ``warnings`` through ``logger``
+    from now on, instead of ``logging``'s plain-text last resort on stderr. Replaces a handler an
+    earlier call installed; the root logger's level (WARNING unless someone changed it) is kept."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, LibraryLogHandler)]:
+        root.removeHandler(old)
+    handler = LibraryLogHandler(logger)
+    root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger -> here
+    return handler
 
 
 @atexit.register

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from gateway.config import ConfigError, load_config
+from tests.gateway_proc import GatewayProcess
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -85,6 +94,59 @@ async def test_tracing_on_continues_the_callers_trace(gateway: Any, vendor: Any)
     second = [s for s in spans if s.trace_id.hex() != CALLER_TRACE]
     assert len(second) == 2 and all(s.status.code == 2 for s in second)
     assert seen[1]["traceparent"].split("-")[1] == second[0].trace_id.hex()
+
+
+@pytest.mark.slow
+async def test_the_exporters_own_errors_are_json_log_records(
+    vendor: Any, write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A port held bound but not listening: every export to it is refused, and nobody else can take it.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # export soon after the request, not in 5 s
+    # Give up on a batch after 4 s: the first retry (in about 1 s) always fits, so a warning comes first.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "4")
+    server = await vendor(recording_vendor([]))
+    config = write_config(
+        f"""
+        [tracing]
+        exporter = "otlp"
+        endpoint = "http://127.0.0.1:{port}/v1/traces"
+        [vendors.v]
+        base_url = "{server.make_url("/")}"
+        """
+    )
+    gw = GatewayProcess(config)  # its stdout and stderr, both, go to one file
+    try:
+        await asyncio.to_thread(gw.wait_ready)
+        async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/v/x") as resp:
+            assert resp.status == 200
+        waited = time.monotonic() + 30
+        while "Failed to export" not in gw.output():  # the exporter gave up on the batch
+            assert gw.proc.poll() is None and time.monotonic() < waited, gw.output()
+            await asyncio.sleep(0.05)
+        gw.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gw.proc.wait, 20) == 0, gw.output()
+        lines = [line for line in gw.output().splitlines() if line.strip()]
+        records = []
+        for line in lines:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                record = None
+            assert isinstance(record, dict), f"not one JSON object per line: {line!r}"
+            records.append(record)
+        library = [r for r in records if r["event"] == "library_log"]
+        failed = [r for r in library if "Failed to export" in r["message"]]
+        assert failed and failed[0]["level"] == "error", library
+        assert failed[0]["logger"].startswith("opentelemetry.")
+        transient = [r for r in library if "Transient error" in r["message"]]
+        assert transient and transient[0]["level"] == "warning", library
+        assert records[-1]["event"] == "stopped"
+    finally:
+        gw.stop()
+        closed.close()
 
 
 @pytest.mark.parametrize(
