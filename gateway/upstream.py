@@ -59,6 +59,9 @@ HOP_BY_HOP = frozenset(
     )
 )
 _HOP_BY_HOP_NAMES = tuple(HOP_BY_HOP)
+# A vendor's cookies are for the caller that got them: never kept with an answer that is stored
+# (idempotency records, delivery records) and shown or replayed to anyone else.
+COOKIE_FIELDS = frozenset({"set-cookie", "set-cookie2"})
 # Caller-side fields that describe the internal network or the gateway itself: not for third parties.
 REQUEST_DROP = HOP_BY_HOP | frozenset(
     (

@@ -42,6 +42,10 @@ from .ratelimit import parse_retry_after
 from .retry import backoff, retry_reason, safe_to_repeat
 from .store import StoreUnavailable
 from .store.deliveries import DeliveryRecord, DeliveryResponse, Lease
+from .upstream import COOKIE_FIELDS
+
+# Not kept with a delivery's answer: the id is the delivery attempt's, the cookies the vendor's own.
+NOT_KEPT = COOKIE_FIELDS | {"x-request-id"}
 
 # The most of a vendor's answer a delivery record keeps.
 DELIVERY_RESPONSE_BYTES = 1024 * 1024
@@ -91,7 +95,7 @@ def classify(
     if response is not None:
         answer = DeliveryResponse(
             status=response.status,
-            headers=tuple((str(k), v) for k, v in response.headers.items() if k.lower() != "x-request-id"),
+            headers=tuple((str(k), v) for k, v in response.headers.items() if k.lower() not in NOT_KEPT),
             body=bytes(response.body) if isinstance(response.body, bytes | bytearray) else b"",
         )
         if response.status < 400:

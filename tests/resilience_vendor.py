@@ -94,7 +94,9 @@ def resilience_vendor() -> web.Application:
             answer = b'{"created": "' + key.encode() + b'", "body": ' + (body or b"null") + b"}"
             if key:
                 rec.answers[key] = answer
-            return web.Response(body=answer, status=201, content_type="application/json")
+            response = web.Response(body=answer, status=201, content_type="application/json")
+            response.set_cookie("vendor_session", "s1")  # never to be stored with a delivery's answer
+            return response
         return web.json_response(
             {"method": request.method, "path": request.path, "body": body.decode(errors="replace")},
             status=status or 200,

@@ -51,7 +51,7 @@ from ..errors import (
 from ..observability import Logger
 from ..pipeline import Exchange, Handler, Services
 from ..store import IdempotencyKey, IdempotencyRecord, Store, StoredResponse, StoreUnavailable
-from ..upstream import whole_answer
+from ..upstream import COOKIE_FIELDS, whole_answer
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -65,7 +65,6 @@ NOT_REPLAYED = frozenset(
 # Vendor cookies are the first caller's session: that caller gets them live, but they are never stored,
 # and never replayed (not even from a record stored before they were left out), so a retry or another
 # request with the key cannot pick up someone's session.
-COOKIE_FIELDS = frozenset({"set-cookie", "set-cookie2"})
 NOT_STORED = NOT_REPLAYED | COOKIE_FIELDS
 STORE_WARNING_INTERVAL_SECONDS = 10.0
 

@@ -134,6 +134,7 @@ async def test_async_job_is_accepted_then_delivered(
     record = await settled(client, location)
     assert record["state"] == "delivered" and record["attempts"] == 1
     assert record["response"]["status"] == 201
+    assert "set-cookie" not in {name.lower() for name in record["response"]["headers"]}
     key = f"gw-{body['id']}"  # no key from the caller: one made from the delivery id
     assert orjson.loads(record["response"]["body"]) == {"created": key, "body": {"amount": 1}}
     (call,) = rec.calls
