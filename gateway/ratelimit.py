@@ -33,6 +33,10 @@ first served nor bounded in time, so a scheduler would sit on top of it anyway, 
 needs GCRA in Redis regardless. One rule for both scopes (the same function the memory store runs)
 means local, global-on-memory and global-on-Redis limits pace, burst, pause and reload identically.
 
+Time: every limiter reads it from ``RateLimits.clock`` (``MONOTONIC``: ``time.monotonic`` and
+``asyncio.timeout``), waits included. Tests give the registry a clock they move by hand, so a timing
+test asserts the schedule itself rather than how busy the machine happened to be.
+
 If the store is down, a global limit falls back to this process's own schedule for
 ``STORE_FALLBACK_SECONDS`` at a time (logged as ``ratelimit_store_unavailable``, counted in
 ``RateLimits.store_fallbacks``): the vendor stays protected per process, at the cost of N replicas
@@ -48,8 +52,9 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from .config import DEFAULT_CONCURRENCY_MAX_QUEUE, DEFAULT_MAX_WAIT_SECONDS, Client, RateLimit, Route, Vendor
 from .errors import TooManyRequests
@@ -64,6 +69,29 @@ MAX_PAUSE_SECONDS = 600.0
 STORE_FALLBACK_SECONDS = 5.0
 # gateway_ratelimit_wait_seconds buckets (upper bounds; the last count is +Inf).
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Clock(Protocol):
+    """Where limiters read the time (seconds, monotonic) and how they wait on it."""
+
+    def now(self) -> float: ...
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        """Like ``asyncio.timeout``: TimeoutError when ``seconds`` of this clock pass first (None: never)."""
+        ...
+
+
+class MonotonicClock:
+    """The production clock: ``time.monotonic``, and ``asyncio.timeout`` (the loop's monotonic time)."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        return asyncio.timeout(seconds)
+
+
+MONOTONIC = MonotonicClock()
 
 
 class RateLimited(TooManyRequests):
@@ -167,6 +195,10 @@ class Limiter:
         return self._depth
 
     @property
+    def _clock(self) -> Clock:
+        return self._registry.clock
+
+    @property
     def in_flight(self) -> int:
         return self._in_flight
 
@@ -179,7 +211,7 @@ class Limiter:
             # The schedule's backlog is a number of recent requests; at the new pace they are worth
             # a different span of time. (A global schedule's backlog in the store is left as it is:
             # the new pace applies from its next turn.)
-            now = time.monotonic()
+            now = self._clock.now()
             self._tat = now + max(0.0, self._tat - now) * new.interval_seconds / old.interval_seconds
         self.settings = settings
         self._wake.set()
@@ -191,7 +223,7 @@ class Limiter:
 
         Returns whether a concurrency slot was taken, to be given back with ``release()``.
         """
-        now = time.monotonic()
+        now = self._clock.now()
         if not self._depth and now >= self._paused_until and self._slot_free() and self._take_local(now):
             return self._hold()
         return await self._wait(client, deadline, now)
@@ -243,13 +275,13 @@ class Limiter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._dispatch())
         try:
-            async with asyncio.timeout(max(0.0, deadline - now)):
+            async with self._clock.timeout(max(0.0, deadline - now)):
                 return await waiter
         except TimeoutError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 return waiter.result()  # admitted in the same instant: the turn is taken, use it
             self._forget(client, waiter)
-            raise self._refusal("timeout", time.monotonic()) from None
+            raise self._refusal("timeout", self._clock.now()) from None
         except asyncio.CancelledError:
             # The caller went away: give back whatever the dispatcher had just handed it.
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
@@ -349,7 +381,7 @@ class Limiter:
 
     async def _turn_in(self) -> float:
         """0.0 when a turn has been taken for the next waiter; else seconds to wait (inf: a release)."""
-        now = time.monotonic()
+        now = self._clock.now()
         if now < self._paused_until:
             return self._paused_until - now
         if not self._slot_free():
@@ -364,7 +396,7 @@ class Limiter:
             try:
                 wait = await self._store.rate_take(settings.bucket)
             except Exception as exc:  # StoreUnavailable, or anything else: the vendor stays protected
-                self._fallback_until = time.monotonic() + STORE_FALLBACK_SECONDS
+                self._fallback_until = self._clock.now() + STORE_FALLBACK_SECONDS
                 self._registry.store_fallbacks[settings.policy] += 1
                 self._logger.event(
                     "ratelimit_store_unavailable",
@@ -372,7 +404,7 @@ class Limiter:
                     policy=settings.policy,
                     detail=f"using this process's own limit for {STORE_FALLBACK_SECONDS:g}s: {exc}",
                 )
-                return 0.0 if self._take_local(time.monotonic()) else interval
+                return 0.0 if self._take_local(self._clock.now()) else interval
             if wait > 0:
                 return wait
             # The store gave a turn; a request that took the last concurrency slot meanwhile (the
@@ -389,7 +421,7 @@ class Limiter:
         if not self._depth:
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(None if math.isinf(seconds) else seconds):
+            async with self._clock.timeout(None if math.isinf(seconds) else seconds):
                 await self._wake.wait()
 
     def _next_waiter(self) -> asyncio.Future[bool] | None:
@@ -410,7 +442,7 @@ class Limiter:
     def pause(self, seconds: float) -> bool:
         """Hold the queue for ``seconds`` (a vendor's Retry-After); True when this starts a new pause."""
         seconds = min(max(seconds, 0.0), MAX_PAUSE_SECONDS)
-        now = time.monotonic()
+        now = self._clock.now()
         until = now + seconds
         if seconds <= 0 or until <= self._paused_until:
             return False
@@ -457,6 +489,7 @@ class RateLimits:
         self.rejected_by_reason: Counter[tuple[str, str]] = Counter()  # (vendor, reason)
         self.pauses: Counter[str] = Counter()  # vendor answers with Retry-After that held the queue
         self.store_fallbacks: Counter[str] = Counter()  # policy -> times the store was down
+        self.clock: Clock = MONOTONIC  # read at every use, so a test may swap it before traffic starts
 
     def _get(self, key: tuple[str, ...], settings: LimitSettings) -> Limiter:
         limiter = self._limiters.get(key)
@@ -500,6 +533,11 @@ class RateLimits:
         )
         settings = LimitSettings(policy=f"client:{client.name}", rate=rate, bucket=bucket)
         return self._get(("client", client.name), settings)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in any limiter's queue right now."""
+        return sum(limiter.depth for limiter in self._limiters.values())
 
     def observe_wait(self, vendor: str, seconds: float) -> None:
         histogram = self.wait_seconds.get(vendor)

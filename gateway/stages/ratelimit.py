@@ -16,7 +16,6 @@ gets no stage at all (and so no pauses either).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -59,7 +58,8 @@ class RateLimitStage:
                 limiter.release()
 
     async def _admit(self, ex: Exchange, limiters: tuple[Limiter, ...], held: list[Limiter]) -> None:
-        start = time.monotonic()
+        clock = self.registry.clock
+        start = clock.now()
         try:
             for limiter in limiters:
                 if await limiter.acquire(ex.client, start + limiter.settings.max_wait_seconds):
@@ -67,7 +67,7 @@ class RateLimitStage:
         except RateLimited as exc:
             self.registry.count_rejection(self.vendor, exc.reason)
             raise
-        self.registry.observe_wait(self.vendor, time.monotonic() - start)
+        self.registry.observe_wait(self.vendor, clock.now() - start)
 
     def _pause(self, ex: Exchange, response: web.StreamResponse) -> float | None:
         """Hold the vendor's queue for the answer's Retry-After; the pause in seconds, or None."""

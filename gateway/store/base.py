@@ -108,6 +108,11 @@ class RateBucket:
         return (self.burst - 1) * self.interval_seconds
 
 
+# A turn this close to due counts as due: sums of float intervals land a hair past the exact instant
+# (1000 + 1/3 + 1/3 - 2/3 > 1000), which would refuse the last request of a burst that arrives at once.
+GCRA_SLACK_SECONDS = 1e-9
+
+
 def gcra(tat: float, now: float, interval: float, tolerance: float) -> tuple[float, float]:
     """One GCRA step: (seconds until a request is due, 0.0 if it goes now; the new theoretical arrival time).
 
@@ -117,7 +122,7 @@ def gcra(tat: float, now: float, interval: float, tolerance: float) -> tuple[flo
     """
     tat = max(tat, now)
     due = tat - tolerance
-    if due > now:
+    if due - now > GCRA_SLACK_SECONDS:
         return due - now, tat
     return 0.0, tat + interval
 

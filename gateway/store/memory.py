@@ -8,6 +8,7 @@ awaits and is therefore atomic with respect to the other requests on the event l
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from .base import Claim, IdempotencyKey, IdempotencyRecord, RateBucket, StoredResponse, gcra, gcra_pause
@@ -26,6 +27,8 @@ class MemoryStore(MemoryCircuits, MemoryDeliveries):
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
         # (tag, name) -> theoretical arrival time (monotonic); one entry per configured limit.
         self._rates: dict[tuple[str, str], float] = {}
+        # The rate schedules' clock (monotonic seconds); tests give it the limiters' hand-driven clock.
+        self.rate_clock: Callable[[], float] = time.monotonic
 
     @property
     def url(self) -> str:
@@ -95,13 +98,13 @@ class MemoryStore(MemoryCircuits, MemoryDeliveries):
         return self._live(key, time.monotonic())
 
     async def rate_take(self, bucket: RateBucket) -> float:
-        now = time.monotonic()
+        now = self.rate_clock()
         key = (bucket.tag, bucket.name)
         wait, tat = gcra(self._rates.get(key, now), now, bucket.interval_seconds, bucket.tolerance_seconds)
         self._rates[key] = tat
         return wait
 
     async def rate_pause(self, bucket: RateBucket, seconds: float) -> None:
-        now = time.monotonic()
+        now = self.rate_clock()
         key = (bucket.tag, bucket.name)
         self._rates[key] = gcra_pause(self._rates.get(key, now), now, seconds, bucket.tolerance_seconds)

@@ -1,22 +1,33 @@
 """Rate limits end to end, measured where it matters: the arrival times at a real local vendor.
 
-Timing bounds leave room for a loaded 2-core machine: the pace comes from the gateway's schedule, which
-catches up after a late wake-up, so what a slow box changes is mostly jitter, not the long-run rate.
+The limiters run on a hand-driven clock (``tests.manual_clock``) that the vendor stamps arrivals with
+too: a test lets every request get as far as it can at one instant, then moves the clock to the next
+deadline. Bounds are then exact statements about the schedule, whatever the load on the machine (a
+loaded 2-core box once turned the burst test's 40 into 42 on the wall clock). Tests of pauses that go
+through the retry stage's real sleeps keep the wall clock and assert lower bounds only, which a slow
+machine cannot break.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import pytest
 
 from gateway.app import SERVICES
 from tests.conftest import CapturedLogs
+from tests.manual_clock import ManualClock, advance, queued, until
 from tests.ratelimit_vendor import ARRIVALS, Arrivals, long_run_rate, max_in_window, rate_vendor
+
+EPSILON = 1e-9  # float rounding on the manual clock's sums
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
@@ -35,57 +46,75 @@ rate_limit = {{ {limit} }}
 """
 
 
-async def fire(client: Any, path: str, n: int, **kwargs: Any) -> list[Any]:
+async def fire(client: Any, path: str, n: int, statuses: list[int] | None = None, **kwargs: Any) -> list[Any]:
+    """``n`` concurrent GETs; each status goes into ``statuses`` as soon as its answer is read."""
+
     async def one() -> Any:
         resp = await client.get(path, **kwargs)
         await resp.read()
+        if statuses is not None:
+            statuses.append(resp.status)
         return resp
 
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 async def test_burst_of_four_times_the_limit_reaches_the_vendor_at_the_limit(
-    gateway: Any, vendor: Any
+    gateway: Any, vendor: Any, clock: ManualClock
 ) -> None:
-    server = await vendor(rate_vendor())
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
     client = await gateway(limited_config(server, "requests = 20, per_seconds = 1, max_wait_seconds = 6"))
-    responses = await fire(client, "/v/burst", 80)
-    assert [r.status for r in responses] == [200] * 80
-    times = server.app[ARRIVALS].all()
+    clock.install(client.app)
+    burst = asyncio.ensure_future(fire(client, "/v/burst", 80))
+    await advance(clock, lambda: len(state.all()) + queued(client.app) == 80, done=burst.done)
+    assert [r.status for r in burst.result()] == [200] * 80
+    times = state.all()
     assert len(times) == 80
+    assert times.count(times[0]) == 20  # the burst went at once
     rate = long_run_rate(times, skip=20)  # after the burst of 20, one every 50 ms
     print(f"burst 80 at 20/s: long-run {rate:.2f}/s, max in 1s {max_in_window(times)}")
-    assert 18.0 <= rate <= 22.0
+    assert rate == pytest.approx(20.0, rel=1e-6)
     assert max_in_window(times) <= 20 + 20  # rate + burst
 
 
-async def test_sustained_overload_is_shed_and_the_vendor_sees_the_limit(gateway: Any, vendor: Any) -> None:
-    server = await vendor(rate_vendor())
+async def test_sustained_overload_is_shed_and_the_vendor_sees_the_limit(
+    gateway: Any, vendor: Any, clock: ManualClock
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
     client = await gateway(
         limited_config(server, "requests = 20, per_seconds = 1, max_wait_seconds = 1, burst = 5")
     )
+    clock.install(client.app)
     statuses: list[int] = []
     retry_afters: list[str] = []
 
     async def one() -> None:
         resp = await client.get("/v/steady")
         await resp.read()
-        statuses.append(resp.status)
         if resp.status == 429:
             retry_afters.append(resp.headers["Retry-After"])
+        statuses.append(resp.status)
 
-    # 3x the limit, spread evenly over 3 seconds.
-    tasks = []
-    for _ in range(180):
+    tasks: list[asyncio.Future[None]] = []
+
+    def idle() -> bool:  # every request sent so far reached the vendor, is queued, or was refused
+        return len(state.all()) + queued(client.app) + statuses.count(429) == len(tasks)
+
+    # 3x the limit, one request every 1/60 s for 3 seconds.
+    start = clock.now()
+    for i in range(180):
         tasks.append(asyncio.ensure_future(one()))
-        await asyncio.sleep(1 / 60)
-    await asyncio.gather(*tasks)
-    times = server.app[ARRIVALS].all()
-    rate = long_run_rate(times, skip=5)
+        await advance(clock, idle, to=start + (i + 1) / 60)
+    await advance(clock, idle, done=lambda: all(t.done() for t in tasks))
+    times = state.all()
+    # Arriving 1/60 s apart, 7 go in the first 0.1 s while the burst allowance (5) drains; then the pace.
+    rate = long_run_rate(times, skip=7)
     print(
         f"3x overload at 20/s: vendor got {len(times)}, long-run {rate:.2f}/s, max in 1s {max_in_window(times)}"
     )
-    assert 18.0 <= rate <= 22.0
+    assert rate == pytest.approx(20.0, rel=1e-6)  # the queue never ran dry: the whole limit, no more
     assert max_in_window(times) <= 20 + 5
     assert statuses.count(429) > 60  # the rest were shed, not queued forever
     assert statuses.count(200) == len(times)
@@ -95,14 +124,25 @@ async def test_sustained_overload_is_shed_and_the_vendor_sees_the_limit(gateway:
     assert registry.wait_seconds["v"].count == statuses.count(200)
 
 
-async def test_shed_request_gets_429_problem_with_all_three_headers(gateway: Any, vendor: Any) -> None:
-    server = await vendor(rate_vendor())
+async def test_shed_request_gets_429_problem_with_all_three_headers(
+    gateway: Any, vendor: Any, clock: ManualClock
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
     client = await gateway(
         limited_config(server, "requests = 2, per_seconds = 1, max_wait_seconds = 0.2, max_queue = 1")
     )
-    responses = await fire(client, "/v/x", 6)
-    refused = [r for r in responses if r.status == 429]
-    assert len(refused) >= 3
+    clock.install(client.app)
+    statuses: list[int] = []
+    task = asyncio.ensure_future(fire(client, "/v/x", 6, statuses))
+    await advance(
+        clock, lambda: len(state.all()) + queued(client.app) + statuses.count(429) == 6, done=task.done
+    )
+    refused = [r for r in task.result() if r.status == 429]
+    # The burst (2) went at once; one queued, and gave up after 0.2 s with the next turn 0.5 s away;
+    # three found the queue full.
+    assert len(refused) == 4
+    assert len(state.all()) == 2
     for resp in refused:
         assert resp.headers["Content-Type"] == "application/problem+json"
         retry = int(resp.headers["Retry-After"])
@@ -114,57 +154,79 @@ async def test_shed_request_gets_429_problem_with_all_three_headers(gateway: Any
         assert body["type"].endswith("/rate-limited")
         assert body["request_id"] == resp.headers["X-Request-Id"]
         assert body["policy"] == "v"
-    # At most the burst (2) went at once and one more after a queued wait of <= 0.2 s.
-    assert len(server.app[ARRIVALS].all()) <= 3
 
 
-async def test_zero_wait_refuses_at_once(gateway: Any, vendor: Any) -> None:
-    server = await vendor(rate_vendor())
+async def test_zero_wait_refuses_at_once(gateway: Any, vendor: Any, clock: ManualClock) -> None:
+    server = await vendor(rate_vendor(clock.now))
     client = await gateway(limited_config(server, "requests = 1, per_seconds = 10, max_wait_seconds = 0"))
+    clock.install(client.app)
+    started = clock.now()
     first = await client.get("/v/a")
-    started = time.monotonic()
-    second = await client.get("/v/a")
+    second = await asyncio.wait_for(client.get("/v/a"), 30)  # answered with the clock standing still
     assert (first.status, second.status) == (200, 429)
-    assert time.monotonic() - started < 0.5
+    assert clock.now() == started
     assert second.headers["RateLimit-Policy"] == '"v";q=1;w=10'
-    assert 9 <= int(second.headers["Retry-After"]) <= 10
+    assert second.headers["Retry-After"] == "10"
 
 
 async def test_vendor_429_with_retry_after_pauses_every_caller_and_retries_once(
-    gateway: Any, vendor: Any, logs: CapturedLogs
+    gateway: Any, vendor: Any, logs: CapturedLogs, clock: ManualClock
 ) -> None:
-    server = await vendor(rate_vendor())
+    server = await vendor(rate_vendor(clock.now))
     state: Arrivals = server.app[ARRIVALS]
     state.throttle["/limited"] = ["1"]
     client = await gateway(limited_config(server, "requests = 100, per_seconds = 1, max_wait_seconds = 3"))
+    clock.install(client.app)
+    registry = client.app[SERVICES].ratelimits
     first = asyncio.ensure_future(client.get("/v/limited"))
-    await state.throttled.wait()
+    await until(lambda: registry.pauses["v"] == 1, "the vendor's 429 to pause its queue")
     throttled = state.throttled_at[0]
-    await asyncio.sleep(0.05)
-    other = await client.get("/v/other")  # another caller, another path: held until the pause ends
-    assert other.status == 200
+    other = asyncio.ensure_future(client.get("/v/other"))  # another caller, another path: held
+    # The first request's retry (after the retry stage's own wait of at least Retry-After) and the other
+    # caller both wait in the queue while the clock stands still.
+    await until(lambda: queued(client.app) == 2, "the retry and the other caller to queue")
+    assert "/other" not in state.times and len(state.times["/limited"]) == 1
+
+    def idle() -> bool:
+        return len(state.all()) + queued(client.app) == 3
+
+    await advance(clock, idle, to=throttled + 0.999)
+    assert "/other" not in state.times and len(state.times["/limited"]) == 1
+    await advance(clock, idle, done=lambda: first.done() and other.done())
+    assert (await other).status == 200
     resp = await first
     assert resp.status == 200  # GET is safe to send again: the caller never saw the vendor's 429
     assert len(state.times["/limited"]) == 2
-    assert state.times["/limited"][1] - throttled >= 0.95
-    assert state.times["/other"][0] - throttled >= 0.95
+    # Nothing before the pause ended; then the two at the pace (100/s), without a burst.
+    resumed = sorted([state.times["/other"][0], state.times["/limited"][1]])
+    assert [t - throttled for t in resumed] == pytest.approx([1.0, 1.01], abs=EPSILON)
     access = {r["path"]: r for r in logs.access()}
     assert access["/v/limited"]["attempts"] == 2
     events = [r for r in logs.records() if r["event"] == "vendor_paused"]
     assert len(events) == 1 and events[0]["vendor"] == "v" and events[0]["status"] == 429
 
 
-async def test_vendor_503_with_an_http_date_pauses_too(gateway: Any, vendor: Any) -> None:
+async def test_vendor_503_with_an_http_date_pauses_too(gateway: Any, vendor: Any, logs: CapturedLogs) -> None:
     server = await vendor(rate_vendor())
     state: Arrivals = server.app[ARRIVALS]
     state.throttle_status = 503
-    # HTTP-dates have whole seconds: 2 s from now is between 1 and 2 s away.
-    state.throttle["/busy"] = [format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)]
+    dates: list[str] = []
+
+    def two_seconds_from_now() -> str:  # made when the vendor answers; whole seconds: 1 to 2 s away
+        dates.append(format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True))
+        return dates[-1]
+
+    state.throttle["/busy"] = [two_seconds_from_now]
     client = await gateway(limited_config(server, "requests = 100, per_seconds = 1, max_wait_seconds = 3"))
     resp = await client.delete("/v/busy")
     assert resp.status == 200  # DELETE is idempotent: sent again after the pause
-    gap = state.times["/busy"][1] - state.throttled_at[0]
-    assert 0.9 <= gap <= 2.5
+    asked = parsedate_to_datetime(dates[0]).timestamp() - state.throttled_wall[0]
+    assert 1.0 < asked <= 2.0
+    # Not sent again before the date (a slow machine only makes the gap longer) ...
+    assert state.times["/busy"][1] - state.throttled_at[0] >= asked - 0.01
+    # ... and the pause the gateway took is what was left of the vendor's date, no more.
+    paused = [r for r in logs.records() if r["event"] == "vendor_paused"]
+    assert len(paused) == 1 and 0 < paused[0]["retry_after_seconds"] <= asked + 0.001
 
 
 async def test_a_second_429_pauses_again_and_is_passed_on(gateway: Any, vendor: Any) -> None:
@@ -183,21 +245,29 @@ async def test_a_second_429_pauses_again_and_is_passed_on(gateway: Any, vendor: 
     assert state.times["/next"][0] - state.throttled_at[1] >= 0.95
 
 
-async def test_unsafe_post_is_not_resent_but_still_pauses(gateway: Any, vendor: Any) -> None:
-    server = await vendor(rate_vendor())
+async def test_unsafe_post_is_not_resent_but_still_pauses(
+    gateway: Any, vendor: Any, clock: ManualClock
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
     state: Arrivals = server.app[ARRIVALS]
     state.throttle["/charge"] = ["1"]
     client = await gateway(limited_config(server, "requests = 100, per_seconds = 1, max_wait_seconds = 3"))
+    clock.install(client.app)
     resp = await client.post("/v/charge", json={"amount": 1})
     assert resp.status == 429  # the vendor's own answer, passed through
     assert resp.headers["Retry-After"] == "1"
     assert (await resp.json()) == {"error": "slow down"}
     assert len(state.times["/charge"]) == 1
-    started = time.monotonic()
-    after = await client.get("/v/next")
-    assert after.status == 200
-    assert state.times["/next"][0] - state.throttled_at[0] >= 0.95
-    assert time.monotonic() - started >= 0.8
+    after = asyncio.ensure_future(client.get("/v/next"))
+
+    def idle() -> bool:
+        return queued(client.app) + len(state.times.get("/next", ())) == 1
+
+    await advance(clock, idle, to=state.throttled_at[0] + 0.999)
+    assert not after.done() and "/next" not in state.times  # the caller waits out the pause
+    await advance(clock, idle, done=after.done)
+    assert (await after).status == 200
+    assert state.times["/next"][0] - state.throttled_at[0] == pytest.approx(1.0, abs=EPSILON)
 
 
 async def test_post_with_forwarded_idempotency_key_is_resent(gateway: Any, vendor: Any) -> None:
@@ -217,9 +287,9 @@ async def test_post_with_forwarded_idempotency_key_is_resent(gateway: Any, vendo
 
 
 async def test_retry_after_longer_than_the_vendor_timeout_is_not_waited_out(
-    gateway: Any, vendor: Any
+    gateway: Any, vendor: Any, logs: CapturedLogs, clock: ManualClock
 ) -> None:
-    server = await vendor(rate_vendor())
+    server = await vendor(rate_vendor(clock.now))
     state: Arrivals = server.app[ARRIVALS]
     state.throttle["/slow-down"] = ["30"]
     client = await gateway(
@@ -229,21 +299,23 @@ async def test_retry_after_longer_than_the_vendor_timeout_is_not_waited_out(
             "timeout = { total_seconds = 5 }",
         )
     )
-    started = time.monotonic()
+    clock.install(client.app)
     resp = await client.get("/v/slow-down")
     assert resp.status == 429 and resp.headers["Retry-After"] == "30"
-    assert time.monotonic() - started < 1
+    # The retry stage saw that waiting 30 s would pass total_seconds, and did not wait at all.
+    assert client.app[SERVICES].retries.withheld[("v", "deadline")] == 1
+    assert next(r for r in logs.access() if r["path"] == "/v/slow-down")["attempts"] == 1
     # Paused for 30 s: a new request cannot be admitted within its 1 s wait and is refused at once.
-    refused = await client.get("/v/other")
+    refused = await asyncio.wait_for(client.get("/v/other"), 30)
     assert refused.status == 429
-    assert 28 <= int(refused.headers["Retry-After"]) <= 30
+    assert refused.headers["Retry-After"] == "30"  # the clock has not moved
     assert "/other" not in state.times
 
 
-async def test_concurrency_caps_requests_in_flight(gateway: Any, vendor: Any) -> None:
-    server = await vendor(rate_vendor())
+async def test_concurrency_caps_requests_in_flight(gateway: Any, vendor: Any, clock: ManualClock) -> None:
+    server = await vendor(rate_vendor(clock.now))
     state: Arrivals = server.app[ARRIVALS]
-    state.delay = 0.15
+    state.gate = asyncio.Event()  # the vendor holds every answer until the test lets it go
     client = await gateway(
         f"""
 [vendors.v]
@@ -251,14 +323,20 @@ base_url = "{server.make_url("/")}"
 concurrency = 3
 """
     )
-    responses = await fire(client, "/v/c", 12)
-    assert [r.status for r in responses] == [200] * 12
+    clock.install(client.app)  # queued requests never time out while the vendor is held
+    burst = asyncio.ensure_future(fire(client, "/v/c", 12))
+    await until(lambda: state.in_flight == 3 and queued(client.app) == 9, "3 at the vendor, 9 queued")
+    state.gate.set()
+    assert [r.status for r in await burst] == [200] * 12
     assert state.max_in_flight == 3
 
 
-async def test_concurrency_queue_timeout_names_the_concurrency_policy(gateway: Any, vendor: Any) -> None:
-    server = await vendor(rate_vendor())
-    server.app[ARRIVALS].delay = 0.8
+async def test_concurrency_queue_timeout_names_the_concurrency_policy(
+    gateway: Any, vendor: Any, clock: ManualClock
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
+    state.gate = asyncio.Event()
     client = await gateway(
         f"""
 [vendors.v]
@@ -267,16 +345,23 @@ concurrency = 1
 rate_limit = {{ requests = 100, max_wait_seconds = 0.3 }}
 """
     )
+    clock.install(client.app)
     slow = asyncio.ensure_future(client.get("/v/slow"))
-    await asyncio.sleep(0.1)
-    refused = await client.get("/v/next")
+    await until(lambda: state.in_flight == 1, "the first request at the vendor")
+    waiting = asyncio.ensure_future(client.get("/v/next"))
+    await until(lambda: queued(client.app) == 1, "the second request queued")
+    await advance(clock, lambda: queued(client.app) == 1 or waiting.done(), done=waiting.done)
+    refused = await waiting
     assert refused.status == 429
     assert refused.headers["RateLimit-Policy"] == '"v";q=1;qu="concurrent-requests"'
+    state.gate.set()
     assert (await slow).status == 200
 
 
-async def test_one_callers_flood_does_not_starve_another(gateway: Any, vendor: Any, keys: None) -> None:
-    server = await vendor(rate_vendor())
+async def test_one_callers_flood_does_not_starve_another(
+    gateway: Any, vendor: Any, keys: None, clock: ManualClock
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
     state: Arrivals = server.app[ARRIVALS]
     client = await gateway(
         f"""
@@ -293,20 +378,26 @@ base_url = "{server.make_url("/")}"
 rate_limit = {{ requests = 10, per_seconds = 1, max_wait_seconds = 4, burst = 1 }}
 """
     )
+    clock.install(client.app)
     flood = asyncio.ensure_future(fire(client, "/v/flood", 15, headers={"X-Gateway-Key": "flood-key-123"}))
-    await asyncio.sleep(0.15)
-    sent = time.monotonic()
-    quiet = await client.get("/v/quiet", headers={"X-Gateway-Key": "quiet-key-456"})
-    assert quiet.status == 200
-    # Round-robin between callers: one or two of the flood's turns, not its whole backlog (~1.5 s).
-    assert state.times["/quiet"][0] - sent < 0.5
+    await until(lambda: len(state.all()) == 1 and queued(client.app) == 14, "1 flood request sent, 14 queued")
+    quiet = asyncio.ensure_future(client.get("/v/quiet", headers={"X-Gateway-Key": "quiet-key-456"}))
+    await until(lambda: queued(client.app) == 15, "the quiet caller queued behind the flood")
+    sent = clock.now()
+    await advance(
+        clock, lambda: len(state.all()) + queued(client.app) == 16, done=lambda: flood.done() and quiet.done()
+    )
+    assert (await quiet).status == 200
+    # Round-robin between callers: the second turn (one of the flood's first), not after its backlog (1.4 s).
+    assert state.times["/quiet"][0] - sent <= 0.2 + EPSILON
     assert [r.status for r in await flood] == [200] * 15  # queued, not refused: 15 fit in max_wait
 
 
 async def test_full_queue_sheds_the_longest_callers_newest_waiter(
-    gateway: Any, vendor: Any, keys: None
+    gateway: Any, vendor: Any, keys: None, clock: ManualClock
 ) -> None:
-    server = await vendor(rate_vendor())
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
     client = await gateway(
         f"""
 [clients.flood]
@@ -322,16 +413,27 @@ base_url = "{server.make_url("/")}"
 rate_limit = {{ requests = 5, per_seconds = 1, max_wait_seconds = 3, burst = 1, max_queue = 4 }}
 """
     )
-    flood = asyncio.ensure_future(fire(client, "/v/flood", 6, headers={"X-Gateway-Key": "flood-key-123"}))
-    await asyncio.sleep(0.1)  # 1 sent, 4 queued (full), 1 refused
-    quiet = await client.get("/v/quiet", headers={"X-Gateway-Key": "quiet-key-456"})
-    assert quiet.status == 200  # got a place by pushing out the flood's newest waiter
-    statuses = sorted(r.status for r in await flood)
-    assert statuses == [200, 200, 200, 200, 429, 429]
+    clock.install(client.app)
+    statuses: list[int] = []
+    flood = asyncio.ensure_future(
+        fire(client, "/v/flood", 6, statuses, headers={"X-Gateway-Key": "flood-key-123"})
+    )
+    await until(
+        lambda: len(state.all()) == 1 and queued(client.app) == 4 and statuses.count(429) == 1,
+        "1 flood request sent, 4 queued (full), 1 refused",
+    )
+    quiet = asyncio.ensure_future(client.get("/v/quiet", headers={"X-Gateway-Key": "quiet-key-456"}))
+    await advance(
+        clock, lambda: len(state.all()) + queued(client.app) == 5, done=lambda: flood.done() and quiet.done()
+    )
+    assert (await quiet).status == 200  # got a place by pushing out the flood's newest waiter
+    assert sorted(r.status for r in await flood) == [200, 200, 200, 200, 429, 429]
 
 
-async def test_client_quota_limits_one_caller_only(gateway: Any, vendor: Any, keys: None) -> None:
-    server = await vendor(rate_vendor())
+async def test_client_quota_limits_one_caller_only(
+    gateway: Any, vendor: Any, keys: None, clock: ManualClock
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
     client = await gateway(
         f"""
 [clients.flood]
@@ -347,6 +449,7 @@ allow = ["v"]
 base_url = "{server.make_url("/")}"
 """
     )
+    clock.install(client.app)  # the clock stands still: the six requests arrive at one instant
     flood = await fire(client, "/v/a", 6, headers={"X-Gateway-Key": "flood-key-123"})
     assert sorted(r.status for r in flood) == [200] * 3 + [429] * 3
     refused = next(r for r in flood if r.status == 429)
@@ -355,8 +458,8 @@ base_url = "{server.make_url("/")}"
     assert [r.status for r in quiet] == [200] * 6
 
 
-async def test_route_limit_applies_to_its_route_only(gateway: Any, vendor: Any) -> None:
-    server = await vendor(rate_vendor())
+async def test_route_limit_applies_to_its_route_only(gateway: Any, vendor: Any, clock: ManualClock) -> None:
+    server = await vendor(rate_vendor(clock.now))
     client = await gateway(
         f"""
 [vendors.v]
@@ -374,6 +477,7 @@ rate_limit = { requests = 2, per_seconds = 1, max_wait_seconds = 0 }
 """
         },
     )
+    clock.install(client.app)  # the clock stands still: the four searches arrive at one instant
     searches = await fire(client, "/v/search/x", 4)
     assert sorted(r.status for r in searches) == [200, 200, 429, 429]
     refused = next(r for r in searches if r.status == 429)
@@ -382,24 +486,31 @@ rate_limit = { requests = 2, per_seconds = 1, max_wait_seconds = 0 }
     assert [r.status for r in others] == [200] * 4
 
 
-async def test_global_scope_on_memory_store_behaves_like_local(gateway: Any, vendor: Any) -> None:
-    server = await vendor(rate_vendor())
+async def test_global_scope_on_memory_store_behaves_like_local(
+    gateway: Any, vendor: Any, clock: ManualClock
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
     client = await gateway(
         limited_config(
             server, 'requests = 20, per_seconds = 1, max_wait_seconds = 3, burst = 2, scope = "global"'
         )
     )
-    responses = await fire(client, "/v/g", 30)
-    assert [r.status for r in responses] == [200] * 30
-    rate = long_run_rate(server.app[ARRIVALS].all(), skip=2)
-    assert 18.0 <= rate <= 22.0
+    clock.install(client.app)  # the limiter's and the memory store's schedule
+    task = asyncio.ensure_future(fire(client, "/v/g", 30))
+    await advance(clock, lambda: len(state.all()) + queued(client.app) == 30, done=task.done)
+    assert [r.status for r in task.result()] == [200] * 30
+    times = state.all()
+    assert times.count(times[0]) == 2  # the burst
+    assert long_run_rate(times, skip=2) == pytest.approx(20.0, rel=1e-6)
 
 
 @pytest.mark.redis
 async def test_global_limit_falls_back_to_local_when_redis_is_down(
-    gateway: Any, vendor: Any, redis_server: Any, logs: CapturedLogs
+    gateway: Any, vendor: Any, redis_server: Any, logs: CapturedLogs, clock: ManualClock
 ) -> None:
-    server = await vendor(rate_vendor())
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
     client = await gateway(
         limited_config(
             server,
@@ -407,12 +518,22 @@ async def test_global_limit_falls_back_to_local_when_redis_is_down(
             head=f'[gateway]\nstore = "{redis_server.url}"',
         )
     )
-    assert (await client.get("/v/warm")).status == 200
+    assert (await client.get("/v/warm")).status == 200  # paced in Redis, on Redis's clock
+    clock.install(client.app)  # the fallback schedule's clock
+    registry = client.app[SERVICES].ratelimits
     redis_server.kill()
-    responses = await fire(client, "/v/down", 20)
-    assert [r.status for r in responses] == [200] * 20
-    rate = long_run_rate(server.app[ARRIVALS].times["/down"], skip=1)
-    assert rate <= 22.0  # still paced: this process's own limit
+    task = asyncio.ensure_future(fire(client, "/v/down", 20))
+
+    def idle() -> bool:  # past the failed store call (real I/O), everything waits for the clock
+        return (
+            registry.store_fallbacks["v"] >= 1
+            and len(state.times.get("/down", ())) + queued(client.app) == 20
+        )
+
+    await advance(clock, idle, done=task.done)
+    assert [r.status for r in task.result()] == [200] * 20
+    rate = long_run_rate(state.times["/down"], skip=1)
+    assert rate <= 20.0 * (1 + EPSILON)  # still paced: this process's own limit
     events = [r for r in logs.records() if r["event"] == "ratelimit_store_unavailable"]
     assert events and events[0]["level"] == "error" and events[0]["policy"] == "v"
     assert client.app[SERVICES].ratelimits.store_fallbacks["v"] >= 1

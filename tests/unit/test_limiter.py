@@ -58,6 +58,15 @@ def test_gcra_lets_a_burst_through_then_paces() -> None:
     assert wait == 0 and tat == pytest.approx(100.4)
 
 
+def test_gcra_admits_a_whole_burst_at_one_instant_despite_float_rounding() -> None:
+    # 1000 + 1/3 + 1/3 - 2/3 lands a hair after 1000: without slack the third of a burst of 3 waits ~1e-13 s.
+    tat, now, interval = 0.0, 1000.0, 1 / 3
+    for _ in range(3):
+        wait, tat = gcra(tat, now, interval, 2 * interval)
+        assert wait == 0
+    assert gcra(tat, now, interval, 2 * interval)[0] == pytest.approx(interval)
+
+
 def test_gcra_pause_holds_then_resumes_at_the_pace_without_a_burst() -> None:
     interval, tolerance = 0.1, 0.9  # burst 10
     tat = gcra_pause(0.0, 100.0, 2.0, tolerance)
