@@ -33,6 +33,8 @@ DEFAULT_IDEMPOTENCY_LEASE_SECONDS = 10.0
 DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES = 1_048_576
 DEFAULT_RATE_PER_SECONDS = 1.0
 DEFAULT_MAX_WAIT_SECONDS = 1.0  # how long a request may queue for a rate or concurrency slot
+# The longest a vendor's Retry-After may hold its queue for every caller (vendor rate_limit only).
+DEFAULT_MAX_PAUSE_SECONDS = 60.0
 # Queue depth for a vendor with `concurrency` but no `rate_limit` (nothing to derive it from).
 DEFAULT_CONCURRENCY_MAX_QUEUE = 1000
 # Retries, circuit breakers and async delivery (SPEC sections 7 and 10).
@@ -180,7 +182,8 @@ class RateLimit:
     most ``requests + burst`` (set ``burst = 1`` for a strictly even pace). A request over the limit
     queues up to ``max_wait_seconds`` for its turn, at most ``max_queue`` at a time (default: as many as
     the limit admits in ``max_wait_seconds``), then gets a 429. ``scope``: "local" (this process) or
-    "global" (one limit for every gateway process on the same store).
+    "global" (one limit for every gateway process on the same store). ``max_pause_seconds`` (a vendor's
+    rate_limit only): the longest a vendor's ``Retry-After`` holds the vendor's queue for every caller.
     """
 
     requests: int
@@ -189,6 +192,7 @@ class RateLimit:
     scope: Literal["local", "global"] = "local"
     burst: int
     max_queue: int
+    max_pause_seconds: float = DEFAULT_MAX_PAUSE_SECONDS
 
     @property
     def interval_seconds(self) -> float:
@@ -712,7 +716,7 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
     idempotency = Idempotency()
     if (it := t.table("idempotency")) is not None:
         idempotency = _parse_idempotency(it)
-    rate_limit = _parse_rate_limit(rt) if (rt := t.table("rate_limit")) is not None else None
+    rate_limit = _parse_rate_limit(rt, vendor=True) if (rt := t.table("rate_limit")) is not None else None
     concurrency = t.integer("concurrency", None)
     retry = _parse_retry(rt) if (rt := t.table("retry")) is not None else Retry()
     circuit = _parse_circuit(ct) if (ct := t.table("circuit")) is not None else Circuit()
@@ -802,15 +806,25 @@ def _parse_delivery(t: _Table) -> DeliverySettings:
     )
 
 
-def _parse_rate_limit(t: _Table) -> RateLimit | None:
+def _parse_rate_limit(t: _Table, *, vendor: bool = False) -> RateLimit | None:
+    """A ``rate_limit`` table; ``vendor``: a vendor's, the only one that takes ``max_pause_seconds``."""
     requests = t.integer("requests")
     per = t.number("per_seconds", DEFAULT_RATE_PER_SECONDS)
     max_wait = t.number("max_wait_seconds", DEFAULT_MAX_WAIT_SECONDS, positive=False)
     scope = t.string("scope", "local", choices=RATE_SCOPES)
     burst = t.integer("burst", None)
     max_queue = t.integer("max_queue", None, minimum=0)
+    max_pause = DEFAULT_MAX_PAUSE_SECONDS
+    if vendor:
+        max_pause = t.number("max_pause_seconds", DEFAULT_MAX_PAUSE_SECONDS)
+    elif t.has("max_pause_seconds"):
+        t.raw("max_pause_seconds")
+        t.problem(
+            "max_pause_seconds",
+            "only a vendor's rate_limit has this (a vendor's pause holds the vendor's queue)",
+        )
     t.done()
-    if not isinstance(requests, int) or per is None or max_wait is None or scope is None:
+    if not isinstance(requests, int) or per is None or max_wait is None or scope is None or max_pause is None:
         return None
     if max_queue is None:
         # As many as the limit can admit within max_wait_seconds: a longer queue only turns immediate
@@ -823,6 +837,7 @@ def _parse_rate_limit(t: _Table) -> RateLimit | None:
         scope="global" if scope == "global" else "local",
         burst=burst if burst is not None else requests,
         max_queue=max_queue,
+        max_pause_seconds=max_pause,
     )
 
 

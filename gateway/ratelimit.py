@@ -18,9 +18,10 @@ How a request is admitted:
   FIFO queue. Refusals are ``RateLimited`` (429) with ``Retry-After``, ``RateLimit-Policy`` and
   ``RateLimit``.
 - Concurrency: at most ``concurrency`` admitted and not yet released (per process).
-- Pause: a vendor's 429 or 503 with ``Retry-After`` holds the queue until then; with a global limit the
-  pause goes into the shared schedule too, so every replica holds. After a pause requests resume at the
-  pace, without the burst a long quiet spell would otherwise save up.
+- Pause: a vendor's 429 or 503 with ``Retry-After`` holds the queue until then, for at most the vendor's
+  ``rate_limit.max_pause_seconds``; with a global limit the pause goes into the shared schedule too, so
+  every replica holds. After a pause requests resume at the pace, without the burst a long quiet spell
+  would otherwise save up.
 
 One task per limiter (the dispatcher) hands out turns while anyone waits; with a local limit, a request
 that finds no queue and a free turn goes without any task switch (a global one always asks the store,
@@ -56,16 +57,25 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from .config import DEFAULT_CONCURRENCY_MAX_QUEUE, DEFAULT_MAX_WAIT_SECONDS, Client, RateLimit, Route, Vendor
+from .config import (
+    DEFAULT_CONCURRENCY_MAX_QUEUE,
+    DEFAULT_MAX_PAUSE_SECONDS,
+    DEFAULT_MAX_WAIT_SECONDS,
+    Client,
+    RateLimit,
+    Route,
+    Vendor,
+)
 from .errors import TooManyRequests
 from .metrics import Histogram
 from .observability import Logger
 from .store import RateBucket, Store, StoreUnavailable
 from .store.base import gcra, gcra_pause
 
-# A vendor's Retry-After longer than this is taken as this: a far-off (or bogus) date must not stop a
-# vendor for every caller indefinitely; callers still see the vendor's own header.
-MAX_PAUSE_SECONDS = 600.0
+# Retry-After delay-seconds, or a date, further off than this read as this (RFC 9111 section 1.2.2 does
+# the same for delta-seconds): far beyond any pause, and no number of digits can overflow a float. How
+# long a vendor's pause may actually last is its ``rate_limit.max_pause_seconds``.
+MAX_RETRY_AFTER_SECONDS = 2**31
 STORE_FALLBACK_SECONDS = 5.0
 # gateway_ratelimit_wait_seconds buckets (upper bounds; the last count is +Inf).
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -119,6 +129,11 @@ class LimitSettings:
         return self.rate.max_wait_seconds if self.rate is not None else DEFAULT_MAX_WAIT_SECONDS
 
     @property
+    def max_pause_seconds(self) -> float:
+        """The longest a vendor's Retry-After holds this queue (a vendor's ``rate_limit``, or the default)."""
+        return self.rate.max_pause_seconds if self.rate is not None else DEFAULT_MAX_PAUSE_SECONDS
+
+    @property
     def max_queue(self) -> int:
         # Without a rate (concurrency only, or just holding vendor pauses) nothing bounds the queue
         # but this default; waits are still bounded by max_wait_seconds.
@@ -151,22 +166,29 @@ def policy_header(settings: LimitSettings, *, concurrency: bool = False) -> str:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date (RFC 9110 section 10.2.3).
+    """``Retry-After`` as seconds from now: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3).
 
-    None when absent or unreadable; a date in the past is 0.
+    The one reader of the header (the rate-limit and retry stages, the delivery workers). Never raises:
+    None when absent or unreadable, which callers treat as no Retry-After at all. delay-seconds are ASCII
+    digits only (``str.isdigit`` also admits "²" and other scripts' digits); any number of them reads,
+    at most ``MAX_RETRY_AFTER_SECONDS``, as does a far-off date; a date in the past is 0.
     """
-    if value is None:
+    if value is None or not value.isascii():
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(int(value))
+    if value.isdigit():  # ASCII here
+        digits = value.lstrip("0") or "0"
+        return float(
+            MAX_RETRY_AFTER_SECONDS if len(digits) > 10 else min(int(digits), MAX_RETRY_AFTER_SECONDS)
+        )
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; one saying "-0000" (no zone known) is not
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; an unlabelled one is read as such
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(max(0.0, seconds), float(MAX_RETRY_AFTER_SECONDS))
 
 
 class Limiter:
@@ -440,8 +462,9 @@ class Limiter:
     # -- vendor pauses ----------------------------------------------------------------------------
 
     def pause(self, seconds: float) -> bool:
-        """Hold the queue for ``seconds`` (a vendor's Retry-After); True when this starts a new pause."""
-        seconds = min(max(seconds, 0.0), MAX_PAUSE_SECONDS)
+        """Hold the queue for ``seconds`` (a vendor's Retry-After), at most ``max_pause_seconds``; True when
+        this starts a new pause."""
+        seconds = min(max(seconds, 0.0), self.settings.max_pause_seconds)
         now = self._clock.now()
         until = now + seconds
         if seconds <= 0 or until <= self._paused_until:

@@ -6,7 +6,9 @@ A request waits for its turn from the limits that apply to it, in this order: it
 stage, so the waits overlap rather than add up. A refusal is a 429 (``ratelimit.RateLimited``).
 
 After the vendor answers, a 429 or 503 with ``Retry-After`` (seconds or an HTTP-date) pauses the vendor's
-queue for every caller until then (``Limiter.pause``; for every replica with a global limit). Whether the
+queue for every caller until then, for at most the vendor's ``rate_limit.max_pause_seconds`` (a longer
+ask is logged as ``vendor_pause_capped``), via ``Limiter.pause`` (for every replica with a global limit);
+an unreadable Retry-After is no Retry-After. Whether the
 request itself is sent again is the retry stage's decision (``gateway.stages.retry``, placed before this
 one, so each retry takes a turn here and waits out the pause like everyone else).
 
@@ -70,10 +72,23 @@ class RateLimitStage:
         self.registry.observe_wait(self.vendor, clock.now() - start)
 
     def _pause(self, ex: Exchange, response: web.StreamResponse) -> float | None:
-        """Hold the vendor's queue for the answer's Retry-After; the pause in seconds, or None."""
+        """Hold the vendor's queue for the answer's Retry-After, at most the vendor's max_pause_seconds;
+        the pause in seconds, or None (no Retry-After, an unreadable one, or 0)."""
         pause = parse_retry_after(response.headers.get("Retry-After"))
         if pause is None or pause <= 0:
             return None
+        cap = self.vendor_limiter.settings.max_pause_seconds
+        if pause > cap:
+            self.logger.event(
+                "vendor_pause_capped",
+                level="warning",
+                request_id=ex.request_id,
+                vendor=self.vendor,
+                status=response.status,
+                asked_seconds=pause,
+                max_pause_seconds=cap,
+            )
+            pause = cap
         self.registry.pauses[self.vendor] += 1
         if self.vendor_limiter.pause(pause):
             self.logger.event(

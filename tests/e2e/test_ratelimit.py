@@ -537,3 +537,80 @@ async def test_global_limit_falls_back_to_local_when_redis_is_down(
     events = [r for r in logs.records() if r["event"] == "ratelimit_store_unavailable"]
     assert events and events[0]["level"] == "error" and events[0]["policy"] == "v"
     assert client.app[SERVICES].ratelimits.store_fallbacks["v"] >= 1
+
+
+# -- Retry-After a vendor gets wrong (issue 10) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "\u0663", "soon"])
+async def test_an_unreadable_retry_after_is_ignored_and_the_vendors_429_passes_through(
+    gateway: Any, vendor: Any, logs: CapturedLogs, clock: ManualClock, retry_after: str
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
+    state.throttle["/limited"] = [retry_after] * 3  # every attempt of the retry stage gets one
+    client = await gateway(limited_config(server, "requests = 100, per_seconds = 1, max_wait_seconds = 3"))
+    clock.install(client.app)
+    resp = await asyncio.wait_for(client.get("/v/limited"), 30)  # a misread pause would hang it
+    assert resp.status == 429  # the vendor's own answer after the retries, never a 500
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert (await resp.json()) == {"error": "slow down"}
+    assert resp.headers["Retry-After"] == retry_after  # passed on as the vendor sent it
+    assert len(state.times["/limited"]) == 3
+    # Read as absent: no pause, so the next request goes with the clock standing still.
+    assert (await asyncio.wait_for(client.get("/v/next"), 30)).status == 200
+    assert client.app[SERVICES].ratelimits.pauses["v"] == 0
+    assert not [r for r in logs.records() if r["event"] in ("vendor_paused", "vendor_pause_capped")]
+    assert not [r for r in logs.records() if r.get("level") == "error"]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "asked"), [("1000000000", 1e9), ("9" * 400, 2**31)], ids=["1e9", "400-digits"]
+)
+async def test_a_huge_retry_after_pauses_the_vendor_for_max_pause_seconds_at_most(
+    gateway: Any, vendor: Any, logs: CapturedLogs, clock: ManualClock, retry_after: str, asked: float
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
+    state: Arrivals = server.app[ARRIVALS]
+    state.throttle["/limited"] = [retry_after]
+    client = await gateway(
+        limited_config(server, "requests = 100, per_seconds = 1, max_wait_seconds = 5, max_pause_seconds = 2")
+    )
+    clock.install(client.app)
+    resp = await client.get("/v/limited")
+    # Waiting that long would pass timeout.total_seconds, so the retry stage passes the 429 on at once.
+    assert resp.status == 429 and resp.headers["Retry-After"] == retry_after
+    assert (await resp.json()) == {"error": "slow down"}
+    capped = [r for r in logs.records() if r["event"] == "vendor_pause_capped"]
+    assert len(capped) == 1
+    assert capped[0]["level"] == "warning" and capped[0]["vendor"] == "v" and capped[0]["status"] == 429
+    assert capped[0]["asked_seconds"] == asked and capped[0]["max_pause_seconds"] == 2
+    paused = [r for r in logs.records() if r["event"] == "vendor_paused"]
+    assert len(paused) == 1 and paused[0]["retry_after_seconds"] == 2
+    # The next caller waits out the 2 s cap, not the vendor's 31 years, and is then admitted.
+    after = asyncio.ensure_future(client.get("/v/next"))
+
+    def idle() -> bool:
+        return queued(client.app) + len(state.times.get("/next", ())) == 1
+
+    await advance(clock, idle, to=state.throttled_at[0] + 1.999)
+    assert not after.done() and "/next" not in state.times
+    await advance(clock, idle, done=after.done)
+    assert (await after).status == 200
+    assert state.times["/next"][0] - state.throttled_at[0] == pytest.approx(2.0, abs=EPSILON)
+
+
+async def test_a_vendor_pause_is_capped_at_60_seconds_by_default(
+    gateway: Any, vendor: Any, logs: CapturedLogs, clock: ManualClock
+) -> None:
+    server = await vendor(rate_vendor(clock.now))
+    server.app[ARRIVALS].throttle["/charge"] = ["1000000000"]
+    client = await gateway(limited_config(server, "requests = 100, per_seconds = 1, max_wait_seconds = 1"))
+    clock.install(client.app)
+    resp = await client.post("/v/charge", json={"amount": 1})  # not retried: the vendor's 429 as it is
+    assert resp.status == 429 and resp.headers["Retry-After"] == "1000000000"
+    refused = await asyncio.wait_for(client.get("/v/next"), 30)  # the pause is longer than its wait
+    assert refused.status == 429 and refused.headers["Content-Type"] == "application/problem+json"
+    assert refused.headers["Retry-After"] == "60"  # not 600, not 1000000000
+    capped = [r for r in logs.records() if r["event"] == "vendor_pause_capped"]
+    assert len(capped) == 1 and capped[0]["max_pause_seconds"] == 60

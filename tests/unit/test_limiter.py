@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import time
 from collections.abc import Callable
@@ -12,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from gateway.config import ConfigError, RateLimit, Vendor, load_config
 from gateway.observability import Logger
 from gateway.ratelimit import (
+    MAX_RETRY_AFTER_SECONDS,
     Limiter,
     LimitSettings,
     RateLimited,
@@ -26,6 +30,7 @@ from gateway.ratelimit import (
 )
 from gateway.store import MemoryStore, RateBucket
 from gateway.store.base import gcra, gcra_pause
+from tests.manual_clock import ManualClock
 
 
 def rate(
@@ -91,6 +96,49 @@ def test_retry_after_seconds_and_http_dates() -> None:
     assert parse_retry_after(earlier, now=now) == 0.0
     for bad in (None, "", "-1", "1.5", "soon", "Mon, 99 Foo 2024 00:00:00 GMT"):
         assert parse_retry_after(bad) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\u00b2",  # superscript two: str.isdigit() says yes, int() says no
+        "\u0663",  # Arabic-Indic three: int() would read it; RFC 9110 delay-seconds are ASCII digits
+        "\uff17",  # fullwidth seven
+        "1\u00b2",
+        "1e3",
+        "+5",
+        "0x10",
+        "5 s",
+        "Mon, \u0660\u0661 Jan 2024 00:00:00 GMT",  # a date with non-ASCII digits
+        "\udcff",  # a vendor byte that is not UTF-8 (the pool decodes with surrogateescape)
+    ],
+)
+def test_retry_after_that_is_not_ascii_delay_seconds_or_a_date_is_ignored(value: str) -> None:
+    assert parse_retry_after(value) is None
+
+
+def test_retry_after_with_any_number_of_digits_is_read_capped() -> None:
+    assert parse_retry_after("1000000000") == 1e9
+    assert parse_retry_after("0" * 50 + "7") == 7.0
+    assert parse_retry_after("9" * 400) == MAX_RETRY_AFTER_SECONDS  # float(int(...)) overflowed: a 500
+    assert parse_retry_after("9" * 5000) == MAX_RETRY_AFTER_SECONDS  # past int()'s digit limit
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now=0.0) == MAX_RETRY_AFTER_SECONDS
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet="0123456789 \t", max_size=600),
+        st.binary().map(lambda b: b.decode("utf-8", "surrogateescape")),
+        st.datetimes(timezones=st.timezones()).map(lambda d: format_datetime(d)),
+        st.from_regex(r"\A[A-Za-z]{3}, \d{1,2} [A-Za-z]{3} \d{1,5} \d\d:\d\d:\d\d [+-]?\w{1,5}\Z"),
+    ),
+    st.floats(min_value=-1e12, max_value=1e12),
+)
+def test_retry_after_parsing_never_raises(value: str, now: float) -> None:
+    seconds = parse_retry_after(value, now=now)
+    assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER_SECONDS
 
 
 def test_policy_header_states_the_limit_in_whole_seconds() -> None:
@@ -187,6 +235,18 @@ async def test_pause_holds_new_turns_and_refuses_those_that_cannot_wait_it_out()
     assert time.monotonic() - started >= 0.25
 
 
+@pytest.mark.parametrize(("max_pause", "expected"), [(5.0, "5"), (None, "60")])
+async def test_a_vendor_pause_is_capped_at_max_pause_seconds(max_pause: float | None, expected: str) -> None:
+    limit = rate(10) if max_pause is None else dataclasses.replace(rate(10), max_pause_seconds=max_pause)
+    for lim in (limiter(limit), limiter(concurrency=2) if max_pause is None else limiter(limit)):
+        lim._registry.clock = ManualClock()
+        assert lim.pause(1e9) is True
+        with pytest.raises(RateLimited) as caught:
+            await lim.acquire(None, lim._registry.clock.now() + 1)
+        assert caught.value.reason == "paused"
+        assert caught.value.headers["Retry-After"] == expected
+
+
 async def test_registry_keeps_a_limiter_across_reloads() -> None:
     registry = RateLimits(MemoryStore(), Logger(stream=io.BytesIO()))
     vendor = Vendor(name="v", base_url=URL("http://x"), rate_limit=rate(10))
@@ -243,7 +303,7 @@ concurrency = 4
 
 [vendors.bad]
 base_url = "http://127.0.0.1:1"
-rate_limit = { requests = 0, per_seconds = 0, max_wait_seconds = -1, scope = "galaxy", burst = 0, max_queue = -1, typo = 1 }
+rate_limit = { requests = 0, per_seconds = 0, max_wait_seconds = -1, scope = "galaxy", burst = 0, max_queue = -1, max_pause_seconds = 0, typo = 1 }
 concurrency = 0
 """
     )
@@ -257,6 +317,7 @@ concurrency = 0
         "vendors.bad.rate_limit.scope: must be one of 'local', 'global', not 'galaxy'",
         "vendors.bad.rate_limit.burst: must be at least 1, not 0",
         "vendors.bad.rate_limit.max_queue: must be at least 0, not -1",
+        "vendors.bad.rate_limit.max_pause_seconds: must be greater than 0, not 0",
         "vendors.bad.rate_limit.typo: unknown key",
         "vendors.bad.concurrency: must be at least 1, not 0",
     }
@@ -266,6 +327,37 @@ concurrency = 0
     assert vendor.rate_limit == RateLimit(
         requests=20, per_seconds=1.0, max_wait_seconds=2.5, scope="local", burst=20, max_queue=50
     )
+    assert vendor.rate_limit.max_pause_seconds == 60.0
+
+
+def test_max_pause_seconds_is_a_vendor_setting(write_config: Callable[..., Path]) -> None:
+    path = write_config(
+        """
+[vendors.v]
+base_url = "http://127.0.0.1:1"
+rate_limit = { requests = 20, max_pause_seconds = 2.5 }
+
+[clients.c]
+key = "env:HOME"
+allow = ["v"]
+rate_limit = { requests = 1, max_pause_seconds = 5 }
+""",
+        routes={
+            "v": 'vendor = "v"\n[[route]]\nmethod = "GET"\npath = "/x"\nrate_limit = { requests = 1, max_pause_seconds = "x" }\n'
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = {str(p).split(": ", 1)[1] for p in caught.value.problems}
+    only_vendors = "only a vendor's rate_limit has this (a vendor's pause holds the vendor's queue)"
+    assert problems == {
+        f"clients.c.rate_limit.max_pause_seconds: {only_vendors}",
+        f"route[1].rate_limit.max_pause_seconds: {only_vendors}",
+    }
+    path.write_text(path.read_text().split("[clients.c]")[0])
+    (path.parent / "routes" / "v.toml").unlink()
+    rate_limit = load_config(path).vendors["v"].rate_limit
+    assert rate_limit is not None and rate_limit.max_pause_seconds == 2.5
 
 
 def test_route_and_client_limits_and_the_global_on_memory_warning(
