@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from . import __version__
-from .config import Config, ConfigError, Route, Vendor, load_config
+from .config import Config, ConfigError, Route, Vendor
 from .dashboard import render_dashboard
 from .delivery import delivery_status
 from .deprecation import UNROUTED
@@ -31,6 +31,7 @@ from .metrics import UNKNOWN_VENDOR, registry_for, render
 from .observability import Logger, capture_library_logs, new_request_id
 from .pipeline import Exchange, Handler, Services, compose
 from .pool import Pool
+from .reload import read_config
 from .security import secret_values, startup_notes
 from .stages import delivery_stages, route_stages
 from .stages.client_auth import Authenticator
@@ -425,7 +426,8 @@ async def reload(app: web.Application, *, reason: str = "requested") -> bool:
         old = live.runtime.config
         try:
             # In a thread: compiling schemas and transforms must not stall requests in flight.
-            config = await asyncio.to_thread(load_config, old.path)
+            # read_config re-reads files caught mid-write and refuses a config with no vendors.
+            config = await asyncio.to_thread(read_config, old)
             logger.redact(secret_values(config))
             runtime = build_runtime(config, app[SERVICES])
         except ConfigError as exc:

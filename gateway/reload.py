@@ -10,25 +10,36 @@ What is watched: the folder holding config.toml (not recursively: it is often a 
 editors and deploy tools that rename a new file over the old one, and Kubernetes ConfigMap volumes,
 which swap a ``..data`` symlink. Because a folder sees unrelated changes too, a burst of events reloads
 only when the contents of config.toml, ``routes/*.toml`` or the transforms tree changed (a digest).
+
+A file is often seen mid-write: ``: > config.toml``, or an editor or ``>`` truncating before it writes.
+So the watcher reloads only once that digest holds still across a short re-read (``SETTLE_SECONDS``),
+and every reload, SIGHUP's too, reads the config through ``read_config``: it takes the digest before
+and after loading and reads again if they differ, and refuses a config with no vendors, which is what
+an empty or half-written file looks like and would turn every request into a 404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchfiles import DefaultFilter, awatch
-
-from .config import Config
+from .config import Config, ConfigError, Problem, load_config
 from .observability import Logger
 
 # How long the watcher waits for more changes before it looks (watchfiles' step), and the most it
 # groups changes over (its debounce): a deploy that copies a tree becomes one reload, not fifty.
 STEP_MS = 100
 DEBOUNCE_MS = 1_600
+# After that, the files' digest must be the same twice this far apart (up to SETTLE_ROUNDS re-reads,
+# then the reload goes ahead and read_config decides).
+SETTLE_SECONDS = 0.05
+SETTLE_ROUNDS = 20
+# A reload whose files changed while they were read reads them again, at most this many times in all.
+READ_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,68 @@ class Watched:
         return h.hexdigest()
 
 
+def read_config(current: Config) -> Config:
+    """The config file loaded again for a reload (blocking: run it in a thread).
+
+    Applied only from files that did not change while they were read: the digest of what the config is
+    made of is taken before and after ``load_config`` and must match, else the files are read again
+    (``READ_ATTEMPTS`` in all, then refused). A config with no vendors is refused too. Refusals and
+    load problems are a ``ConfigError``, which the reload logs as ``config_reload_failed``.
+    """
+    path = str(current.path)
+    watched = Watched.of(current)
+    for attempt in range(READ_ATTEMPTS):
+        if attempt:
+            time.sleep(SETTLE_SECONDS)
+        before = watched.digest()
+        try:
+            config = load_config(current.path)
+        except ConfigError:
+            if watched.digest() == before:
+                raise  # broken as it stands, not caught mid-write
+            continue
+        now = Watched.of(config)
+        if now != watched:  # the new config moved routes_dir or transforms_dir: read those
+            watched = now
+            continue
+        if watched.digest() == before:
+            break
+    else:
+        raise ConfigError(
+            [
+                Problem(
+                    path,
+                    "",
+                    f"the config files changed while it was read, {READ_ATTEMPTS} times in a row; "
+                    "not applied (the next change reloads again)",
+                )
+            ]
+        )
+    if not config.vendors:
+        raise ConfigError(
+            [
+                Problem(
+                    path,
+                    "vendors",
+                    "the new config has no vendors (an empty or half-written file?); not applied, "
+                    "the running config keeps serving",
+                )
+            ]
+        )
+    return config
+
+
+async def _settled(watched: Watched, digest: str) -> str:
+    """The files' digest once it holds still across a short re-read (or after SETTLE_ROUNDS)."""
+    for _ in range(SETTLE_ROUNDS):
+        await asyncio.sleep(SETTLE_SECONDS)
+        again = await asyncio.to_thread(watched.digest)
+        if again == digest:
+            break
+        digest = again
+    return digest
+
+
 async def watch_files(
     current: Callable[[], Config],
     reload: Callable[[str], Awaitable[bool]],
@@ -101,7 +174,7 @@ async def watch_files(
                 paths = getter.result()
                 while not changes.empty():
                     paths |= changes.get_nowait()
-                digest = await asyncio.to_thread(watched.digest)
+                digest = await _settled(watched, await asyncio.to_thread(watched.digest))
                 if digest == seen:
                     continue  # something else in those folders changed
                 seen = digest
@@ -125,6 +198,8 @@ async def _feed(
     existing = sorted({f for f in folders if f.is_dir()})
     if not existing:
         return
+    from watchfiles import DefaultFilter, awatch  # a native module: loaded by the watcher only
+
     try:
         async for found in awatch(
             *existing,

@@ -18,7 +18,7 @@ import pytest
 from gateway.app import LIVE, reload
 from gateway.config import load_config
 from gateway.observability import Logger
-from gateway.reload import watch_files
+from gateway.reload import Watched, watch_files
 from tests.conftest import CapturedLogs
 from tests.gateway_proc import GatewayProcess
 from tests.ratelimit_vendor import ARRIVALS, long_run_rate, rate_vendor
@@ -88,7 +88,11 @@ async def test_an_unchanged_limit_keeps_its_schedule_across_a_reload(
             "[vendors.v]\nbase_url = 'http://127.0.0.1:1'\nrate_limit = { requests = -5 }\n",
             "must be at least 1",
         ),
+        # `: > config.toml`, or a file caught between truncation and write: every request would 404.
+        ("", "the new config has no vendors"),
+        ("# half-written\n[gateway]\nmax_body_bytes = 1024\n", "the new config has no vendors"),
     ],
+    ids=["invalid-toml", "invalid-value", "empty", "no-vendors"],
 )
 async def test_a_bad_config_is_refused_and_the_old_one_keeps_serving(
     gateway: Any,
@@ -107,6 +111,70 @@ async def test_a_bad_config_is_refused_and_the_old_one_keeps_serving(
     failed = [r for r in logs.records() if r["event"] == "config_reload_failed"]
     assert len(failed) == 1 and failed[0]["level"] == "error" and failed[0]["reason"] == "test"
     assert any(expected in problem and "config.toml" in problem for problem in failed[0]["problems"])
+    assert (await client.get("/v/still")).status == 200
+
+
+def load_then_write(monkeypatch: pytest.MonkeyPatch, path: Path, writes: list[str]) -> list[int]:
+    """Make each config load rewrite config.toml just after reading it (with ``writes`` in turn): a
+    deploy writing the file again while the gateway reads it. Returns how many loads there were."""
+    loads = [0]
+
+    def racing(config_path: Any) -> Any:
+        loaded = load_config(config_path)
+        if loads[0] < len(writes):
+            path.write_text(writes[loads[0]])
+        loads[0] += 1
+        return loaded
+
+    import gateway.app
+    import gateway.reload
+
+    monkeypatch.setattr(gateway.app, "load_config", racing, raising=False)  # before read_config
+    monkeypatch.setattr(gateway.reload, "load_config", racing, raising=False)
+    return loads
+
+
+async def test_a_file_that_changed_while_it_was_read_is_read_again(
+    gateway: Any,
+    vendor: Any,
+    write_config: Callable[..., Path],
+    logs: CapturedLogs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = await vendor(rate_vendor())
+    url = server.make_url("/")
+    client = await gateway(f'[vendors.v]\nbase_url = "{url}"\n')
+    path = write_config(f'[vendors.v]\nbase_url = "{url}"\n[vendors.w]\nbase_url = "{url}"\n')
+    loads = load_then_write(
+        monkeypatch, path, [f'[vendors.v]\nbase_url = "{url}"\n[vendors.x]\nbase_url = "{url}"\n']
+    )
+    assert await reload(client.app) is True
+    assert loads[0] == 2  # the first read was of a file that changed under it: read again
+    reloaded = [r for r in logs.records() if r["event"] == "config_reloaded"]
+    assert len(reloaded) == 1 and reloaded[0]["vendors"] == ["v", "x"]  # never the in-between ["v", "w"]
+    assert (await client.get("/x/a")).status == 200
+    assert (await client.get("/w/a")).status == 404
+
+
+async def test_a_file_that_keeps_changing_while_it_is_read_is_refused(
+    gateway: Any,
+    vendor: Any,
+    write_config: Callable[..., Path],
+    logs: CapturedLogs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = await vendor(rate_vendor())
+    url = server.make_url("/")
+    client = await gateway(f'[vendors.v]\nbase_url = "{url}"\n')
+    before = client.app[LIVE].runtime
+    path = write_config(f'[vendors.v]\nbase_url = "{url}"\n')
+    versions = [f'[vendors.v]\nbase_url = "{url}"\n[vendors.n{i}]\nbase_url = "{url}"\n' for i in range(20)]
+    load_then_write(monkeypatch, path, versions)
+    assert await reload(client.app, reason="test") is False
+    assert client.app[LIVE].runtime is before
+    failed = [r for r in logs.records() if r["event"] == "config_reload_failed"]
+    assert len(failed) == 1 and failed[0]["reason"] == "test"
+    assert any("changed while it was read" in problem for problem in failed[0]["problems"]), failed[0]
     assert (await client.get("/v/still")).status == 200
 
 
@@ -159,11 +227,16 @@ async def test_sighup_and_file_changes_reload_a_running_process(
             await wait_for_log('"reason":"SIGHUP"')
             assert await status("b") == 200
             # A file change alone, and a broken one: refused, logged, the running config keeps serving.
-            await asyncio.sleep(0.3)  # let the watcher's burst from the write above settle
-            path.write_text(base + "[vendors.c\n")
-            await wait_for_log('"event":"config_reload_failed"')
+            # Written the way editors and `>` redirections do, truncation first: the watcher may well
+            # look while the file is empty, and must not take that for a config with no vendors.
+            with path.open("w") as fh:
+                fh.flush()
+                await asyncio.sleep(0.5)
+                fh.write(base + "[vendors.c\n")
+            await wait_for_log("invalid TOML")
             assert await status("b") == 200
-            assert "invalid TOML" in gw.output()
+            assert await status("a") == 200
+            assert '"vendors":[]' not in gw.output()
             path.write_text(base + f'[vendors.c]\nbase_url = "{server.make_url("/")}"\n')
             deadline = time.monotonic() + 10
             while await status("c") != 200:
@@ -211,6 +284,44 @@ async def test_the_watcher_reloads_when_config_routes_or_transforms_change_and_n
         path.write_text(path.read_text() + "# edited\n")
         await _until(lambda: len(reasons) == 3, "no reload for a config change")
         assert reasons[2] == "file change: config.toml"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_the_watcher_reloads_once_the_files_hold_still(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config('[vendors.a]\nbase_url = "http://127.0.0.1:1"\n')
+    config = load_config(path)
+    real_digest = Watched.digest
+    digests: list[str] = []
+
+    def digest(self: Watched) -> str:  # the 2nd to 4th look find the files still being written
+        value = real_digest(self) if not 2 <= len(digests) + 1 <= 4 else f"mid-write {len(digests)}"
+        digests.append(value)
+        return value
+
+    monkeypatch.setattr(Watched, "digest", digest)
+    looked_before_reload: list[int] = []
+
+    async def fake_reload(why: str) -> bool:
+        looked_before_reload.append(len(digests))
+        return True
+
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(
+        watch_files(lambda: config, fake_reload, Logger(stream=io.BytesIO()), stop=stop)
+    )
+    try:
+        await _until(lambda: len(digests) == 1, "the watcher's first look")
+        await asyncio.sleep(0.5)  # the watches are in place
+        path.write_text(path.read_text() + "# edited\n")
+        await _until(lambda: len(looked_before_reload) == 1, "no reload after the change")
+        await asyncio.sleep(0.3)
+        # One reload, after two equal looks in a row (looks 5 and 6), not at the first changed look.
+        assert looked_before_reload == [6]
+        assert digests[4] == digests[5] != digests[0]
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
