@@ -35,7 +35,7 @@ from typing import Literal, cast
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .config import Config, DeliverySettings, Route, Vendor
+from .config import DEFAULT_MAX_PAUSE_SECONDS, Config, DeliverySettings, Route, Vendor
 from .errors import CircuitOpen, GatewayError, TooManyRequests
 from .pipeline import Exchange, Handler, Services
 from .ratelimit import parse_retry_after
@@ -102,6 +102,9 @@ def classify(
             return Outcome("delivered", response=answer)
         if response.status in retry_on:
             wait = parse_retry_after(response.headers.get("Retry-After")) or 0.0
+            # As a vendor pause: one answer cannot put a delivery off for years.
+            limits = vendor.rate_limit
+            wait = min(wait, limits.max_pause_seconds if limits is not None else DEFAULT_MAX_PAUSE_SECONDS)
             return Outcome(
                 "retry", f"vendor answered {response.status}", answer, wait=wait, reason=str(response.status)
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from typing import Any
 
 import pytest
 
@@ -77,3 +78,25 @@ def test_budget_window_slides() -> None:
     for _ in range(4):
         budget.request(110.5)
     assert sum(budget.try_spend(110.5) for _ in range(4)) == 2
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "cap"),
+    [("", 60.0), ("rate_limit = { requests = 10, per_seconds = 1, max_pause_seconds = 5 }", 5.0)],
+)
+def test_a_deliverys_wait_for_retry_after_is_capped_as_a_vendor_pause(
+    write_config: Any, rate_limit: str, cap: float
+) -> None:
+    from aiohttp import web
+
+    from gateway.config import load_config
+    from gateway.workers import classify
+
+    vendor = load_config(
+        write_config(f'[vendors.v]\nbase_url = "http://127.0.0.1:1"\n{rate_limit}\n')
+    ).vendors["v"]
+    answer = web.Response(status=503, headers={"Retry-After": "1000000000"})
+    outcome = classify(vendor, None, answer, None, called=True)  # type: ignore[arg-type]
+    assert (outcome.kind, outcome.wait) == ("retry", cap)
+    answer = web.Response(status=503, headers={"Retry-After": "2"})
+    assert classify(vendor, None, answer, None, called=True).wait == 2.0  # type: ignore[arg-type]
