@@ -22,11 +22,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from . import __version__
+from .adapter import StreamAborted, incoming, problem_response, write_answer
 from .config import Config, ConfigError, Route, Vendor
 from .dashboard import render_dashboard
 from .delivery import delivery_status
 from .deprecation import UNROUTED
-from .errors import GatewayError, NotFound, ServiceUnavailable, problem_response
+from .errors import GatewayError, NotFound, ServiceUnavailable
 from .metrics import UNKNOWN_VENDOR, registry_for, render
 from .observability import Logger, capture_library_logs, new_request_id
 from .pipeline import Exchange, Handler, Services, compose
@@ -38,7 +39,7 @@ from .stages.client_auth import Authenticator
 from .store import StoreUnavailable, open_store
 from .target import parse_target
 from .tracing import Tracing, finish_server_span
-from .upstream import Forwarder, StreamAborted, request_headers, vendor_transport
+from .upstream import Forwarder, request_headers, vendor_transport
 from .versioning import unversioned
 from .workers import DeliveryWorkers
 
@@ -186,7 +187,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     tracing = request.app[SERVICES].tracing
     if tracing is None:
         return await _proxy(request, None)
-    with tracing.server_span(request) as span:
+    with tracing.server_span(request.method, request.path, request.headers) as span:
         return await _proxy(request, span)
 
 
@@ -216,7 +217,7 @@ async def _proxy(request: web.Request, span: Span | None = None) -> web.StreamRe
                 runtime.authenticator.identify(request.headers)
             raise NotFound(f"vendor {vendor.name!r} exposes no route for {method} {target.path or '/'}")
         ex = Exchange(
-            request=request,
+            request=incoming(request),
             request_id=request_id,
             vendor=vendor,
             route=route,
@@ -227,7 +228,8 @@ async def _proxy(request: web.Request, span: Span | None = None) -> web.StreamRe
             headers=request_headers(request.headers, request_id),
             started=started,
         )
-        response = await runtime.handler(vendor, route)(ex)
+        answer = await runtime.handler(vendor, route)(ex)
+        response = await write_answer(request, answer)
         return response
     except GatewayError as exc:
         response = problem_response(exc, request_id)
@@ -326,9 +328,12 @@ async def dashboard_page(request: web.Request) -> web.Response:
 async def delivery(request: web.Request) -> web.Response:
     """``GET /_gateway/deliveries/ID``: a queued delivery's state and, once done, the vendor's answer."""
     authenticator = request.app[LIVE].runtime.authenticator
-    return await delivery_status(
-        request, request.app[SERVICES].deliveries, authenticator, _request_id(request)
-    )
+    deliveries = request.app[SERVICES].deliveries
+    try:
+        record = await delivery_status(request.match_info["id"], request.headers, deliveries, authenticator)
+    except GatewayError as exc:
+        return problem_response(exc, _request_id(request))
+    return _json(request, record)
 
 
 async def deprecations(request: web.Request) -> web.Response:

@@ -18,10 +18,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-from aiohttp import web
+from multidict import CIMultiDictProxy
 
-from .errors import GatewayError, NotFound, ServiceUnavailable, problem_response
+from .errors import NotFound, ServiceUnavailable
 from .observability import Logger
 from .store import Store, StoreUnavailable
 from .store.deliveries import DeliveryRecord, DeliveryRequest
@@ -116,22 +115,20 @@ def record_json(record: DeliveryRecord, *, request_body: bool = False) -> dict[s
 
 
 async def delivery_status(
-    request: web.Request, deliveries: Deliveries, authenticator: Authenticator | None, request_id: str
-) -> web.Response:
-    """``GET /_gateway/deliveries/ID``. With ``[clients]`` only the client that sent it may look."""
-    delivery_id = request.match_info["id"]
+    delivery_id: str,
+    fields: CIMultiDictProxy[str],
+    deliveries: Deliveries,
+    authenticator: Authenticator | None,
+) -> dict[str, Any]:
+    """``GET /_gateway/deliveries/ID``: the record as JSON. With ``[clients]`` only the client that sent
+    it may look. Raises 401 (no or unknown key), 404, or 503 (store down)."""
+    client = authenticator.identify(fields)[0] if authenticator is not None else None
     try:
-        client = authenticator.identify(request.headers)[0] if authenticator is not None else None
         record = await deliveries.store.delivery_get(delivery_id) if valid_id(delivery_id) else None
-        if record is None or (authenticator is not None and record.request.client != client):
-            raise NotFound(f"no delivery {delivery_id!r} (delivered ones are kept for a limited time)")
-    except GatewayError as exc:  # 401 (no or unknown key) and 404
-        return problem_response(exc, request_id)
     except StoreUnavailable as exc:
-        unavailable = ServiceUnavailable(
+        raise ServiceUnavailable(
             f"the delivery store is unavailable: {exc}", headers={"Retry-After": "1"}
-        )
-        return problem_response(unavailable, request_id)
-    response = web.Response(body=orjson.dumps(record_json(record)), content_type="application/json")
-    response.headers["X-Request-Id"] = request_id
-    return response
+        ) from None
+    if record is None or (authenticator is not None and record.request.client != client):
+        raise NotFound(f"no delivery {delivery_id!r} (delivered ones are kept for a limited time)")
+    return record_json(record)

@@ -1,4 +1,4 @@
-"""Typed errors, rendered to RFC 9457 problem+json in exactly one place (``problem_response``).
+"""Typed errors, rendered to RFC 9457 problem+json in exactly one place (``adapter.problem_response``).
 
 The tree::
 
@@ -31,9 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
-
-import orjson
-from aiohttp import web
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://gateway.dev/problems/"
@@ -176,12 +173,3 @@ class GatewayTimeout(GatewayError):
     status = 504
     slug = "gateway-timeout"
     title = "Vendor did not answer in time"
-
-
-def problem_response(error: GatewayError, request_id: str) -> web.Response:
-    body = orjson.dumps(error.to_problem(request_id))
-    response = web.Response(status=error.status, body=body, content_type=PROBLEM_CONTENT_TYPE)
-    for name, value in error.headers.items():
-        response.headers[name] = value
-    response.headers["X-Request-Id"] = request_id
-    return response

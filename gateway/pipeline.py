@@ -1,6 +1,6 @@
 """The stage contract and how stages compose.
 
-A stage is ``async def __call__(self, exchange, call_next) -> web.StreamResponse``. It may act before
+A stage is ``async def __call__(self, exchange, call_next) -> Answer``. It may act before
 and after ``call_next``, or short-circuit by raising a ``GatewayError`` or by not calling it.
 Pipelines are built once per route at startup; list order is execution order.
 """
@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from .circuit import CircuitBreakers
@@ -23,7 +21,8 @@ from .config import Route, Vendor
 from .credentials import TokenManager
 from .delivery import Deliveries
 from .deprecation import DeprecationTracker
-from .errors import ClientClosedRequest, PayloadTooLarge
+from .errors import PayloadTooLarge
+from .messages import Answer, Request
 from .metrics import RequestMetrics
 from .observability import Logger
 from .pool import Pool
@@ -34,14 +33,14 @@ from .store import MemoryStore, Store
 if TYPE_CHECKING:
     from .tracing import Tracing
 
-Handler = Callable[["Exchange"], Awaitable[web.StreamResponse]]
+Handler = Callable[["Exchange"], Awaitable[Answer]]
 
 
 @dataclass(slots=True, eq=False)
 class Exchange:
     """Per-request state shared by the stages: one object, typed fields, no string-keyed bags."""
 
-    request: web.Request
+    request: Request  # the caller's (or a queued delivery's): method, fields and body as sent
     request_id: str
     vendor: Vendor
     route: Route | None
@@ -58,19 +57,19 @@ class Exchange:
     # reads it up to this many bytes and answers 502 past that, instead of streaming it.
     buffer_response_bytes: int = 0
     # > 0 when a stage would like the response body whole but can do without it (idempotency keeps
-    # answers for replay): bodies up to this many bytes come back as a web.Response, larger ones stream.
+    # answers for replay): bodies up to this many bytes come back whole, larger ones stream.
     capture_response_bytes: int = 0
     # The caller's Idempotency-Key once the idempotency stage accepted it (and forwarded it, if the vendor
     # has a forward_header): a retried POST is safe at the vendor only then.
     idempotency_key: str | None = None
     idempotency_forwarded: bool = False
-    # Set by the retry stage: answers with these statuses come back as an unsent web.Response (bodies
+    # Set by the retry stage: answers with these statuses come back whole (bodies
     # up to upstream.RETRY_RESPONSE_BYTES) so the stage can still drop them and try again.
     retry_statuses: frozenset[int] = frozenset()
     # time.perf_counter() by which every attempt must be over (the vendor's total timeout, counted from
     # the first attempt); the forwarder cuts each attempt's timeout to what is left. None: no deadline.
     deadline: float | None = None
-    # No caller connection (a delivery worker): every answer comes back as an unsent web.Response,
+    # No caller connection (a delivery worker): every answer comes back whole,
     # bodiless or not; past capture_response_bytes the rest of the body is dropped.
     detached: bool = False
     started: float = field(default_factory=time.perf_counter)
@@ -82,34 +81,26 @@ class Exchange:
     async def read_body(self) -> bytes:
         """The caller's body, read once (bounded by the vendor's max_body_bytes) and kept for later stages."""
         if self.body is None:
-            if not self.request.body_exists:
+            request = self.request
+            if request.body is not None:
+                self.body = request.body
+            elif request.source is None:
                 return b""
-            limit = self.vendor.max_body_bytes
-            length = self.request.content_length
-            if length is not None and length > limit:
-                raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
-            parts: list[bytes] = []
-            size = 0
-            try:
-                async for chunk in self.request.content.iter_chunked(65536):
+            else:
+                limit = self.vendor.max_body_bytes
+                length = request.content_length
+                if length is not None and length > limit:
+                    raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
+                parts: list[bytes] = []
+                size = 0
+                async for chunk in request.source.chunks(65536):
                     size += len(chunk)
                     if size > limit:
                         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
                     parts.append(chunk)
-            except CALLER_BODY_ERRORS as exc:
-                raise caller_closed(exc, size) from None
-            self.body = b"".join(parts)
-            self.bytes_in = size
+                self.body = b"".join(parts)
+            self.bytes_in = len(self.body)
         return self.body
-
-
-# What reading a caller's body raises when the caller's connection ended before the body did.
-CALLER_BODY_ERRORS = (ConnectionError, aiohttp.ClientPayloadError, HttpProcessingError)
-
-
-def caller_closed(exc: BaseException, received: int) -> ClientClosedRequest:
-    reason = str(exc) or type(exc).__name__
-    return ClientClosedRequest(f"the caller's request body broke off after {received} bytes ({reason})")
 
 
 @dataclass(slots=True, eq=False)
@@ -153,7 +144,7 @@ class Services:
 
 
 class Stage(Protocol):
-    async def __call__(self, exchange: Exchange, call_next: Handler, /) -> web.StreamResponse: ...
+    async def __call__(self, exchange: Exchange, call_next: Handler, /) -> Answer: ...
 
 
 def compose(stages: Sequence[Stage], endpoint: Handler) -> Handler:
@@ -174,7 +165,7 @@ class _Bound:
         self.stage = stage
         self.call_next = call_next
 
-    def __call__(self, exchange: Exchange) -> Awaitable[web.StreamResponse]:
+    def __call__(self, exchange: Exchange) -> Awaitable[Answer]:
         return self.stage(exchange, self.call_next)
 
     def __repr__(self) -> str:

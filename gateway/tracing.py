@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
-from aiohttp import web
 from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -23,6 +22,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import __version__
 from .config import TracingSettings
+from .messages import Answer
 from .pipeline import Exchange, Handler
 
 
@@ -48,14 +48,14 @@ class Tracing:
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("gateway", __version__)
 
-    def server_span(self, request: web.Request) -> AbstractContextManager[Span]:
+    def server_span(self, method: str, path: str, headers: Mapping[str, str]) -> AbstractContextManager[Span]:
         """The span of one whole request, continuing the caller's trace if it sent one."""
-        parent: Context = propagate.extract(request.headers)
+        parent: Context = propagate.extract(headers)
         return self.tracer.start_as_current_span(
-            f"{request.method} gateway",
+            f"{method} gateway",
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "url.path": request.path},
+            attributes={"http.request.method": method, "url.path": path},
             record_exception=False,
             set_status_on_exception=False,
         )
@@ -80,7 +80,7 @@ class VendorCallSpan:
     def __init__(self, tracing: Tracing) -> None:
         self.tracer = tracing.tracer
 
-    async def __call__(self, ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         attributes: Mapping[str, str | int] = {
             "http.request.method": ex.method,
             "gateway.vendor": ex.vendor.name,

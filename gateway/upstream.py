@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_plus
 
 import aiohttp
-from aiohttp import hdrs, web
-from aiohttp.http_writer import StreamWriter
+from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import Auth, Vendor
@@ -30,7 +29,8 @@ from .errors import (
     PayloadTooLarge,
     VendorUnreachable,
 )
-from .pipeline import CALLER_BODY_ERRORS, Exchange, caller_closed
+from .messages import Answer, BodySource
+from .pipeline import Exchange
 from .pool import (
     BodyError,
     Endpoint,
@@ -186,16 +186,13 @@ def response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMult
     return out
 
 
-async def _stream_body(content: aiohttp.StreamReader, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
+async def _stream_body(source: BodySource, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
     """The caller's body as it arrives, stopping once it passes the vendor's limit."""
-    try:
-        async for chunk in content.iter_chunked(STREAM_CHUNK):
-            exchange.bytes_in += len(chunk)
-            if exchange.bytes_in > limit:
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-            yield chunk
-    except CALLER_BODY_ERRORS as exc:
-        raise caller_closed(exc, exchange.bytes_in) from None
+    async for chunk in source.chunks(STREAM_CHUNK):
+        exchange.bytes_in += len(chunk)
+        if exchange.bytes_in > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        yield chunk
 
 
 class Forwarder:
@@ -218,7 +215,7 @@ class Forwarder:
         if tokens is None and any(t.tokens is not None for t in transports.values()):
             raise ValueError("a vendor uses OAuth2: the Forwarder needs a TokenManager")
 
-    async def __call__(self, ex: Exchange) -> web.StreamResponse:
+    async def __call__(self, ex: Exchange) -> Answer:
         request = ex.request
         transport = self.transports[ex.vendor.name]
         limit = ex.vendor.max_body_bytes
@@ -232,16 +229,16 @@ class Forwarder:
             query = query.partition("#")[0]  # a fragment is never sent (yarl dropped it too)
         target = (transport.path_prefix + ex.path or "/") + ("?" + query if query else "")
 
-        data: bytes | AsyncIterator[bytes] | None = ex.body
-        if data is None and request.body_exists:
+        whole = ex.body if ex.body is not None else request.body
+        data: bytes | AsyncIterator[bytes] | None = whole
+        if whole is not None:
+            ex.bytes_in = len(whole)
+        elif (body_source := request.source) is not None:
             length = request.content_length
             if length is not None and length > limit:
                 raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
             if length is not None and length <= SMALL_BODY:
-                try:
-                    data = await request.read()
-                except CALLER_BODY_ERRORS as exc:
-                    raise caller_closed(exc, 0) from None
+                data = await body_source.read()
                 ex.bytes_in = len(data)
             elif transport.tokens is not None:
                 # Kept whole (up to max_body_bytes) so the one retry after a vendor 401 can resend it.
@@ -249,9 +246,7 @@ class Forwarder:
             else:
                 if length is not None:
                     headers[hdrs.CONTENT_LENGTH] = str(length)
-                data = _stream_body(request.content, limit, ex)
-        elif ex.body is not None:
-            ex.bytes_in = len(ex.body)
+                data = _stream_body(body_source, limit, ex)
 
         source, manager = transport.tokens, self.tokens
         token = None
@@ -272,10 +267,14 @@ class Forwarder:
             upstream = await self._send(ex, transport, target, headers, data)
         if self.deprecations is not None and (DEPRECATION in upstream.headers or SUNSET in upstream.headers):
             self.deprecations.observe(ex.vendor.name, ex.route, ex.method, ex.path, upstream.headers)
+        streaming = False
         try:
-            return await self._respond(ex, upstream, started)
+            answer = await self._respond(ex, upstream, started)
+            streaming = answer.stream is not None
+            return answer
         finally:
-            upstream.release()
+            if not streaming:
+                upstream.release()
 
     async def _send(
         self,
@@ -308,21 +307,24 @@ class Forwarder:
         finally:
             ex.upstream_seconds += time.perf_counter() - started
 
-    async def _respond(self, ex: Exchange, upstream: Response, started: float) -> web.StreamResponse:
-        request = ex.request
+    async def _respond(self, ex: Exchange, upstream: Response, started: float) -> Answer:
         headers = response_headers(upstream.headers, ex.request_id)
         length = upstream.content_length
-        bodiless = ex.method == "HEAD" or upstream.status in (204, 304) or 100 <= upstream.status < 200
+        status, reason, obs_text = upstream.status, upstream.reason, upstream.obs_text
+        bodiless = ex.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        if bodiless:
+            ex.upstream_seconds = time.perf_counter() - started
+            return Answer(status=status, headers=headers, reason=reason, obs_text=obs_text)
         # Read whole: what fits in SMALL_BODY, what a stage needs (buffer: past its limit the answer is a
         # 502), and what a stage would like (capture: past its limit the answer streams as usual).
         capture = ex.capture_response_bytes
-        if upstream.status in ex.retry_statuses:
+        if status in ex.retry_statuses:
             # The retry stage decides on this answer before the caller sees a byte of it.
             capture = max(capture, RETRY_RESPONSE_BYTES)
         whole_limit = max(ex.buffer_response_bytes or capture, SMALL_BODY)
         body: bytes | None = None
         prefix = b""  # the start of an answer of unknown length that outgrew the capture limit
-        if not bodiless and length is None and capture and not ex.buffer_response_bytes:
+        if length is None and capture and not ex.buffer_response_bytes:
             try:
                 prefix, complete = await _read_upto(upstream, whole_limit)
             except PoolError as exc:
@@ -331,9 +333,7 @@ class Forwarder:
                 ex.upstream_seconds = time.perf_counter() - started
             if complete:
                 body, prefix = prefix, b""
-        if not bodiless and (
-            body is not None or ex.buffer_response_bytes or (length is not None and length <= whole_limit)
-        ):
+        if body is not None or ex.buffer_response_bytes or (length is not None and length <= whole_limit):
             limit = whole_limit
             if length is not None and length > limit:
                 raise BadGateway(
@@ -352,39 +352,36 @@ class Forwarder:
                 ex.upstream_seconds = time.perf_counter() - started
             headers.popall(hdrs.CONTENT_LENGTH, None)
             ex.bytes_out = len(body)
-            return whole_answer(upstream.status, upstream.reason, headers, body, raw=upstream.obs_text)
+            return Answer(status=status, headers=headers, body=body, reason=reason, obs_text=obs_text)
+        if ex.detached:
+            # No caller to stream to (a delivery worker): up to capture_response_bytes of it is kept.
+            return await _detached_answer(ex, upstream, headers, prefix, whole_limit, started)
+        return Answer(
+            status=status,
+            headers=headers,
+            stream=_stream_answer(ex, upstream, prefix, started),
+            reason=reason,
+            obs_text=obs_text,
+            release=upstream.release,
+        )
 
-        if ex.detached or (bodiless and upstream.status in ex.retry_statuses):
-            # Nothing is sent yet: the retry stage may still try again, or there is no caller to stream
-            # to (a delivery worker, which keeps up to capture_response_bytes of a larger answer).
-            return await _detached_answer(ex, upstream, headers, prefix, bodiless, whole_limit, started)
-        response = stream_answer(upstream.status, upstream.reason, headers, raw=upstream.obs_text)
-        try:
-            await response.prepare(request)
-            if bodiless:
-                await response.write_eof()
-                return response
-            if prefix:
-                ex.bytes_out += len(prefix)
-                await response.write(prefix)
-            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
-                ex.bytes_out += len(chunk)
-                await response.write(chunk)
-            await response.write_eof()
-        except PoolError as exc:
-            # The status line is gone already: all the caller can be told is a broken connection.
-            if request.transport is not None:
-                request.transport.close()
-            raise StreamAborted(
-                response, f"vendor {ex.vendor.name} broke off a streamed answer: {exc}"
-            ) from None
-        except (ConnectionError, aiohttp.ClientError) as exc:  # the caller's connection broke
-            raise StreamAborted(
-                response, f"the caller closed the connection during the answer: {_describe(exc)}", caller=True
-            ) from None
-        finally:
-            ex.upstream_seconds = time.perf_counter() - started
-        return response
+
+async def _stream_answer(
+    ex: Exchange, upstream: Response, prefix: bytes, started: float
+) -> AsyncIterator[bytes]:
+    """The rest of a vendor's answer as it arrives; a failure is the vendor's (mapped as everywhere)."""
+    try:
+        if prefix:
+            ex.bytes_out += len(prefix)
+            yield prefix
+        async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+            ex.bytes_out += len(chunk)
+            yield chunk
+    except PoolError as exc:
+        raise _vendor_error(ex, exc, answering=True) from None
+    finally:
+        ex.upstream_seconds = time.perf_counter() - started
+        upstream.release()
 
 
 class _TooLong(Exception):
@@ -422,107 +419,30 @@ def _until_deadline(ex: Exchange, timeout: Timeouts) -> Timeouts:
     return timeout._replace(total=left, connect=min(timeout.connect or left, left))
 
 
-class VendorStreamResponse(web.StreamResponse):
-    """A vendor's answer, its head written as the vendor sent it, in two ways aiohttp would not:
-
-    - no Content-Type where the vendor sent none (aiohttp labels any body application/octet-stream);
-    - obs-text (RFC 9110 section 5.5: bytes that are not UTF-8, which the pool keeps as surrogate
-      escapes) byte for byte: aiohttp's header writer drops them, so such a head is written here.
-    """
-
-    untyped = False
-    raw = False
-
-    async def _write_headers(self) -> None:
-        if self.untyped:
-            self.headers.popall(hdrs.CONTENT_TYPE, None)
-        if not self.raw:
-            return await super()._write_headers()
-        request = self._req
-        writer = self._payload_writer
-        assert request is not None and isinstance(writer, StreamWriter)
-        version = request.version
-        lines = [f"HTTP/{version[0]}.{version[1]} {self.status} {self.reason}"]
-        lines.extend(map(": ".join, self.headers.items()))
-        lines.append("\r\n")
-        text = "\r\n".join(lines)
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-            raise ValueError("an answer header name or value contains CR or LF")
-        # As StreamWriter.write_headers does, which aiohttp then sends with the first body bytes.
-        writer._headers_buf = text.encode("utf-8", "surrogateescape")
-        writer._headers_written = False
-        if getattr(self, "_send_headers_immediately", True):
-            writer.send_headers()
-
-
-class VendorResponse(VendorStreamResponse, web.Response):
-    """A vendor's answer with its body whole (see VendorStreamResponse)."""
-
-
-def _as_sent(response: VendorStreamResponse, headers: CIMultiDict[str], raw: bool | None) -> None:
-    response.untyped = hdrs.CONTENT_TYPE not in headers
-    if raw is None:
-        raw = not all(value.isascii() for value in headers.values()) and any(
-            _has_obs_text(value) for value in headers.values()
-        )
-    response.raw = raw
-
-
-def whole_answer(
-    status: int, reason: str | None, headers: CIMultiDict[str], body: bytes | None, *, raw: bool | None = None
-) -> web.Response:
-    """An answer with its body whole, its head as the vendor sent it. ``raw``: whether a header
-    value holds obs-text (None: look)."""
-    response = VendorResponse(status=status, reason=reason, body=body, headers=headers)
-    _as_sent(response, headers, raw)
-    return response
-
-
-def stream_answer(
-    status: int, reason: str | None, headers: CIMultiDict[str], *, raw: bool | None = None
-) -> web.StreamResponse:
-    """An answer whose body is written as it comes, its head as the vendor sent it."""
-    response = VendorStreamResponse(status=status, reason=reason, headers=headers)
-    _as_sent(response, headers, raw)
-    return response
-
-
-def _has_obs_text(value: str) -> bool:
-    return any("\udc80" <= char <= "\udcff" for char in value)
-
-
 async def _detached_answer(
-    ex: Exchange,
-    upstream: Response,
-    headers: CIMultiDict[str],
-    prefix: bytes,
-    bodiless: bool,
-    limit: int,
-    started: float,
-) -> web.Response:
-    """The answer as an unsent web.Response: empty when bodiless, else its first ``limit`` bytes (the
-    rest is read and dropped, and ``X-Gateway-Truncated`` names the full size)."""
-    body: bytes | None = None
-    if not bodiless:
-        parts = [prefix]
-        size = len(prefix)
-        total = size
-        try:
-            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
-                total += len(chunk)
-                if size < limit:
-                    parts.append(chunk[: limit - size])
-                    size += len(parts[-1])
-        except PoolError as exc:
-            raise _vendor_error(ex, exc, answering=True) from None
-        finally:
-            ex.upstream_seconds = time.perf_counter() - started
-        body = b"".join(parts)
-        headers.popall(hdrs.CONTENT_LENGTH, None)
-        if total > size:
-            headers["X-Gateway-Truncated"] = str(total)
-    ex.bytes_out = len(body or b"")
-    return whole_answer(upstream.status, upstream.reason, headers, body, raw=upstream.obs_text)
+    ex: Exchange, upstream: Response, headers: CIMultiDict[str], prefix: bytes, limit: int, started: float
+) -> Answer:
+    """The answer whole, but only its first ``limit`` bytes (the rest is read and dropped, and
+    ``X-Gateway-Truncated`` names the full size)."""
+    parts = [prefix]
+    size = len(prefix)
+    total = size
+    try:
+        async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+            total += len(chunk)
+            if size < limit:
+                parts.append(chunk[: limit - size])
+                size += len(parts[-1])
+    except PoolError as exc:
+        raise _vendor_error(ex, exc, answering=True) from None
+    finally:
+        ex.upstream_seconds = time.perf_counter() - started
+    body = b"".join(parts)
+    headers.popall(hdrs.CONTENT_LENGTH, None)
+    if total > size:
+        headers["X-Gateway-Truncated"] = str(total)
+    ex.bytes_out = len(body)
+    return Answer(status=upstream.status, headers=headers, body=body, reason=upstream.reason)
 
 
 async def _read_upto(upstream: Response, limit: int) -> tuple[bytes, bool]:
@@ -555,21 +475,6 @@ async def _discard(upstream: Response) -> None:
         pass
     finally:
         upstream.release()
-
-
-class StreamAborted(Exception):
-    """A streamed response failed after its headers were sent, by the vendor or (``caller``) by the
-    caller's connection closing."""
-
-    def __init__(self, response: web.StreamResponse, message: str, *, caller: bool = False) -> None:
-        super().__init__(message)
-        self.response = response
-        self.caller = caller
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _replace_query_param(query: str, name: str, value: str) -> str:

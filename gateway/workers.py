@@ -30,13 +30,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import DEFAULT_MAX_PAUSE_SECONDS, Config, DeliverySettings, Route, Vendor
 from .errors import CircuitOpen, GatewayError, TooManyRequests
+from .messages import Answer, Request
 from .pipeline import Exchange, Handler, Services
 from .ratelimit import parse_retry_after
 from .retry import backoff, retry_reason, safe_to_repeat
@@ -59,21 +59,6 @@ DEFER_SECONDS = 1.0
 HandlerLookup = Callable[[str, str, tuple[str, ...]], "tuple[Vendor, Route | None, Handler] | None"]
 
 
-class _NoCaller:
-    """Stands in for the caller's ``web.Request`` in a delivery: nobody is connected, and the body is
-    ``Exchange.body``. With ``Exchange.detached`` the forwarder never prepares a response on it."""
-
-    body_exists = False
-    can_read_body = False
-    content_length = None
-    transport = None
-
-    def __init__(self, method: str, path: str, headers: CIMultiDict[str]) -> None:
-        self.method = method
-        self.raw_path = path
-        self.headers = CIMultiDictProxy(headers)
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     kind: Literal["delivered", "retry", "defer", "dead"]
@@ -86,7 +71,7 @@ class Outcome:
 def classify(
     vendor: Vendor,
     record: DeliveryRecord,
-    response: web.Response | None,
+    response: Answer | None,
     error: GatewayError | None,
     called: bool,
 ) -> Outcome:
@@ -96,7 +81,7 @@ def classify(
         answer = DeliveryResponse(
             status=response.status,
             headers=tuple((str(k), v) for k, v in response.headers.items() if k.lower() not in NOT_KEPT),
-            body=bytes(response.body) if isinstance(response.body, bytes | bytearray) else b"",
+            body=response.body or b"",
         )
         if response.status < 400:
             return Outcome("delivered", response=answer)
@@ -247,7 +232,7 @@ class DeliveryWorkers:
         vendor, route, handler = found
         headers: CIMultiDict[str] = CIMultiDict(req.headers)
         ex = Exchange(
-            request=cast(web.Request, _NoCaller(req.method, req.path, headers)),
+            request=Request(method=req.method, headers=CIMultiDictProxy(headers), body=req.body),
             request_id=req.request_id,
             vendor=vendor,
             route=route,
@@ -263,13 +248,10 @@ class DeliveryWorkers:
             idempotency_forwarded=req.forward_header is not None,
             detached=True,
         )
-        response: web.Response | None = None
+        response: Answer | None = None
         error: GatewayError | None = None
         try:
-            answer = await handler(ex)
-            response = answer if isinstance(answer, web.Response) else None
-            if response is None:
-                error = GatewayError(f"the vendor's answer could not be kept (a {type(answer).__name__})")
+            response = await handler(ex)
         except GatewayError as exc:
             error = exc
         attempts = record.attempts + ex.attempts

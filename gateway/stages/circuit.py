@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
-
 from ..circuit import Breaker
 from ..config import Vendor
 from ..errors import CallerFault, GatewayError
+from ..messages import Answer
 from ..pipeline import Exchange, Handler, Services
 from ..retry import retry_reason
 from ..store.circuits import Outcome
@@ -24,7 +23,7 @@ class CircuitStage:
     def __init__(self, breaker: Breaker) -> None:
         self.breaker = breaker
 
-    async def __call__(self, ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         breaker = self.breaker
         ticket = await breaker.admit()
         before = ex.attempts

@@ -18,11 +18,12 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from ..config import Client, Route, Vendor
 from ..errors import Forbidden, Unauthorized
+from ..messages import Answer
 from ..pipeline import Exchange, Handler
 
 GATEWAY_KEY_HEADER = "X-Gateway-Key"
@@ -75,7 +76,7 @@ class ClientAuth:
     def allowed(self, client: str, method: str, segments: tuple[str, ...]) -> bool:
         return any(rule is None or rule.matches(method, segments) for rule in self.rules.get(client, ()))
 
-    async def __call__(self, exchange: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Answer:
         ex = exchange
         client, via_authorization = self.authenticator.identify(ex.request.headers)
         ex.client = client

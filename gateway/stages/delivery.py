@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs
 
 from ..config import Auth, Route, Vendor
 from ..delivery import LOCATION_PREFIX, new_delivery_id
 from ..errors import ServiceUnavailable
+from ..messages import Answer, json_answer
 from ..pipeline import Exchange, Handler, Services
 from ..store import StoreUnavailable
 from ..store.deliveries import DeliveryRequest
@@ -71,7 +72,7 @@ class AsyncDelivery:
         self.drop = NOT_STORED | credential_headers(vendor)
         self.forward_header = vendor.idempotency.forward_header
 
-    async def __call__(self, ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         preferred = False
         if not self.always:
             if not wants_async(ex.request.headers.getall(PREFER, [])):
@@ -108,15 +109,14 @@ class AsyncDelivery:
                 headers={"Retry-After": "1"},
             ) from None
         location = LOCATION_PREFIX + delivery_id
-        response = web.json_response(
+        response = json_answer(
             {"id": delivery_id, "state": "queued", "location": location, "vendor": self.vendor.name},
             status=202,
+            headers={hdrs.LOCATION: location, "X-Request-Id": ex.request_id},
         )
-        response.headers[hdrs.LOCATION] = location
-        response.headers["X-Request-Id"] = ex.request_id
         if preferred:
             response.headers["Preference-Applied"] = RESPOND_ASYNC
-        ex.bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
+        ex.bytes_out = len(response.body or b"")
         return response
 
 

@@ -37,7 +37,6 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import IDEMPOTENCY_DEFAULT_METHODS, IdempotencyMode, Route, Vendor
@@ -48,10 +47,11 @@ from ..errors import (
     ServiceUnavailable,
     UnprocessableContent,
 )
+from ..messages import Answer, has_obs_text
 from ..observability import Logger
 from ..pipeline import Exchange, Handler, Services
 from ..store import IdempotencyKey, IdempotencyRecord, Store, StoredResponse, StoreUnavailable
-from ..upstream import COOKIE_FIELDS, whole_answer
+from ..upstream import COOKIE_FIELDS
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -194,7 +194,7 @@ class IdempotencyStage:
             self._next_store_warning = now + STORE_WARNING_INTERVAL_SECONDS
             self.logger.event(event, level="warning", vendor=self.vendor.name, error=str(exc))
 
-    async def __call__(self, exchange: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Answer:
         if self.methods is not None and exchange.method not in self.methods:
             return await call_next(exchange)
         values = exchange.request.headers.getall(HEADER, ())
@@ -241,7 +241,7 @@ class IdempotencyStage:
         # stored, so the caller's retry with the same key is replayed instead of sent again.
         return await _outlive_caller(self._run(exchange, call_next, scope, owner))
 
-    def _answer_existing(self, ex: Exchange, record: IdempotencyRecord, digest: str) -> web.Response:
+    def _answer_existing(self, ex: Exchange, record: IdempotencyRecord, digest: str) -> Answer:
         if record.fingerprint != digest:
             self.count("mismatch")
             raise UnprocessableContent(
@@ -264,9 +264,7 @@ class IdempotencyStage:
         self.count("replayed")
         return replay(ex, stored)
 
-    async def _run(
-        self, ex: Exchange, call_next: Handler, scope: IdempotencyKey, owner: str
-    ) -> web.StreamResponse:
+    async def _run(self, ex: Exchange, call_next: Handler, scope: IdempotencyKey, owner: str) -> Answer:
         settings = self.vendor.idempotency
         ex.capture_response_bytes = max(ex.capture_response_bytes, settings.max_body_bytes)
         lease = _Lease(self, scope, owner)
@@ -315,10 +313,10 @@ class IdempotencyStage:
             self.store_warning("idempotency_store_unavailable", exc)  # the lease will lapse instead
 
 
-_OUTLIVING: set[asyncio.Task[web.StreamResponse]] = set()  # runs whose caller left: kept referenced
+_OUTLIVING: set[asyncio.Task[Answer]] = set()  # runs whose caller left: kept referenced
 
 
-async def _outlive_caller(work: Coroutine[Any, Any, web.StreamResponse]) -> web.StreamResponse:
+async def _outlive_caller(work: Coroutine[Any, Any, Answer]) -> Answer:
     """``work``'s result; if the caller's request is cancelled meanwhile, ``work`` runs on to its end."""
     task = asyncio.ensure_future(work)
     try:
@@ -330,34 +328,30 @@ async def _outlive_caller(work: Coroutine[Any, Any, web.StreamResponse]) -> web.
         raise
 
 
-def _outlived(task: asyncio.Task[web.StreamResponse]) -> None:
+def _outlived(task: asyncio.Task[Answer]) -> None:
     _OUTLIVING.discard(task)
     if not task.cancelled():
         task.exception()  # retrieved: its outcome was counted and logged by the run itself
 
 
-def snapshot(ex: Exchange, response: web.StreamResponse, max_body_bytes: int) -> StoredResponse:
+def snapshot(ex: Exchange, response: Answer, max_body_bytes: int) -> StoredResponse:
     headers = tuple((k, v) for k, v in response.headers.items() if k.lower() not in NOT_STORED)
-    body: bytes | None = None
-    if isinstance(response, web.Response) and not response.prepared:
-        raw = response.body
-        if raw is None:
-            body = b""
-        elif isinstance(raw, bytes | bytearray) and len(raw) <= max_body_bytes:
-            body = bytes(raw)
-    elif ex.method == "HEAD" or response.status in (204, 304):
-        body = b""
+    body: bytes | None = None  # None: too large to keep (it streams)
+    if response.stream is None:
+        raw = response.body or b""
+        if len(raw) <= max_body_bytes:
+            body = raw
     return StoredResponse(status=response.status, headers=headers, body=body)
 
 
-def replay(ex: Exchange, stored: StoredResponse) -> web.Response:
+def replay(ex: Exchange, stored: StoredResponse) -> Answer:
     headers: CIMultiDict[str] = CIMultiDict(
         (k, v) for k, v in stored.headers if k.lower() not in COOKIE_FIELDS
     )
     headers[REPLAYED_HEADER] = "true"
     headers["X-Request-Id"] = ex.request_id
     ex.bytes_out = len(stored.body or b"")
-    return whole_answer(stored.status, None, headers, stored.body)
+    return Answer(status=stored.status, headers=headers, body=stored.body, obs_text=has_obs_text(headers))
 
 
 def idempotency_stage(vendor: Vendor, route: Route | None, services: Services) -> IdempotencyStage | None:

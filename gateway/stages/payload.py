@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import hdrs
 
 from ..config import Route
 from ..errors import BadGateway, BadRequest, SchemaViolation
+from ..messages import Answer
 from ..pipeline import Exchange, Handler, Services
 from ..transform import TransformError, apply
 
@@ -40,7 +41,7 @@ class RequestPayload:
         self.schema = route.request_schema
         self.transform = route.request_transform
 
-    async def __call__(self, ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         body = await ex.read_body()
         if not _is_json_type(ex.request.headers.get(hdrs.CONTENT_TYPE)):
             raise BadRequest(f"this route needs a JSON body, not {ex.request.headers[hdrs.CONTENT_TYPE]!r}")
@@ -77,15 +78,14 @@ class ResponsePayload:
         self.route = route.path
         self.services = services
 
-    async def __call__(self, ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         ex.buffer_response_bytes = MAX_RESPONSE_BYTES
         # The body is inspected here, so ask for it uncompressed; the caller's own encoding wish is moot.
         ex.headers.popall(hdrs.ACCEPT_ENCODING, None)
         response = await call_next(ex)
-        if not 200 <= response.status < 300 or not isinstance(response, web.Response):
+        if not 200 <= response.status < 300 or response.body is None:
             return response
-        raw = response.body
-        body = raw if isinstance(raw, bytes) else b""
+        body = response.body
         if not body or response.headers.get(hdrs.CONTENT_ENCODING, "identity") != "identity":
             self._fail(ex, "vendor answer is empty or encoded; expected a JSON body", [])
             return response
@@ -105,9 +105,10 @@ class ResponsePayload:
         headers = response.headers.copy()
         headers.popall(hdrs.CONTENT_LENGTH, None)
         headers[hdrs.CONTENT_TYPE] = "application/json"
-        transformed = web.Response(status=response.status, reason=response.reason, headers=headers)
-        transformed.body = orjson.dumps(document)
-        ex.bytes_out = len(transformed.body)
+        transformed = Answer(
+            status=response.status, reason=response.reason, headers=headers, body=orjson.dumps(document)
+        )
+        ex.bytes_out = len(transformed.body or b"")
         return transformed
 
     def _fail(self, ex: Exchange, detail: str, errors: list[dict[str, str]]) -> None:

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aiohttp import web
-
 from ..config import Config, Route, Vendor
+from ..messages import Answer
 from ..pipeline import Exchange, Handler, Services
 from ..ratelimit import Limiter, RateLimited, RateLimits, parse_retry_after
 
@@ -44,7 +43,7 @@ class RateLimitStage:
         )
         self.clients = dict(clients)
 
-    async def __call__(self, ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         held: list[Limiter] = []
         try:
             limiters = self.limiters
@@ -54,6 +53,10 @@ class RateLimitStage:
             response = await call_next(ex)
             if response.status in PAUSING_STATUSES:
                 self._pause(ex, response)
+            if response.stream is not None and held:
+                # The vendor is still sending: the concurrency slots are held until the stream is done.
+                _release_with(response, held)
+                held = []
             return response
         finally:
             for limiter in held:
@@ -71,7 +74,7 @@ class RateLimitStage:
             raise
         self.registry.observe_wait(self.vendor, clock.now() - start)
 
-    def _pause(self, ex: Exchange, response: web.StreamResponse) -> float | None:
+    def _pause(self, ex: Exchange, response: Answer) -> float | None:
         """Hold the vendor's queue for the answer's Retry-After, at most the vendor's max_pause_seconds;
         the pause in seconds, or None (no Retry-After, an unreadable one, or 0)."""
         pause = parse_retry_after(response.headers.get("Retry-After"))
@@ -120,3 +123,16 @@ def ratelimit_stage(
     ):
         return None
     return RateLimitStage(vendor, route, services, clients)
+
+
+def _release_with(answer: Answer, limiters: list[Limiter]) -> None:
+    """Release ``limiters`` when ``answer`` is discarded (its stream written or dropped)."""
+    release = answer.release
+
+    def done() -> None:
+        if release is not None:
+            release()
+        for limiter in limiters:
+            limiter.release()
+
+    answer.release = done

@@ -10,7 +10,7 @@ within the vendor's retry budget.
 
 Nothing reaches the caller before the decision: the body is read once and resent from memory
 (``Exchange.read_body``, bounded by ``max_body_bytes``), and the forwarder returns answers with a
-``retry_on`` status as an unsent ``web.Response`` (``Exchange.retry_statuses``). An answer too large
+``retry_on`` status whole (``Exchange.retry_statuses``). An answer too large
 for that streams to the caller and is not retried. When no retry is sent (no attempts left, the wait
 would pass the deadline, the budget is spent, or the gateway refused the next attempt itself: rate
 limit, open circuit) the caller gets the last vendor answer, or the last error, as it was.
@@ -23,10 +23,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiohttp import web
-
 from ..config import Vendor
 from ..errors import GatewayError
+from ..messages import Answer
 from ..pipeline import Exchange, Handler, Services
 from ..ratelimit import parse_retry_after
 from ..retry import Retries, backoff, retry_reason, safe_to_repeat
@@ -44,17 +43,17 @@ class RetryStage:
         self.registry: Retries = services.retries
         self.budget = services.retries.budget(vendor)
 
-    async def __call__(self, ex: Exchange, call_next: Handler) -> web.StreamResponse:
+    async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         self.budget.request()
         if not safe_to_repeat(ex.method, ex.idempotency_forwarded):
             return await call_next(ex)
-        if ex.body is None and ex.request.body_exists:
+        if ex.body is None and ex.request.has_body:
             await ex.read_body()  # before the deadline starts: the caller's upload is not the vendor's time
         deadline = time.perf_counter() + self.total_seconds
         ex.deadline = deadline if ex.deadline is None else min(ex.deadline, deadline)
         ex.retry_statuses = self.retry_on
         attempt = 1
-        last: web.StreamResponse | GatewayError | None = None
+        last: Answer | GatewayError | None = None
         while True:
             before = ex.attempts
             wait_at_least = 0.0
@@ -70,7 +69,7 @@ class RetryStage:
                     return self._give_up(last)
                 last = exc
             else:
-                if response.status not in self.retry_on or not _unsent(response):
+                if response.status not in self.retry_on or not response.whole:
                     return response
                 reason = str(response.status)
                 wait_at_least = parse_retry_after(response.headers.get("Retry-After")) or 0.0
@@ -91,14 +90,10 @@ class RetryStage:
             attempt += 1
 
     @staticmethod
-    def _give_up(last: web.StreamResponse | GatewayError) -> web.StreamResponse:
+    def _give_up(last: Answer | GatewayError) -> Answer:
         if isinstance(last, GatewayError):
             raise last
         return last
-
-
-def _unsent(response: web.StreamResponse) -> bool:
-    return isinstance(response, web.Response) and not response.prepared
 
 
 def retry_stage(vendor: Vendor, services: Services) -> RetryStage | None:

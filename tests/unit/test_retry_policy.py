@@ -87,16 +87,17 @@ def test_budget_window_slides() -> None:
 def test_a_deliverys_wait_for_retry_after_is_capped_as_a_vendor_pause(
     write_config: Any, rate_limit: str, cap: float
 ) -> None:
-    from aiohttp import web
+    from multidict import CIMultiDict
 
     from gateway.config import load_config
+    from gateway.messages import Answer
     from gateway.workers import classify
 
     vendor = load_config(
         write_config(f'[vendors.v]\nbase_url = "http://127.0.0.1:1"\n{rate_limit}\n')
     ).vendors["v"]
-    answer = web.Response(status=503, headers={"Retry-After": "1000000000"})
+    answer = Answer(status=503, headers=CIMultiDict({"Retry-After": "1000000000"}))
     outcome = classify(vendor, None, answer, None, called=True)  # type: ignore[arg-type]
     assert (outcome.kind, outcome.wait) == ("retry", cap)
-    answer = web.Response(status=503, headers={"Retry-After": "2"})
+    answer = Answer(status=503, headers=CIMultiDict({"Retry-After": "2"}))
     assert classify(vendor, None, answer, None, called=True).wait == 2.0  # type: ignore[arg-type]
