@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from opentelemetry.trace import Span
@@ -350,23 +349,10 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
     drain = app[DRAIN] = Drain(config.gateway.shutdown_timeout_seconds)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60, keepalive_timeout=30)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            # Bytes pass through as the vendor sent them; the caller decompresses if it asked for it.
-            auto_decompress=False,
-            # Add nothing the caller did not send (no Accept-Encoding the caller cannot decode).
-            skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
-            headers={"User-Agent": USER_AGENT},
-            # Vendor cookies must never be stored and replayed to another caller.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-        )
         store = open_store(app[CONFIG].gateway.store)
         settings = app[CONFIG].tracing
         tracing = Tracing(settings) if settings.exporter != "none" else None
         services = Services(
-            session=session,
             logger=app[LOGGER],
             store=store,
             tracing=tracing,
@@ -391,7 +377,6 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
             services.circuits.close()
             services.ratelimits.close()
             await services.tokens.close()
-            await session.close()
             await services.pool.close()
             await store.close()
             if tracing is not None:

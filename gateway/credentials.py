@@ -13,8 +13,8 @@ Invariants:
 - Token values never leave this module except as the ``Authorization`` header the forwarder sends:
   ``Token`` hides its value from ``repr`` and no message here carries a secret or a token.
 
-Like ``upstream``, this module talks to the network, so it translates ``aiohttp.ClientError`` for its
-own calls (the token endpoint) into ``BadGateway``; nothing else about aiohttp leaks out.
+Token calls go through the same transport as vendor calls (``pool.Transport``); its failures become
+``BadGateway`` here.
 """
 
 from __future__ import annotations
@@ -22,19 +22,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote_plus, urlencode
 
-import aiohttp
 import orjson
+from multidict import CIMultiDict
 
 from .config import OAuth2ClientCredentials
 from .errors import BadGateway
 from .observability import Logger
+from .pool import Endpoint, PoolError, Timeout, Timeouts, Transport, VendorRequest
 
 # Without ``expires_in`` the token's lifetime is unknown: assume a short one and let 401s catch the rest.
 DEFAULT_LIFETIME_SECONDS = 300.0
@@ -70,8 +70,9 @@ class TokenSource:
 
     vendor: str
     auth: OAuth2ClientCredentials
-    ssl: ssl.SSLContext | bool = field(compare=False)
-    timeout: aiohttp.ClientTimeout = field(compare=False)
+    endpoint: Endpoint = field(compare=False)  # the token_url's scheme, host, port and TLS
+    target: str = field(compare=False)  # the token_url's path and query
+    timeout: Timeouts = field(compare=False)
 
 
 @dataclass(slots=True, eq=False)
@@ -84,12 +85,12 @@ class _Slot:
 class TokenManager:
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         logger: Logger,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.session = session
+        self.transport = transport
         self.logger = logger
         self.clock = clock
         self._slots: dict[TokenSource, _Slot] = {}
@@ -158,20 +159,23 @@ class TokenManager:
         vendor = source.vendor
         self.fetches[vendor] += 1
         started = self.clock()
+        request = VendorRequest(
+            source.endpoint, "POST", source.target, CIMultiDict(headers), urlencode(form).encode("ascii")
+        )
         try:
-            async with self.session.post(
-                auth.token_url,
-                data=urlencode(form).encode("ascii"),
-                headers=headers,
-                ssl=source.ssl,
-                timeout=source.timeout,
-                allow_redirects=False,
-            ) as response:
+            response = await self.transport.send(request, source.timeout)  # redirects are not followed
+            try:
                 status = response.status
-                body = await response.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)
-        except TimeoutError:
+                body = b""
+                async for chunk in response.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > MAX_TOKEN_RESPONSE_BYTES:
+                        break
+            finally:
+                response.release()
+        except Timeout:
             raise BadGateway(f"vendor {vendor}: the OAuth2 token endpoint did not answer in time") from None
-        except aiohttp.ClientError as exc:
+        except PoolError as exc:
             raise BadGateway(
                 f"vendor {vendor}: the OAuth2 token endpoint is unreachable ({type(exc).__name__})"
             ) from None

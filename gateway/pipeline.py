@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 from multidict import CIMultiDict
 
 from .circuit import CircuitBreakers
@@ -107,10 +106,10 @@ class Exchange:
 class Services:
     """App-wide resources the stages share; created and closed with the app (cleanup_ctx)."""
 
-    session: aiohttp.ClientSession  # the OAuth2 token endpoint's client; vendors are called through ``pool``
     logger: Logger
     store: Store = field(default_factory=MemoryStore)
-    # Keep-alive connections to vendors, per origin (gateway.pool): what the forwarder sends through.
+    # Keep-alive connections to vendors, per origin (gateway.pool): the transport every vendor call,
+    # OAuth2 token calls included, goes through.
     pool: Pool = field(default_factory=Pool)
     # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
     idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -135,7 +134,7 @@ class Services:
     deliveries: Deliveries = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tokens = TokenManager(self.session, self.logger)
+        self.tokens = TokenManager(self.pool, self.logger)
         self.deprecations = DeprecationTracker(self.logger)
         self.ratelimits = RateLimits(self.store, self.logger)
         self.retries = Retries()

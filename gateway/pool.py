@@ -41,7 +41,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -115,6 +115,24 @@ class Endpoint:
     ssl: ssl.SSLContext | bool = True
 
 
+class VendorRequest(NamedTuple):
+    """One request to send: where, what, and whether a resend after a stale connection is safe."""
+
+    endpoint: Endpoint
+    method: str
+    target: str  # origin-form, sent as is
+    headers: CIMultiDict[str]  # no framing or connection fields (see Origin.request)
+    body: bytes | AsyncIterable[bytes] | None = None
+    idempotent: bool | None = None  # None: as the method says
+
+
+class Transport(Protocol):
+    """The one seam between the gateway and the network: every vendor call (OAuth2 token calls too)
+    goes through ``send``; its failures are ``PoolError``s. ``Pool`` is the implementation."""
+
+    async def send(self, request: VendorRequest, timeout: Timeouts) -> Response: ...  # noqa: ASYNC109
+
+
 class Pool:
     """Every origin's pool; one per app, created before and closed after serving (cleanup_ctx)."""
 
@@ -147,6 +165,18 @@ class Pool:
         if origin is None:
             origin = self._origins[endpoint] = Origin(self, endpoint, self._ssl_context(endpoint))
         return origin
+
+    async def send(self, request: VendorRequest, timeout: Timeouts) -> Response:  # noqa: ASYNC109
+        """``Transport.send``: the request through its endpoint's pool of connections."""
+        origin = self._origins.get(request.endpoint) or self.origin(request.endpoint)
+        return await origin.request(
+            request.method,
+            request.target,
+            request.headers,
+            request.body,
+            timeout=timeout,
+            idempotent=request.idempotent,
+        )
 
     def _ssl_context(self, endpoint: Endpoint) -> ssl.SSLContext | None:
         if endpoint.scheme != "https":

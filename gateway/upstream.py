@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_plus
 
-import aiohttp
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from .config import Auth, Vendor
 from .credentials import TokenManager, TokenSource
@@ -34,13 +34,13 @@ from .pipeline import Exchange
 from .pool import (
     BodyError,
     Endpoint,
-    Origin,
-    Pool,
     PoolError,
     ProtocolError,
     Response,
     Timeout,
     Timeouts,
+    Transport,
+    VendorRequest,
 )
 
 # RFC 9110 section 7.6.1: fields that describe one connection, never forwarded either way.
@@ -126,8 +126,14 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
         else:
             set_query.append((auth.name, secret))
     elif auth is not None:
-        token_timeout = aiohttp.ClientTimeout(total=limits.total_seconds, connect=limits.connect_seconds)
-        tokens = TokenSource(vendor=vendor.name, auth=auth, ssl=ssl_param, timeout=token_timeout)
+        token_url = auth.token_url
+        tokens = TokenSource(
+            vendor=vendor.name,
+            auth=auth,
+            endpoint=endpoint_of(token_url, ssl_param),
+            target=token_url.raw_path_qs or "/",
+            timeout=timeout._replace(read_idle=limits.read_idle_seconds),
+        )
     if (version := vendor.version) is not None:
         if version.kind == "header":
             set_headers.append((version.name, version.value))
@@ -136,13 +142,7 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
         else:
             prefix += version.value  # the caller's own version segment was taken off (gateway.versioning)
             path_prefix += version.value
-    endpoint = Endpoint(
-        scheme=url.scheme,
-        host=url.raw_host or "",
-        port=url.port or (443 if url.scheme == "https" else 80),
-        host_header=url.host_port_subcomponent or "",
-        ssl=ssl_param,
-    )
+    endpoint = endpoint_of(url, ssl_param)
     return VendorTransport(
         prefix=prefix,
         timeout=timeout,
@@ -152,6 +152,17 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
         set_headers=tuple(set_headers),
         set_query=tuple(set_query),
         tokens=tokens,
+    )
+
+
+def endpoint_of(url: URL, tls: ssl.SSLContext | bool) -> Endpoint:
+    """Where requests to ``url`` go: scheme, host, port and TLS (the pool keeps one Origin per endpoint)."""
+    return Endpoint(
+        scheme=url.scheme,
+        host=url.raw_host or "",
+        port=url.port or (443 if url.scheme == "https" else 80),
+        host_header=url.host_port_subcomponent or "",
+        ssl=tls,
     )
 
 
@@ -200,16 +211,14 @@ class Forwarder:
 
     def __init__(
         self,
-        pool: Pool,
+        transport: Transport,
         transports: dict[str, VendorTransport],
         *,
         tokens: TokenManager | None = None,
         deprecations: DeprecationTracker | None = None,
     ) -> None:
-        self.pool = pool
+        self.transport = transport
         self.transports = transports
-        # Resolved once per config: a request looks its origin up by vendor name.
-        self.origins: dict[str, Origin] = {name: pool.origin(t.endpoint) for name, t in transports.items()}
         self.tokens = tokens
         self.deprecations = deprecations
         if tokens is None and any(t.tokens is not None for t in transports.values()):
@@ -288,14 +297,10 @@ class Forwarder:
         started = time.perf_counter()
         ex.attempts += 1
         try:
-            return await self.origins[ex.vendor.name].request(
-                ex.method,
-                target,
-                headers,
-                data,
-                timeout=timeout,
-                # A POST whose Idempotency-Key the vendor gets may be resent after a stale connection.
-                idempotent=True if ex.idempotency_forwarded else None,
+            # A POST whose Idempotency-Key the vendor gets may be resent after a stale connection.
+            idempotent = True if ex.idempotency_forwarded else None
+            return await self.transport.send(
+                VendorRequest(transport.endpoint, ex.method, target, headers, data, idempotent), timeout
             )
         except BodyError as exc:
             # The caller's body failed while it streamed: its own fault, never the vendor's.

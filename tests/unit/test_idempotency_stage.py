@@ -89,7 +89,7 @@ def route(method: str, idempotency: Any = None) -> Route:
 
 
 def test_which_routes_get_the_stage() -> None:
-    services = Services(session=None, logger=Logger())  # type: ignore[arg-type]
+    services = Services(logger=Logger())
     has = {
         name: idempotency_stage(VENDOR, r, services) is not None
         for name, r in {
@@ -123,7 +123,7 @@ async def test_keys_of_two_callers_never_collide() -> None:
     """Two callers using the same key each get their own request run and their own replay: the stage
     alone, with a fake ``call_next`` and the gateway's own request type (no HTTP server)."""
     calls: Counter[str | None] = Counter()
-    services = Services(session=None, logger=Logger(), store=MemoryStore())  # type: ignore[arg-type]
+    services = Services(logger=Logger(), store=MemoryStore())
     stage = idempotency_stage(VENDOR, route("POST"), services)
     assert stage is not None
 

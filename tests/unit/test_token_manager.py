@@ -7,7 +7,6 @@ import asyncio
 import io
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -16,6 +15,8 @@ from gateway.config import OAuth2ClientCredentials, Secret
 from gateway.credentials import TokenManager, TokenSource
 from gateway.errors import BadGateway
 from gateway.observability import Logger
+from gateway.pool import Pool, Timeouts
+from gateway.upstream import endpoint_of
 
 
 class Clock:
@@ -47,16 +48,24 @@ async def setup(aiohttp_server: Any) -> Any:
     server = await aiohttp_server(app)
     clock = Clock()
     logs = io.BytesIO()
-    async with aiohttp.ClientSession() as session:
-        manager = TokenManager(session, Logger(stream=logs), clock=clock)
-        auth = OAuth2ClientCredentials(
-            token_url=URL(str(server.make_url("/token"))),
-            client_id=Secret("env:X", "id"),
-            client_secret=Secret("env:Y", "secret-value-123"),
-        )
-        source = TokenSource(vendor="v", auth=auth, ssl=True, timeout=aiohttp.ClientTimeout(total=5))
-        yield endpoint, clock, manager, source, logs
-        await manager.close()
+    pool = Pool()  # the transport: token calls go through it as vendor calls do
+    manager = TokenManager(pool, Logger(stream=logs), clock=clock)
+    token_url = URL(str(server.make_url("/token")))
+    auth = OAuth2ClientCredentials(
+        token_url=token_url,
+        client_id=Secret("env:X", "id"),
+        client_secret=Secret("env:Y", "secret-value-123"),
+    )
+    source = TokenSource(
+        vendor="v",
+        auth=auth,
+        endpoint=endpoint_of(token_url, True),
+        target=token_url.raw_path_qs,
+        timeout=Timeouts(total=5, connect=5, read_idle=5),
+    )
+    yield endpoint, clock, manager, source, logs
+    await manager.close()
+    await pool.close()
 
 
 async def settle() -> None:
