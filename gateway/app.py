@@ -22,17 +22,19 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from . import __version__
 from .adapter import StreamAborted, incoming, problem_response, write_answer
+from .collector import registry_for, render
 from .config import Config, ConfigError, Route, Vendor
 from .dashboard import render_dashboard
-from .delivery import delivery_status
+from .delivery import record_json, valid_id
 from .deprecation import UNROUTED
 from .errors import GatewayError, NotFound, ServiceUnavailable
-from .metrics import UNKNOWN_VENDOR, registry_for, render
+from .metrics import UNKNOWN_VENDOR
 from .observability import Logger, capture_library_logs, new_request_id
-from .pipeline import Exchange, Handler, Services, compose
+from .pipeline import Exchange, Handler, compose
 from .pool import Pool
 from .reload import read_config
 from .security import secret_values, startup_notes
+from .services import Services
 from .stages import delivery_stages, route_stages
 from .stages.client_auth import Authenticator
 from .store import StoreUnavailable, open_store
@@ -327,12 +329,22 @@ async def dashboard_page(request: web.Request) -> web.Response:
 async def delivery(request: web.Request) -> web.Response:
     """``GET /_gateway/deliveries/ID``: a queued delivery's state and, once done, the vendor's answer."""
     authenticator = request.app[LIVE].runtime.authenticator
-    deliveries = request.app[SERVICES].deliveries
+    store = request.app[SERVICES].deliveries.store
+    delivery_id = request.match_info["id"]
     try:
-        record = await delivery_status(request.match_info["id"], request.headers, deliveries, authenticator)
+        # With [clients] only the client that sent it may look: 401 without a known key, else 404.
+        client = authenticator.identify(request.headers)[0] if authenticator is not None else None
+        try:
+            record = await store.delivery_get(delivery_id) if valid_id(delivery_id) else None
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable(
+                f"the delivery store is unavailable: {exc}", headers={"Retry-After": "1"}
+            ) from None
+        if record is None or (authenticator is not None and record.request.client != client):
+            raise NotFound(f"no delivery {delivery_id!r} (delivered ones are kept for a limited time)")
     except GatewayError as exc:
         return problem_response(exc, _request_id(request))
-    return _json(request, record)
+    return _json(request, record_json(record))
 
 
 async def deprecations(request: web.Request) -> web.Response:

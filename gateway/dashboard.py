@@ -13,7 +13,7 @@ from collections import Counter
 
 from . import __version__
 from .config import Config
-from .pipeline import Services
+from .services import Services
 
 REFRESH_SECONDS = 5
 

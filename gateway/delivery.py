@@ -2,7 +2,7 @@
 
 ``Deliveries`` (on ``Services``) stores an accepted request in the store's durable queue
 (``store.deliveries``) and wakes this process's workers (``gateway.workers``), which deliver it with
-the vendor's retry policy. ``GET /_gateway/deliveries/ID`` shows a delivery (``delivery_status``), and
+the vendor's retry policy. ``GET /_gateway/deliveries/ID`` shows a delivery (``app.delivery``), and
 ``gateway dlq`` works on the dead letters (``gateway.dlq``). ``record_json`` is the one rendering of a
 record, for both.
 """
@@ -16,17 +16,11 @@ import re
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from multidict import CIMultiDictProxy
-
-from .errors import NotFound, ServiceUnavailable
 from .observability import Logger
-from .store import Store, StoreUnavailable
+from .store import Store
 from .store.deliveries import DeliveryRecord, DeliveryRequest
-
-if TYPE_CHECKING:
-    from .stages.client_auth import Authenticator
 
 LOCATION_PREFIX = "/_gateway/deliveries/"
 _ID = re.compile(r"^[0-9a-f]{27}$")
@@ -112,23 +106,3 @@ def record_json(record: DeliveryRecord, *, request_body: bool = False) -> dict[s
             headers[str(name)] = f"{headers[name]}, {value}" if name in headers else value
         out["response"] = {"status": answer.status, "headers": headers, **_body(answer.body)}
     return out
-
-
-async def delivery_status(
-    delivery_id: str,
-    fields: CIMultiDictProxy[str],
-    deliveries: Deliveries,
-    authenticator: Authenticator | None,
-) -> dict[str, Any]:
-    """``GET /_gateway/deliveries/ID``: the record as JSON. With ``[clients]`` only the client that sent
-    it may look. Raises 401 (no or unknown key), 404, or 503 (store down)."""
-    client = authenticator.identify(fields)[0] if authenticator is not None else None
-    try:
-        record = await deliveries.store.delivery_get(delivery_id) if valid_id(delivery_id) else None
-    except StoreUnavailable as exc:
-        raise ServiceUnavailable(
-            f"the delivery store is unavailable: {exc}", headers={"Retry-After": "1"}
-        ) from None
-    if record is None or (authenticator is not None and record.request.client != client):
-        raise NotFound(f"no delivery {delivery_id!r} (delivered ones are kept for a limited time)")
-    return record_json(record)

@@ -37,9 +37,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .config import DEFAULT_MAX_PAUSE_SECONDS, Config, DeliverySettings, Route, Vendor
 from .errors import CircuitOpen, GatewayError, TooManyRequests
 from .messages import Answer, Request
-from .pipeline import Exchange, Handler, Services
+from .pipeline import Exchange, Handler
 from .ratelimit import parse_retry_after
 from .retry import backoff, retry_reason, safe_to_repeat
+from .services import Services
 from .store import StoreUnavailable
 from .store.deliveries import DeliveryRecord, DeliveryResponse, Lease
 from .upstream import COOKIE_FIELDS

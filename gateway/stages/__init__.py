@@ -11,7 +11,8 @@ stages at all, so a plain pass-through costs nothing but the forwarder.
 from __future__ import annotations
 
 from ..config import Config, Route, Vendor
-from ..pipeline import Services, Stage
+from ..pipeline import Stage
+from ..services import Services
 from ..tracing import VendorCallSpan
 from .circuit import circuit_stage
 from .client_auth import ClientAuth

@@ -14,8 +14,9 @@ from ..circuit import Breaker
 from ..config import Vendor
 from ..errors import CallerFault, GatewayError
 from ..messages import Answer
-from ..pipeline import Exchange, Handler, Services
+from ..pipeline import Exchange, Handler
 from ..retry import retry_reason
+from ..services import Services
 from ..store.circuits import Outcome
 
 

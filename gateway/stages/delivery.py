@@ -31,7 +31,8 @@ from ..config import Auth, Route, Vendor
 from ..delivery import LOCATION_PREFIX, new_delivery_id
 from ..errors import ServiceUnavailable
 from ..messages import Answer, json_answer
-from ..pipeline import Exchange, Handler, Services
+from ..pipeline import Exchange, Handler
+from ..services import Services
 from ..store import StoreUnavailable
 from ..store.deliveries import DeliveryRequest
 

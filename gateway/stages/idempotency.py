@@ -49,7 +49,8 @@ from ..errors import (
 )
 from ..messages import Answer, has_obs_text
 from ..observability import Logger
-from ..pipeline import Exchange, Handler, Services
+from ..pipeline import Exchange, Handler
+from ..services import Services
 from ..store import IdempotencyKey, IdempotencyRecord, Store, StoredResponse, StoreUnavailable
 from ..upstream import COOKIE_FIELDS
 

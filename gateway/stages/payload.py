@@ -16,7 +16,8 @@ from aiohttp import hdrs
 from ..config import Route
 from ..errors import BadGateway, BadRequest, SchemaViolation
 from ..messages import Answer
-from ..pipeline import Exchange, Handler, Services
+from ..pipeline import Exchange, Handler
+from ..services import Services
 from ..transform import TransformError, apply
 
 # The largest vendor answer a response stage reads whole; a larger one is a 502 on such routes.

@@ -22,8 +22,9 @@ from collections.abc import Mapping
 
 from ..config import Config, Route, Vendor
 from ..messages import Answer
-from ..pipeline import Exchange, Handler, Services
+from ..pipeline import Exchange, Handler
 from ..ratelimit import Limiter, RateLimited, RateLimits, parse_retry_after
+from ..services import Services
 
 PAUSING_STATUSES = frozenset({429, 503})
 

@@ -26,9 +26,10 @@ import time
 from ..config import Vendor
 from ..errors import GatewayError
 from ..messages import Answer
-from ..pipeline import Exchange, Handler, Services
+from ..pipeline import Exchange, Handler
 from ..ratelimit import parse_retry_after
 from ..retry import Retries, backoff, retry_reason, safe_to_repeat
+from ..services import Services
 
 # A retry is not sent when less than this would be left of the deadline once its wait is over.
 MIN_ATTEMPT_SECONDS = 0.05

@@ -13,7 +13,8 @@ from gateway.config import Route, Vendor
 from gateway.errors import BadIdempotencyKey
 from gateway.messages import Answer, Request
 from gateway.observability import Logger
-from gateway.pipeline import Exchange, Services, compose
+from gateway.pipeline import Exchange, compose
+from gateway.services import Services
 from gateway.stages.idempotency import fingerprint, idempotency_stage, parse_key, storable
 from gateway.store import MemoryStore
 

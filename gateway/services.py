@@ -1,0 +1,64 @@
+"""The composition root's registries: app-wide resources and the per-feature state the stages share.
+
+Created once per app (``app.create_app``'s cleanup context) and kept across config reloads, so limiter
+schedules, breaker state and tokens survive a reload. A reload builds a new Runtime against these
+(``runtime.build_runtime``) and only then commits what changed in them (``commit``), so a reload that
+fails half-way changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .circuit import CircuitBreakers
+from .credentials import TokenManager
+from .delivery import Deliveries
+from .deprecation import DeprecationTracker
+from .metrics import RequestMetrics
+from .observability import Logger
+from .pool import Pool
+from .ratelimit import RateLimits
+from .retry import Retries
+from .store import MemoryStore, Store
+from .tracing import Tracing
+
+
+@dataclass(slots=True, eq=False)
+class Services:
+    """App-wide resources the stages share; created and closed with the app (cleanup_ctx)."""
+
+    logger: Logger
+    store: Store = field(default_factory=MemoryStore)
+    # Keep-alive connections to vendors, per origin (gateway.pool): the transport every vendor call,
+    # OAuth2 token calls included, goes through.
+    pool: Pool = field(default_factory=Pool)
+    # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
+    idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # OpenTelemetry spans, when [tracing] has an exporter; None costs nothing per request.
+    tracing: Tracing | None = None
+    # Requests, durations and bytes per vendor (gateway_requests_total and friends).
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    # (vendor, route) -> vendor answers that failed their response schema in report mode.
+    response_schema_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # OAuth2 tokens per vendor; kept across config reloads (keyed by the vendor's auth settings).
+    tokens: TokenManager = field(init=False)
+    # Deprecation/Sunset notices per (vendor, route): gateway_vendor_deprecations_total.
+    deprecations: DeprecationTracker = field(init=False)
+    # Rate and concurrency limiters per vendor, route and client, kept across config reloads, with the
+    # wait and rejection figures for gateway_ratelimit_wait_seconds / gateway_ratelimit_rejected_total.
+    ratelimits: RateLimits = field(init=False)
+    # Retry budgets per vendor and gateway_retries_total{vendor,reason} (Retries.sent).
+    retries: Retries = field(init=False)
+    # Circuit breakers per vendor, kept across reloads; gateway_circuit_open{vendor}: open_state().
+    circuits: CircuitBreakers = field(init=False)
+    # The async delivery queue: accepting, and the figures (gateway_dlq_depth{vendor}: dead).
+    deliveries: Deliveries = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = TokenManager(self.pool, self.logger)
+        self.deprecations = DeprecationTracker(self.logger)
+        self.ratelimits = RateLimits(self.store, self.logger)
+        self.retries = Retries()
+        self.circuits = CircuitBreakers(self.store, self.logger)
+        self.deliveries = Deliveries(self.store, self.logger)
