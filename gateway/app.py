@@ -23,69 +23,26 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from . import __version__
 from .adapter import StreamAborted, incoming, problem_response, write_answer
 from .collector import registry_for, render
-from .config import Config, ConfigError, Route, Vendor
+from .config import Config, ConfigError
 from .dashboard import render_dashboard
 from .delivery import record_json, valid_id
 from .deprecation import UNROUTED
 from .errors import GatewayError, NotFound, ServiceUnavailable
 from .metrics import UNKNOWN_VENDOR
 from .observability import Logger, capture_library_logs, new_request_id
-from .pipeline import Exchange, Handler, compose
+from .pipeline import Exchange
 from .pool import Pool
 from .reload import read_config
+from .runtime import Live, build_runtime, commit
 from .security import secret_values, startup_notes
 from .services import Services
-from .stages import delivery_stages, route_stages
-from .stages.client_auth import Authenticator
 from .store import StoreUnavailable, open_store
 from .target import parse_target
 from .tracing import Tracing, finish_server_span
-from .upstream import Forwarder, request_headers, vendor_transport
-from .versioning import unversioned
+from .upstream import request_headers
 from .workers import DeliveryWorkers
 
 USER_AGENT = f"egress-gateway/{__version__}"
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """Everything built from one loaded config; replaced whole on reload, never mutated."""
-
-    config: Config
-    # One handler per (vendor, route index); index -1 is the vendor's pass-through (no route matched).
-    handlers: dict[tuple[str, int], Handler]
-    # With [clients]: callers are identified before a 404 too, so unknown callers learn no vendor names.
-    authenticator: Authenticator | None = None
-    # What queued deliveries pass (breaker, rate limits, forwarder), keyed like ``handlers``: one per
-    # vendor (-1) and one per route that may be async.
-    delivery_handlers: dict[tuple[str, int], Handler] = field(default_factory=dict)
-
-    def handler(self, vendor: Vendor, route: Route | None) -> Handler:
-        index = -1 if route is None else vendor.routes.index(route)
-        return self.handlers[(vendor.name, index)]
-
-    def delivery_handler(
-        self, vendor_name: str, method: str, segments: tuple[str, ...]
-    ) -> tuple[Vendor, Route | None, Handler] | None:
-        """For a queued delivery, with the config in force now: its vendor, route and handler."""
-        vendor = self.config.vendors.get(vendor_name)
-        if vendor is None:
-            return None
-        route = vendor.find_route(method, segments)
-        index = -1 if route is None else vendor.routes.index(route)
-        handler = (
-            self.delivery_handlers.get((vendor.name, index)) or self.delivery_handlers[(vendor.name, -1)]
-        )
-        return vendor, route, handler
-
-
-@dataclass(slots=True, eq=False)
-class Live:
-    """The Runtime new requests start on. ``reload()`` swaps ``runtime`` whole, in one assignment: a
-    request keeps the Runtime it started with, so nothing in flight sees half of a new config."""
-
-    runtime: Runtime
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
 
 
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -154,28 +111,6 @@ METRICS = web.AppKey("metrics", CollectorRegistry)
 DRAIN = web.AppKey("drain", Drain)
 
 
-def build_runtime(config: Config, services: Services) -> Runtime:
-    transports = {name: vendor_transport(v) for name, v in config.vendors.items()}
-    forwarder = Forwarder(
-        services.pool, transports, tokens=services.tokens, deprecations=services.deprecations
-    )
-    handlers: dict[tuple[str, int], Handler] = {}
-    deliveries: dict[tuple[str, int], Handler] = {}
-    for name, vendor in config.vendors.items():
-        handlers[(name, -1)] = compose(route_stages(config, vendor, None, services), forwarder)
-        deliveries[(name, -1)] = compose(delivery_stages(config, vendor, None, services), forwarder)
-        for index, route in enumerate(vendor.routes):
-            handlers[(name, index)] = compose(route_stages(config, vendor, route, services), forwarder)
-            if route.delivery != "sync":
-                deliveries[(name, index)] = compose(
-                    delivery_stages(config, vendor, route, services), forwarder
-                )
-    authenticator = Authenticator(config.clients) if config.clients else None
-    return Runtime(
-        config=config, handlers=handlers, authenticator=authenticator, delivery_handlers=deliveries
-    )
-
-
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id")
     # A caller's id is kept when it is a sane token; anything else could forge or break log lines.
@@ -204,19 +139,8 @@ async def _proxy(request: web.Request, span: Span | None = None) -> web.StreamRe
     try:
         target = parse_target(request.raw_path)
         vendor_name = target.vendor
-        vendor = runtime.config.vendors.get(target.vendor)
-        if vendor is None:
-            if runtime.authenticator is not None:
-                runtime.authenticator.identify(request.headers)
-            raise NotFound(f"no vendor named {target.vendor!r}")
-        if vendor.version is not None and vendor.version.kind == "path_prefix":
-            target = unversioned(target, vendor.version)
         method = request.method
-        route = vendor.find_route(method, target.segments)
-        if route is None and vendor.expose == "declared":
-            if runtime.authenticator is not None:
-                runtime.authenticator.identify(request.headers)
-            raise NotFound(f"vendor {vendor.name!r} exposes no route for {method} {target.path or '/'}")
+        vendor, route, handler, target = runtime.resolve(method, target, request.headers)
         ex = Exchange(
             request=incoming(request),
             request_id=request_id,
@@ -229,7 +153,7 @@ async def _proxy(request: web.Request, span: Span | None = None) -> web.StreamRe
             headers=request_headers(request.headers, request_id),
             started=started,
         )
-        answer = await runtime.handler(vendor, route)(ex)
+        answer = await handler(ex)
         response = await write_answer(request, answer)
         return response
     except GatewayError as exc:
@@ -371,7 +295,9 @@ def create_app(config: Config, *, logger: Logger | None = None) -> web.Applicati
             pool=Pool(user_agent=USER_AGENT),
         )
         app[SERVICES] = services
-        app[LIVE] = Live(build_runtime(app[CONFIG], services))
+        runtime = build_runtime(app[CONFIG], services)
+        commit(runtime, services)
+        app[LIVE] = Live(runtime)
         app[METRICS] = registry_for(lambda: services)
         live = app[LIVE]
         workers = DeliveryWorkers(
@@ -433,6 +359,7 @@ async def reload(app: web.Application, *, reason: str = "requested") -> bool:
             logger.redact(secret_values(config))
             runtime = build_runtime(config, app[SERVICES])
         except ConfigError as exc:
+            app[SERVICES].discard()
             logger.event(
                 "config_reload_failed",
                 level="error",
@@ -442,9 +369,10 @@ async def reload(app: web.Application, *, reason: str = "requested") -> bool:
             )
             return False
         except Exception as exc:
+            app[SERVICES].discard()
             logger.exception("config_reload_failed", exc, reason=reason, config=str(old.path))
             return False
-        live.runtime = runtime
+        commit(runtime, app[SERVICES], live)
         needs_restart = [
             key
             for key, before, after in (

@@ -254,6 +254,7 @@ class CircuitBreakers:
         self.store = store
         self.logger = logger
         self._breakers: dict[str, Breaker] = {}
+        self._pending: list[tuple[Breaker, Vendor | None]] = []  # see breaker()
         self.rejected: Counter[str] = Counter()  # requests refused because the circuit was open
         self.opened: Counter[str] = Counter()  # times this process opened the vendor's circuit
         self.store_fallbacks: Counter[str] = Counter()
@@ -263,13 +264,24 @@ class CircuitBreakers:
         breaker = self._breakers.get(vendor.name)
         if not vendor.circuit.enabled:
             if breaker is not None:
-                breaker.state = "closed"  # not in use: gateway_circuit_open reads 0
+                self._pending.append((breaker, None))  # not in use: gateway_circuit_open reads 0
             return None
         if breaker is None:
             breaker = self._breakers[vendor.name] = Breaker(vendor, self.store, self.logger, self)
         else:
-            breaker.configure(vendor)
+            self._pending.append((breaker, vendor))  # the running Runtime keeps it as it is until commit
         return breaker
+
+    def commit(self) -> None:
+        pending, self._pending = self._pending, []
+        for breaker, vendor in pending:
+            if vendor is None:
+                breaker.state = "closed"
+            else:
+                breaker.configure(vendor)
+
+    def discard(self) -> None:
+        self._pending = []
 
     def open_state(self) -> dict[str, int]:
         """vendor -> 1 while its circuit is open or half-open here, else 0 (gateway_circuit_open)."""

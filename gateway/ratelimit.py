@@ -505,6 +505,7 @@ class RateLimits:
         self.store = store
         self.logger = logger
         self._limiters: dict[tuple[str, ...], Limiter] = {}
+        self._pending: list[tuple[Limiter, LimitSettings]] = []  # see _get
         # Per vendor: how long admitted requests waited (gateway_ratelimit_wait_seconds{vendor}) and
         # how many were refused with a 429 (gateway_ratelimit_rejected_total{vendor}).
         self.wait_seconds: dict[str, Histogram] = {}
@@ -515,12 +516,22 @@ class RateLimits:
         self.clock: Clock = MONOTONIC  # read at every use, so a test may swap it before traffic starts
 
     def _get(self, key: tuple[str, ...], settings: LimitSettings) -> Limiter:
+        """The limiter for ``key``: a new one, or the running one, whose new settings wait for ``commit``
+        (a Runtime being built must not change the one serving)."""
         limiter = self._limiters.get(key)
         if limiter is None:
             limiter = self._limiters[key] = Limiter(settings, self.store, self.logger, self)
-        else:
-            limiter.configure(settings)
+        elif limiter.settings != settings:
+            self._pending.append((limiter, settings))
         return limiter
+
+    def commit(self) -> None:
+        pending, self._pending = self._pending, []
+        for limiter, settings in pending:
+            limiter.configure(settings)
+
+    def discard(self) -> None:
+        self._pending = []
 
     def vendor(self, vendor: Vendor) -> Limiter:
         """The vendor's limiter (every route of it shares one); without limits it only holds pauses."""

@@ -55,6 +55,16 @@ class Services:
     # The async delivery queue: accepting, and the figures (gateway_dlq_depth{vendor}: dead).
     deliveries: Deliveries = field(init=False)
 
+    def commit(self) -> None:
+        """A new Runtime goes into service: the limiters and breakers it reconfigured take effect."""
+        self.ratelimits.commit()
+        self.circuits.commit()
+
+    def discard(self) -> None:
+        """A Runtime was built but will not serve: drop the reconfigurations it prepared."""
+        self.ratelimits.discard()
+        self.circuits.discard()
+
     def __post_init__(self) -> None:
         self.tokens = TokenManager(self.pool, self.logger)
         self.deprecations = DeprecationTracker(self.logger)

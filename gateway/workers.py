@@ -3,7 +3,7 @@
 One loop per process takes deliveries from the store (``delivery_take``) while it has free slots
 (``[delivery] workers``) and runs each as a task. A delivery is one vendor call through the vendor's
 circuit breaker, rate limits and forwarder (the same stages a caller's request passes, built per route
-in ``app.build_runtime``), with ``Exchange.detached`` set: there is no caller connection, so the answer
+in ``runtime.build_runtime``), with ``Exchange.detached`` set: there is no caller connection, so the answer
 comes back whole (up to ``DELIVERY_RESPONSE_BYTES``; the rest is dropped). Then, with the vendor's
 retry policy (``gateway.retry``):
 

@@ -254,7 +254,9 @@ async def test_registry_keeps_a_limiter_across_reloads() -> None:
     again = registry.vendor(vendor)
     assert again is first
     faster = registry.vendor(Vendor(name="v", base_url=URL("http://x"), rate_limit=rate(20)))
-    assert faster is first and first.settings.rate == rate(20)
+    assert faster is first and first.settings.rate == rate(10)  # prepared, not yet in force
+    registry.commit()
+    assert first.settings.rate == rate(20)
 
 
 # -- store operations ---------------------------------------------------------------------------------
