@@ -21,7 +21,7 @@ import orjson
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.schemas import SchemaRegistry
+from gateway.features.payload.schemas import SchemaRegistry
 from gateway.transform import TransformSpec, apply, parse_spec
 
 SCHEMA = {

@@ -703,7 +703,7 @@ def machine_info() -> dict[str, Any]:
 
 # Where a frame's file says a sample was spent, first match wins (py-spy prints short module paths).
 PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("logging (gateway/observability.py)", ("gateway/observability.py",)),
+    ("logging (gateway/observability/logging.py)", ("gateway/observability/logging.py",)),
     ("gateway code", ("gateway/",)),
     ("aiohttp client", ("aiohttp/client", "aiohttp/connector.py", "aiohttp/tracing.py")),
     ("aiohttp server", ("aiohttp/web", "aiohttp/http_writer.py", "aiohttp/base_protocol.py")),

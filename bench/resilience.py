@@ -35,7 +35,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from gateway.config import load_config
-from gateway.observability import Logger
+from gateway.observability.logging import Logger
 from gateway.pipeline import Exchange, Services, compose
 from gateway.stages import route_stages
 from gateway.store import open_store

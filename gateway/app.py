@@ -22,25 +22,25 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from . import __version__
 from .adapter import StreamAborted, incoming, problem_response, write_answer
-from .collector import registry_for, render
 from .config import Config, ConfigError
-from .dashboard import render_dashboard
-from .delivery import record_json, valid_id
-from .deprecation import UNROUTED
 from .errors import GatewayError, NotFound, ServiceUnavailable
-from .metrics import UNKNOWN_VENDOR
-from .observability import Logger, capture_library_logs, new_request_id
+from .features.delivery.queue import record_json, valid_id
+from .features.delivery.workers import DeliveryWorkers
+from .features.deprecation.tracker import UNROUTED
+from .observability.collector import registry_for, render
+from .observability.dashboard import render_dashboard
+from .observability.logging import Logger, capture_library_logs, new_request_id
+from .observability.metrics import UNKNOWN_VENDOR
+from .observability.tracing import Tracing, finish_server_span
 from .pipeline import Exchange
-from .pool import Pool
 from .reload import read_config
 from .runtime import Live, build_runtime, commit
 from .security import secret_values, startup_notes
 from .services import Services
 from .store import StoreUnavailable, open_store
 from .target import parse_target
-from .tracing import Tracing, finish_server_span
-from .upstream import request_headers
-from .workers import DeliveryWorkers
+from .upstream.forwarder import request_headers
+from .upstream.pool import Pool
 
 USER_AGENT = f"egress-gateway/{__version__}"
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from .config import Config, ConfigError, load_config, parse_listen
-from .observability import Logger
+from .observability.logging import Logger
 
 
 def _load(path: str) -> Config | None:
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--listen", default="127.0.0.1:8081", help="HOST:PORT (default: %(default)s)")
     sandbox.set_defaults(func=cmd_sandbox)
 
-    from .dlq import add_parser as add_dlq_parser
+    from .features.delivery.dlq import add_parser as add_dlq_parser
 
     add_dlq_parser(sub)
     return parser

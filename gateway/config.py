@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from yarl import URL
 
-from .schemas import CompiledSchema, SchemaFileError, SchemaRegistry
+from .features.payload.schemas import CompiledSchema, SchemaFileError, SchemaRegistry
 from .transform import TransformSpec, TransformSpecError, load_spec
 from .transform.spec import toml_type
 

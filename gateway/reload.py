@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ConfigError, Problem, load_config
-from .observability import Logger
+from .observability.logging import Logger
 
 # How long the watcher waits for more changes before it looks (watchfiles' step), and the most it
 # groups changes over (its debounce): a deploy that copies a tree becomes one reload, not fifty.

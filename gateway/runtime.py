@@ -16,12 +16,12 @@ from multidict import CIMultiDictProxy
 
 from .config import Config, Route, Vendor
 from .errors import NotFound
+from .features.client_auth.stage import Authenticator
 from .pipeline import Handler, compose
 from .services import Services
 from .stages import delivery_stages, route_stages
-from .stages.client_auth import Authenticator
 from .target import Target
-from .upstream import Forwarder, vendor_transport
+from .upstream.forwarder import Forwarder, vendor_transport
 from .versioning import unversioned
 
 

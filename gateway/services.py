@@ -11,17 +11,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .circuit import CircuitBreakers
-from .credentials import TokenManager
-from .delivery import Deliveries
-from .deprecation import DeprecationTracker
-from .metrics import RequestMetrics
-from .observability import Logger
-from .pool import Pool
-from .ratelimit import RateLimits
-from .retry import Retries
+from .features.circuit.policy import CircuitBreakers
+from .features.delivery.queue import Deliveries
+from .features.deprecation.tracker import DeprecationTracker
+from .features.ratelimit.policy import RateLimits
+from .features.retry.policy import Retries
+from .observability.logging import Logger
+from .observability.metrics import RequestMetrics
+from .observability.tracing import Tracing
 from .store import MemoryStore, Store
-from .tracing import Tracing
+from .upstream.credentials import TokenManager
+from .upstream.pool import Pool
 
 
 @dataclass(slots=True, eq=False)
@@ -30,7 +30,7 @@ class Services:
 
     logger: Logger
     store: Store = field(default_factory=MemoryStore)
-    # Keep-alive connections to vendors, per origin (gateway.pool): the transport every vendor call,
+    # Keep-alive connections to vendors, per origin (gateway.upstream.pool): the transport every vendor call,
     # OAuth2 token calls included, goes through.
     pool: Pool = field(default_factory=Pool)
     # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Config, load_config
-from gateway.observability import Logger
+from gateway.observability.logging import Logger
 from tests.redis_server import RedisServer, redis_required, redis_server_binary
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .circuits import CircuitOps
-from .deliveries import DeliveryOps
+from ..features.circuit.store import CircuitOps
+from ..features.delivery.store import DeliveryOps
 
 
 class StoreUnavailable(Exception):

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from ..features.circuit.store import MemoryCircuits
+from ..features.delivery.store import MemoryDeliveries
 from .base import Claim, IdempotencyKey, IdempotencyRecord, RateBucket, StoredResponse, gcra, gcra_pause
-from .circuits import MemoryCircuits
-from .deliveries import MemoryDeliveries
 
 # Expired records are dropped when touched, and all of them at most this often, so memory stays
 # bounded by what is live rather than by everything ever stored.

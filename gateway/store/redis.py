@@ -22,6 +22,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from ..features.circuit.redis_store import RedisCircuits
+from ..features.delivery.redis_store import RedisDeliveries
 from .base import (
     Claim,
     IdempotencyKey,
@@ -31,8 +33,6 @@ from .base import (
     StoreUnavailable,
     redact_url,
 )
-from .redis_circuits import RedisCircuits
-from .redis_deliveries import RedisDeliveries
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
 DEFAULT_MAX_CONNECTIONS = 64

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import SERVICES
-from gateway.stages.idempotency import fingerprint
+from gateway.features.idempotency.stage import fingerprint
 from gateway.store import IdempotencyKey, StoredResponse
 from tests.redis_server import RedisServer
 

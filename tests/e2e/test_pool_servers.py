@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from gateway.pool import ConnectError, Endpoint, Pool, Timeout
+from gateway.upstream.pool import ConnectError, Endpoint, Pool, Timeout
 from tests.streaming_vendor import StreamingVendor
 
 LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

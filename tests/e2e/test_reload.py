@@ -17,7 +17,7 @@ import pytest
 
 from gateway.app import LIVE, reload
 from gateway.config import load_config
-from gateway.observability import Logger
+from gateway.observability.logging import Logger
 from gateway.reload import Watched, watch_files
 from tests.conftest import CapturedLogs
 from tests.gateway_proc import GatewayProcess

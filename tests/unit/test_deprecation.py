@@ -10,8 +10,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config import Route
-from gateway.deprecation import DeprecationTracker, parse_deprecation, parse_http_date
-from gateway.observability import Logger
+from gateway.features.deprecation.tracker import DeprecationTracker, parse_deprecation, parse_http_date
+from gateway.observability.logging import Logger
 
 
 @pytest.mark.parametrize(

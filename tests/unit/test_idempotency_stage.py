@@ -11,11 +11,11 @@ from yarl import URL
 
 from gateway.config import Route, Vendor
 from gateway.errors import BadIdempotencyKey
+from gateway.features.idempotency.stage import fingerprint, idempotency_stage, parse_key, storable
 from gateway.messages import Answer, Request
-from gateway.observability import Logger
+from gateway.observability.logging import Logger
 from gateway.pipeline import Exchange, compose
 from gateway.services import Services
-from gateway.stages.idempotency import fingerprint, idempotency_stage, parse_key, storable
 from gateway.store import MemoryStore
 
 

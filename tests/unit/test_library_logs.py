@@ -7,7 +7,7 @@ import threading
 
 import orjson
 
-from gateway.observability import LibraryLogHandler, Logger
+from gateway.observability.logging import LibraryLogHandler, Logger
 from tests.conftest import CapturedLogs
 
 

@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from gateway.config import ConfigError, RateLimit, Vendor, load_config
-from gateway.observability import Logger
-from gateway.ratelimit import (
+from gateway.features.ratelimit.policy import (
     MAX_RETRY_AFTER_SECONDS,
     Limiter,
     LimitSettings,
@@ -28,6 +27,7 @@ from gateway.ratelimit import (
     parse_retry_after,
     policy_header,
 )
+from gateway.observability.logging import Logger
 from gateway.store import MemoryStore, RateBucket
 from gateway.store.base import gcra, gcra_pause
 from tests.manual_clock import ManualClock

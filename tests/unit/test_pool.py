@@ -13,8 +13,8 @@ import pytest
 import uvloop
 from multidict import CIMultiDict
 
-from gateway import pool as pool_module
-from gateway.pool import (
+from gateway.upstream import pool as pool_module
+from gateway.upstream.pool import (
     DEADLINE_TICK,
     HIGH_WATER,
     BodyError,

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import Retry
 from gateway.errors import BadGateway, GatewayTimeout, ServiceUnavailable, VendorUnreachable
-from gateway.retry import RetryBudget, backoff, retry_reason, safe_to_repeat
+from gateway.features.retry.policy import RetryBudget, backoff, retry_reason, safe_to_repeat
 
 
 @pytest.mark.parametrize(
@@ -90,8 +90,8 @@ def test_a_deliverys_wait_for_retry_after_is_capped_as_a_vendor_pause(
     from multidict import CIMultiDict
 
     from gateway.config import load_config
+    from gateway.features.delivery.workers import classify
     from gateway.messages import Answer
-    from gateway.workers import classify
 
     vendor = load_config(
         write_config(f'[vendors.v]\nbase_url = "http://127.0.0.1:1"\n{rate_limit}\n')

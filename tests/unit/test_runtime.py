@@ -13,7 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway import runtime as runtime_module
 from gateway.config import load_config
 from gateway.errors import NotFound, Unauthorized
-from gateway.observability import Logger
+from gateway.observability.logging import Logger
 from gateway.runtime import build_runtime, commit
 from gateway.services import Services
 from gateway.target import parse_target

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.schemas import SchemaFileError, SchemaRegistry
+from gateway.features.payload.schemas import SchemaFileError, SchemaRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, OAuth2ClientCredentials, load_config
-from gateway.observability import Logger
+from gateway.observability.logging import Logger
 from gateway.security import secret_values
 
 LITERAL = "sk_live_pasted_by_mistake_123"

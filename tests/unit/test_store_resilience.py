@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 import redis
 
+from gateway.features.circuit.store import CircuitSettings
+from gateway.features.delivery.redis_store import record_key
+from gateway.features.delivery.store import DeliveryRequest, DeliveryResponse
 from gateway.store import MemoryStore, Store, open_store
-from gateway.store.circuits import CircuitSettings
-from gateway.store.deliveries import DeliveryRequest, DeliveryResponse
-from gateway.store.redis_deliveries import record_key
 from tests.redis_server import RedisServer
 
 SETTINGS = CircuitSettings(failure_ratio=0.5, min_requests=4, window_seconds=1.0, open_seconds=0.3)

@@ -12,11 +12,11 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.config import OAuth2ClientCredentials, Secret
-from gateway.credentials import TokenManager, TokenSource
 from gateway.errors import BadGateway
-from gateway.observability import Logger
-from gateway.pool import Pool, Timeouts
-from gateway.upstream import endpoint_of
+from gateway.observability.logging import Logger
+from gateway.upstream.credentials import TokenManager, TokenSource
+from gateway.upstream.forwarder import endpoint_of
+from gateway.upstream.pool import Pool, Timeouts
 
 
 class Clock:

@@ -1,0 +1,1 @@
+"""Caller identity and least privilege: the authenticator and its stage (stage.py)."""

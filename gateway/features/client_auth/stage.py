@@ -1,0 +1,93 @@
+"""Client auth: who is calling (401) and whether they may call this (403). The first stage of every
+handler, routed or pass-through, whenever ``[clients]`` is configured.
+
+A caller presents its gateway key as ``Authorization: Bearer KEY`` or ``X-Gateway-Key: KEY`` (the
+latter wins when both are sent). The key is compared with every client's key in constant time (SHA-256
+digests, ``hmac.compare_digest``, no early exit), so neither timing nor the answer reveals which
+client or how much of a key matched. The key never reaches the vendor: ``X-Gateway-Key`` is dropped
+for every request (``upstream.REQUEST_DROP``) and an ``Authorization`` header that carried the key is
+removed here; a vendor with ``auth`` configured gets its own credentials in its place.
+
+``allow`` rules are ``AllowRule``s from the config: a whole vendor, or a method and path glob matched
+with ``Route.matches`` (the same ``*``/``**`` semantics as routes files; a GET rule also admits HEAD).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from aiohttp import hdrs
+from multidict import CIMultiDictProxy
+
+from ...config import Client, Route, Vendor
+from ...errors import Forbidden, Unauthorized
+from ...messages import Answer
+from ...pipeline import Exchange, Handler
+
+GATEWAY_KEY_HEADER = "X-Gateway-Key"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="gateway"'}
+
+
+class Authenticator:
+    """Maps a presented gateway key to a client name."""
+
+    def __init__(self, clients: Mapping[str, Client]) -> None:
+        self._digests = [(_digest(c.key.reveal()), name) for name, c in clients.items()]
+
+    def identify(self, headers: CIMultiDictProxy[str]) -> tuple[str, bool]:
+        """(client name, whether the key came in Authorization); raises ``Unauthorized``."""
+        presented = headers.get(GATEWAY_KEY_HEADER)
+        via_authorization = False
+        if presented is None:
+            scheme, _, credentials = headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                presented, via_authorization = credentials.strip(), True
+        if not presented:
+            raise Unauthorized(
+                "send your gateway key as 'Authorization: Bearer KEY' or 'X-Gateway-Key: KEY'",
+                headers=_CHALLENGE,
+            )
+        digest = _digest(presented)
+        found: str | None = None
+        for known, name in self._digests:
+            if hmac.compare_digest(known, digest):
+                found = name
+        if found is None:
+            raise Unauthorized(
+                "the gateway key is not known", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
+        return found, via_authorization
+
+
+class ClientAuth:
+    """The stage: identifies the caller, strips its key, and checks its ``allow`` rules for this vendor."""
+
+    def __init__(self, clients: Mapping[str, Client], vendor: Vendor) -> None:
+        self.vendor = vendor.name
+        self.authenticator = Authenticator(clients)
+        # client -> its rules for this vendor; None in the tuple means the whole vendor.
+        self.rules: dict[str, tuple[Route | None, ...]] = {
+            name: tuple(rule.route for rule in client.allow if rule.vendor == vendor.name)
+            for name, client in clients.items()
+        }
+
+    def allowed(self, client: str, method: str, segments: tuple[str, ...]) -> bool:
+        return any(rule is None or rule.matches(method, segments) for rule in self.rules.get(client, ()))
+
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Answer:
+        ex = exchange
+        client, via_authorization = self.authenticator.identify(ex.request.headers)
+        ex.client = client
+        if via_authorization:
+            ex.headers.popall(hdrs.AUTHORIZATION, None)
+        if not self.allowed(client, ex.method, ex.segments):
+            raise Forbidden(
+                f"client {client!r} may not call {ex.method} {ex.path or '/'} on vendor {self.vendor!r}"
+            )
+        return await call_next(ex)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()

@@ -1,0 +1,1 @@
+"""Vendor Deprecation and Sunset notices (tracker.py)."""

@@ -1,0 +1,1 @@
+"""Idempotency keys: the stage that claims, stores and replays answers (stage.py)."""

@@ -1,0 +1,90 @@
+"""Metrics (SPEC section 11): counted in plain dicts on the hot path, exported by a collector at scrape.
+
+A request costs a few dict and list updates (``RequestMetrics.observe``), not a prometheus_client call
+per series: ``gateway.observability.collector`` turns the figures every part of the gateway keeps into
+Prometheus families only when ``/_gateway/metrics`` is read. Labels are vendor, route and method
+names from the config (unknown vendors are counted under ``-``) and status codes: never secrets, never
+anything a caller can invent, so the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+
+# Whole-request and upstream latency buckets (seconds, upper bounds; one more count for +Inf).
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+UNKNOWN_VENDOR = "-"
+
+
+class Histogram:
+    """Counts per bucket (not cumulative; the last is +Inf), their sum and number."""
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: (upper bound, count of observations <= it), ending with +Inf."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+    def quantile(self, q: float) -> float | None:
+        """An upper bound for the q-quantile (the bucket it falls in), for people; None if empty."""
+        if not self.count:
+            return None
+        target = q * self.count
+        running = 0
+        for bound, count in zip(self.buckets, self.counts, strict=False):
+            running += count
+            if running >= target:
+                return bound
+        return float("inf")
+
+
+class RequestMetrics:
+    """Per-request figures: gateway_requests_total, durations and bytes."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, str, int]] = Counter()  # vendor, route, method, status
+        self.duration: dict[str, Histogram] = {}
+        self.upstream: dict[str, Histogram] = {}
+        self.bytes_in: Counter[str] = Counter()
+        self.bytes_out: Counter[str] = Counter()
+
+    def observe(
+        self,
+        vendor: str,
+        route: str,
+        method: str,
+        status: int,
+        seconds: float,
+        upstream_seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+    ) -> None:
+        self.requests[(vendor, route, method, status)] += 1
+        if (histogram := self.duration.get(vendor)) is None:
+            histogram = self.duration[vendor] = Histogram(DURATION_BUCKETS)
+        histogram.observe(seconds)
+        if upstream_seconds:
+            if (upstream := self.upstream.get(vendor)) is None:
+                upstream = self.upstream[vendor] = Histogram(DURATION_BUCKETS)
+            upstream.observe(upstream_seconds)
+        if bytes_in:
+            self.bytes_in[vendor] += bytes_in
+        if bytes_out:
+            self.bytes_out[vendor] += bytes_out
