@@ -132,7 +132,7 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
             auth=auth,
             endpoint=endpoint_of(token_url, ssl_param),
             target=token_url.raw_path_qs or "/",
-            timeout=timeout._replace(read_idle=limits.read_idle_seconds),
+            timeout=timeout,
         )
     if (version := vendor.version) is not None:
         if version.kind == "header":
@@ -421,7 +421,8 @@ def _until_deadline(ex: Exchange, timeout: Timeouts) -> Timeouts:
         )
     if timeout.total is not None and timeout.total <= left:
         return timeout
-    return timeout._replace(total=left, connect=min(timeout.connect or left, left))
+    # NamedTuple._replace is a Python-level call: this runs on every retried-route attempt.
+    return Timeouts(left, min(timeout.connect or left, left), timeout.read_idle)
 
 
 async def _detached_answer(
