@@ -14,8 +14,8 @@ A ``Breaker`` is this process's view of one vendor's breaker, whose state lives 
   gets it calls the vendor (half-open) and its outcome closes the breaker or opens it again; the others
   are refused meanwhile (``Retry-After: 1``).
 
-If the store is down, the breaker runs on this process's own state for ``STORE_FALLBACK_SECONDS`` at a
-time (logged as ``circuit_store_unavailable``), so the vendor stays protected per process.
+If the store is down, the breaker runs on this process's own state for a while (``store.fallback``:
+logged as ``circuit_store_unavailable``), so the vendor stays protected per process.
 Transitions are logged once, by the process that caused them: ``circuit_opened``, ``circuit_closed``.
 """
 
@@ -32,7 +32,8 @@ from typing import Literal
 from ...config import Circuit, Vendor
 from ...errors import CircuitOpen
 from ...observability.logging import Logger
-from ...store import MemoryStore, Store, StoreUnavailable
+from ...store import MemoryStore, Store
+from ...store.fallback import StoreFallback
 from .store import CircuitOps, CircuitSettings, CircuitView, MemoryCircuits, Outcome
 
 REPORT_INTERVAL_SECONDS = 0.2
@@ -41,7 +42,6 @@ REFRESH_SECONDS = 1.0
 REFRESH_WAIT_SECONDS = 0.1  # how long a request waits for that read (it goes on in the background)
 # While another process's probe is out, ask the store again at most this often.
 PROBE_RECHECK_SECONDS = 0.25
-STORE_FALLBACK_SECONDS = 5.0
 
 Ticket = str | None  # the probe's token, or None for an ordinary call
 
@@ -75,7 +75,14 @@ class Breaker:
         self._report: asyncio.TimerHandle | None = None
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._fallback_until = 0.0
+        self._fallback = StoreFallback(
+            event="circuit_store_unavailable",
+            what="breaker",
+            key=("vendor", self.vendor),
+            counts=registry.store_fallbacks,
+            logger=logger,
+            now=time.monotonic,
+        )
 
     def configure(self, vendor: Vendor) -> None:
         self.settings = settings_of(vendor.circuit)
@@ -189,19 +196,11 @@ class Breaker:
     # -- state ------------------------------------------------------------------------------------
 
     async def _call(self, op: Callable[[CircuitOps], Awaitable[CircuitView]]) -> CircuitView:
-        now = time.monotonic()
-        if now >= self._fallback_until:
+        if not self._fallback.active:
             try:
                 return await op(self._store)
-            except StoreUnavailable as exc:
-                self._fallback_until = time.monotonic() + STORE_FALLBACK_SECONDS
-                self._registry.store_fallbacks[self.vendor] += 1
-                self._logger.event(
-                    "circuit_store_unavailable",
-                    level="error",
-                    vendor=self.vendor,
-                    detail=f"using this process's own breaker for {STORE_FALLBACK_SECONDS:g}s: {exc}",
-                )
+            except Exception as exc:  # see store.fallback: a store problem is never the caller's 500
+                self._fallback.failed(exc)
         return await op(self._local)
 
     def _apply(self, view: CircuitView, *, probe: Outcome | None = None) -> None:

@@ -39,7 +39,7 @@ Time: every limiter reads it from ``RateLimits.clock`` (``MONOTONIC``: ``time.mo
 test asserts the schedule itself rather than how busy the machine happened to be.
 
 If the store is down, a global limit falls back to this process's own schedule for
-``STORE_FALLBACK_SECONDS`` at a time (logged as ``ratelimit_store_unavailable``, counted in
+``store.fallback.FALLBACK_SECONDS`` at a time (logged as ``ratelimit_store_unavailable``, counted in
 ``RateLimits.store_fallbacks``): the vendor stays protected per process, at the cost of N replicas
 being allowed N times the limit until the store answers again.
 """
@@ -71,12 +71,12 @@ from ...observability.logging import Logger
 from ...observability.metrics import Histogram
 from ...store import RateBucket, Store, StoreUnavailable
 from ...store.base import gcra, gcra_pause
+from ...store.fallback import StoreFallback
 
 # Retry-After delay-seconds, or a date, further off than this read as this (RFC 9111 section 1.2.2 does
 # the same for delta-seconds): far beyond any pause, and no number of digits can overflow a float. How
 # long a vendor's pause may actually last is its ``rate_limit.max_pause_seconds``.
 MAX_RETRY_AFTER_SECONDS = 2**31
-STORE_FALLBACK_SECONDS = 5.0
 # gateway_ratelimit_wait_seconds buckets (upper bounds; the last count is +Inf).
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -204,7 +204,14 @@ class Limiter:
         self._in_flight = 0
         self._tat = 0.0  # local schedule (monotonic); also the fallback for a global one
         self._paused_until = 0.0
-        self._fallback_until = 0.0
+        self._fallback = StoreFallback(
+            event="ratelimit_store_unavailable",
+            what="limit",
+            key=("policy", settings.policy),
+            counts=registry.store_fallbacks,
+            logger=logger,
+            now=lambda: registry.clock.now(),
+        )
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -266,7 +273,7 @@ class Limiter:
         return True
 
     def _local(self, now: float) -> bool:
-        return not self.settings.is_global or now < self._fallback_until
+        return not self.settings.is_global or self._fallback.active
 
     def _take_local(self, now: float) -> bool:
         """Take a turn from this process's schedule if one is due now (always, without a rate)."""
@@ -417,15 +424,8 @@ class Limiter:
             assert settings.bucket is not None
             try:
                 wait = await self._store.rate_take(settings.bucket)
-            except Exception as exc:  # StoreUnavailable, or anything else: the vendor stays protected
-                self._fallback_until = self._clock.now() + STORE_FALLBACK_SECONDS
-                self._registry.store_fallbacks[settings.policy] += 1
-                self._logger.event(
-                    "ratelimit_store_unavailable",
-                    level="error",
-                    policy=settings.policy,
-                    detail=f"using this process's own limit for {STORE_FALLBACK_SECONDS:g}s: {exc}",
-                )
+            except Exception as exc:  # see store.fallback: the vendor stays protected, per process
+                self._fallback.failed(exc)
                 return 0.0 if self._take_local(self._clock.now()) else interval
             if wait > 0:
                 return wait
