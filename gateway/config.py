@@ -10,10 +10,10 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from yarl import URL
 
@@ -678,17 +678,26 @@ def _parse_route(t: _Table, assets: _Assets) -> Route | None:
     )
 
 
+_T = TypeVar("_T")
+
+
+def _given(cls: Callable[..., _T], **values: Any) -> _T:
+    """``cls(**values)`` without the values that are None (absent, or refused with a problem): those
+    take the dataclass's own default, so each default is written once, in the model."""
+    return cls(**{name: value for name, value in values.items() if value is not None})
+
+
 def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -> Vendor | None:
     if not _VENDOR_NAME.match(name):
         t.problem("", "vendor names are lowercase letters, digits, '-' and '_' (they are URL segments)")
     base_url = _parse_base_url(t)
     timeout = Timeout()
     if (tt := t.table("timeout")) is not None:
-        timeout = Timeout(
-            connect_seconds=tt.number("connect_seconds", DEFAULT_CONNECT_SECONDS) or DEFAULT_CONNECT_SECONDS,
-            total_seconds=tt.number("total_seconds", DEFAULT_TOTAL_SECONDS) or DEFAULT_TOTAL_SECONDS,
-            read_idle_seconds=tt.number("read_idle_seconds", DEFAULT_READ_IDLE_SECONDS)
-            or DEFAULT_READ_IDLE_SECONDS,
+        timeout = _given(
+            Timeout,
+            connect_seconds=tt.number("connect_seconds", None),
+            total_seconds=tt.number("total_seconds", None),
+            read_idle_seconds=tt.number("read_idle_seconds", None),
         )
         tt.done()
     tls = Tls()
@@ -775,35 +784,32 @@ def _parse_retry(t: _Table) -> Retry:
 
 def _parse_circuit(t: _Table) -> Circuit:
     enabled = t.boolean("enabled", True)
-    ratio = t.number("failure_ratio", DEFAULT_CIRCUIT_FAILURE_RATIO)
+    ratio = t.number("failure_ratio", None)
     if isinstance(ratio, float) and ratio > 1:
         t.problem("failure_ratio", f"must be greater than 0 and at most 1, not {ratio:g}")
         ratio = None
-    min_requests = t.integer("min_requests", DEFAULT_CIRCUIT_MIN_REQUESTS)
-    window = t.number("window_seconds", DEFAULT_CIRCUIT_WINDOW_SECONDS)
-    open_for = t.number("open_seconds", DEFAULT_CIRCUIT_OPEN_SECONDS)
-    t.done()
-    return Circuit(
+    circuit = _given(
+        Circuit,
         enabled=enabled is not False,
-        failure_ratio=ratio or DEFAULT_CIRCUIT_FAILURE_RATIO,
-        min_requests=min_requests or DEFAULT_CIRCUIT_MIN_REQUESTS,
-        window_seconds=window or DEFAULT_CIRCUIT_WINDOW_SECONDS,
-        open_seconds=open_for or DEFAULT_CIRCUIT_OPEN_SECONDS,
+        failure_ratio=ratio,
+        min_requests=t.integer("min_requests", None),
+        window_seconds=t.number("window_seconds", None),
+        open_seconds=t.number("open_seconds", None),
     )
+    t.done()
+    return circuit
 
 
 def _parse_delivery(t: _Table) -> DeliverySettings:
-    workers = t.integer("workers", DEFAULT_DELIVERY_WORKERS)
-    max_attempts = t.integer("max_attempts", DEFAULT_DELIVERY_MAX_ATTEMPTS)
-    claim_after = t.number("claim_after_seconds", DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS)
-    keep = t.number("keep_seconds", DEFAULT_DELIVERY_KEEP_SECONDS)
-    t.done()
-    return DeliverySettings(
-        workers=workers or DEFAULT_DELIVERY_WORKERS,
-        max_attempts=max_attempts or DEFAULT_DELIVERY_MAX_ATTEMPTS,
-        claim_after_seconds=claim_after or DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS,
-        keep_seconds=keep or DEFAULT_DELIVERY_KEEP_SECONDS,
+    settings = _given(
+        DeliverySettings,
+        workers=t.integer("workers", None),
+        max_attempts=t.integer("max_attempts", None),
+        claim_after_seconds=t.number("claim_after_seconds", None),
+        keep_seconds=t.number("keep_seconds", None),
     )
+    t.done()
+    return settings
 
 
 def _parse_rate_limit(t: _Table, *, vendor: bool = False) -> RateLimit | None:
@@ -846,16 +852,15 @@ def _parse_idempotency(t: _Table) -> Idempotency:
     if isinstance(forward, str) and not _HEADER_NAME.match(forward):
         t.problem("forward_header", f"is not a valid header name: {forward!r}")
         forward = None
-    ttl = t.number("ttl_seconds", DEFAULT_IDEMPOTENCY_TTL_SECONDS)
-    lease = t.number("lease_seconds", DEFAULT_IDEMPOTENCY_LEASE_SECONDS)
-    max_body = t.integer("max_body_bytes", DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES, minimum=0)
-    t.done()
-    return Idempotency(
+    settings = _given(
+        Idempotency,
         forward_header=forward,
-        ttl_seconds=ttl or DEFAULT_IDEMPOTENCY_TTL_SECONDS,
-        lease_seconds=lease or DEFAULT_IDEMPOTENCY_LEASE_SECONDS,
-        max_body_bytes=max_body if max_body is not None else DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES,
+        ttl_seconds=t.number("ttl_seconds", None),
+        lease_seconds=t.number("lease_seconds", None),
+        max_body_bytes=t.integer("max_body_bytes", None, minimum=0),
     )
+    t.done()
+    return settings
 
 
 def _parse_auth(t: _Table, base_dir: Path) -> Auth | OAuth2ClientCredentials | None:
