@@ -258,7 +258,7 @@ async def delivery(request: web.Request) -> web.Response:
         # With [clients] only the client that sent it may look: 401 without a known key, else 404.
         client = authenticator.identify(request.headers)[0] if authenticator is not None else None
         try:
-            record = await store.delivery_get(delivery_id) if valid_id(delivery_id) else None
+            record = await store.deliveries.delivery_get(delivery_id) if valid_id(delivery_id) else None
         except StoreUnavailable as exc:
             raise ServiceUnavailable(
                 f"the delivery store is unavailable: {exc}", headers={"Retry-After": "1"}

@@ -144,11 +144,23 @@ class RateLimitOps(Protocol):
         ...
 
 
-class Store(IdempotencyOps, RateLimitOps, CircuitOps, DeliveryOps, Protocol):
-    """Everything the gateway keeps outside one request. ``url`` is shown in /_gateway/ready, no secrets."""
+class Store(IdempotencyOps, RateLimitOps, Protocol):
+    """Everything the gateway keeps outside one request. ``url`` is shown in /_gateway/ready, no secrets.
+    Features with a backend of their own are composed in: ``circuits`` and ``deliveries``."""
+
+    @property
+    def circuits(self) -> CircuitOps: ...
+
+    @property
+    def deliveries(self) -> DeliveryOps: ...
 
     @property
     def url(self) -> str: ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other gateway processes see this state (Redis), or only this one (memory)."""
+        ...
 
     async def ping(self) -> None:
         """Return when the store answers; raise StoreUnavailable otherwise."""

@@ -20,9 +20,16 @@ from .base import Claim, IdempotencyKey, IdempotencyRecord, RateBucket, StoredRe
 SWEEP_INTERVAL_SECONDS = 30.0
 
 
-class MemoryStore(MemoryCircuits, MemoryDeliveries):
+class MemoryStore:
+    """The memory backend: idempotency records and rate schedules here, and each feature's own memory
+    backend composed in (``circuits``, ``deliveries``)."""
+
+    shared = False  # this process's own: nothing here is seen by another gateway process
+
     def __init__(self, url: str = "memory://") -> None:
         self._url = url
+        self.circuits = MemoryCircuits()
+        self.deliveries = MemoryDeliveries()
         self._idem: dict[IdempotencyKey, tuple[IdempotencyRecord, float]] = {}  # record, expires (monotonic)
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
         # (tag, name) -> theoretical arrival time (monotonic); one entry per configured limit.

@@ -11,16 +11,10 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from ..features.circuit.redis_store import RedisCircuits
 from ..features.delivery.redis_store import RedisDeliveries
@@ -30,9 +24,8 @@ from .base import (
     IdempotencyRecord,
     RateBucket,
     StoredResponse,
-    StoreUnavailable,
-    redact_url,
 )
+from .connection import RedisConnection
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
 DEFAULT_MAX_CONNECTIONS = 64
@@ -137,7 +130,12 @@ def _record(values: list[Any]) -> IdempotencyRecord:
     )
 
 
-class RedisStore(RedisCircuits, RedisDeliveries):
+class RedisStore:
+    """The Redis backend: idempotency records and rate schedules here, and each feature's own Redis
+    backend composed in (``circuits``, ``deliveries``), all over one connection."""
+
+    shared = True  # every gateway process on this Redis sees the same state
+
     def __init__(
         self,
         url: str,
@@ -145,19 +143,14 @@ class RedisStore(RedisCircuits, RedisDeliveries):
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
-        self._url = redact_url(url)
-        self._timeout = timeout_seconds
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_seconds,  # waiting for a free pooled connection
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            # One immediate retry on a broken connection (a restarted Redis leaves dead pooled sockets);
-            # never on a timeout, where the command may have run. Every script is safe to run twice.
-            retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
+        self.connection = RedisConnection(
+            url, timeout_seconds=timeout_seconds, max_connections=max_connections
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._url = self.connection.url
+        self._redis = self.connection.redis
+        self._run = self.connection.run
+        self.circuits = RedisCircuits(self.connection)
+        self.deliveries = RedisDeliveries(self.connection)
         self._claim = self._redis.register_script(_CLAIM)
         self._extend = self._redis.register_script(_EXTEND)
         self._complete = self._redis.register_script(_COMPLETE)
@@ -168,22 +161,11 @@ class RedisStore(RedisCircuits, RedisDeliveries):
     def url(self) -> str:
         return self._url
 
-    async def _run(self, what: str, call: Any) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout * 2):
-                return await call
-        except TimeoutError:
-            raise StoreUnavailable(f"redis at {self._url} did not answer {what} in time") from None
-        except (RedisError, OSError) as exc:
-            detail = str(exc) or type(exc).__name__
-            raise StoreUnavailable(f"redis at {self._url} failed {what}: {detail}") from None
-
     async def ping(self) -> None:
         await self._run("PING", self._redis.ping())
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._redis.connection_pool.disconnect()
+        await self.connection.close()
 
     async def claim(
         self, key: IdempotencyKey, *, fingerprint: str, owner: str, lease_seconds: float

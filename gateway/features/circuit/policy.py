@@ -32,7 +32,7 @@ from typing import Literal
 from ...config import Circuit, Vendor
 from ...errors import CircuitOpen
 from ...observability.logging import Logger
-from ...store import MemoryStore, Store
+from ...store import Store
 from ...store.fallback import StoreFallback
 from .store import CircuitOps, CircuitSettings, CircuitView, MemoryCircuits, Outcome
 
@@ -60,11 +60,11 @@ class Breaker:
 
     def __init__(self, vendor: Vendor, store: Store, logger: Logger, registry: CircuitBreakers) -> None:
         self.vendor = vendor.name
-        self._store = store
+        self._store = store.circuits
         self._local = MemoryCircuits()
         self._logger = logger
         self._registry = registry
-        self._shared = not isinstance(store, MemoryStore)
+        self._shared = store.shared
         self.configure(vendor)
         self.state: Literal["closed", "open", "half_open"] = "closed"
         self._open_until = 0.0  # monotonic, while open

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...store.connection import RedisConnection
 from .store import CIRCUIT_BUCKETS, CircuitSettings, CircuitStateName, CircuitView, Outcome
 
 CIRCUIT_KEY_PREFIX = "gw:cb:"
@@ -109,13 +110,12 @@ def _view(result: Any) -> CircuitView:
 
 
 class RedisCircuits:
-    """``CircuitOps`` for ``RedisStore`` (which provides ``_redis`` and ``_run``)."""
+    """``CircuitOps`` over a ``store.redis.RedisConnection``."""
 
-    _redis: Any
-    _circuit_script: Any = None
-
-    async def _run(self, what: str, call: Any) -> Any:  # provided by RedisStore
-        raise NotImplementedError
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection.redis
+        self._run = connection.run
+        self._circuit_script: Any = None
 
     async def _circuit(self, vendor: str, args: list[Any]) -> CircuitView:
         if self._circuit_script is None:

@@ -92,13 +92,11 @@ class _Breaker:
 class MemoryCircuits:
     """``CircuitOps`` in this process's memory (the memory store, and a Redis store's fallback)."""
 
-    _circuits: dict[str, _Breaker]
+    def __init__(self) -> None:
+        self._circuits: dict[str, _Breaker] = {}
 
     def _breaker(self, vendor: str) -> _Breaker:
-        try:
-            circuits = self._circuits
-        except AttributeError:
-            circuits = self._circuits = {}
+        circuits = self._circuits
         breaker = circuits.get(vendor)
         if breaker is None:
             breaker = circuits[vendor] = _Breaker()

@@ -87,7 +87,7 @@ def _line(*fields: object) -> str:
 
 
 async def _list(store: Store, limit: int) -> int:
-    letters = await store.dead_letters(limit)
+    letters = await store.deliveries.dead_letters(limit)
     for record in letters:
         req = record.request
         path = req.path + ("?" + req.query if req.query else "")
@@ -99,7 +99,7 @@ async def _list(store: Store, limit: int) -> int:
 
 
 async def _show(store: Store, delivery_id: str) -> int:
-    record = await store.delivery_get(delivery_id) if valid_id(delivery_id) else None
+    record = await store.deliveries.delivery_get(delivery_id) if valid_id(delivery_id) else None
     if record is None:
         print(f"gateway dlq: no delivery {delivery_id!r}", file=sys.stderr)
         return 1
@@ -111,7 +111,7 @@ async def _show(store: Store, delivery_id: str) -> int:
 
 
 async def _change(store: Store, action: str, delivery_id: str | None) -> int:
-    apply = store.dead_replay if action == "replay" else store.dead_purge
+    apply = store.deliveries.dead_replay if action == "replay" else store.deliveries.dead_purge
     done_word = "replayed" if action == "replay" else "purged"
     if delivery_id is not None:
         if not valid_id(delivery_id) or not await apply(delivery_id):
@@ -120,7 +120,7 @@ async def _change(store: Store, action: str, delivery_id: str | None) -> int:
         print(f"{done_word}\t{delivery_id}")
         return 0
     count = 0
-    while letters := await store.dead_letters(BATCH):
+    while letters := await store.deliveries.dead_letters(BATCH):
         progressed = False
         for record in letters:
             if await apply(record.id):

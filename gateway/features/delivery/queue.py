@@ -53,13 +53,13 @@ class Deliveries:
 
     async def enqueue(self, delivery_id: str, request: DeliveryRequest) -> None:
         """Store the request durably (``new_delivery_id()``); raises StoreUnavailable."""
-        await self.store.delivery_enqueue(delivery_id, request)
+        await self.store.deliveries.delivery_enqueue(delivery_id, request)
         self.accepted[request.vendor] += 1
         self.pending += 1
         self.wake.set()
 
     async def refresh(self) -> None:
-        self.pending, self.dead = await self.store.delivery_depth()
+        self.pending, self.dead = await self.store.deliveries.delivery_depth()
 
 
 def _when(epoch: float | None) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
+from ...store.connection import RedisConnection
 from .store import DeliveryRecord, DeliveryRequest, DeliveryResponse, DeliveryState, Lease
 
 PREFIX = "gw:dq:{dq}:"
@@ -271,14 +272,13 @@ def _hash(flat: list[Any]) -> dict[str, Any]:
 
 
 class RedisDeliveries:
-    """``DeliveryOps`` for ``RedisStore`` (which provides ``_redis`` and ``_run``)."""
+    """``DeliveryOps`` over a ``store.redis.RedisConnection``."""
 
-    _redis: Any
-    _delivery_scripts: dict[str, Any] | None = None
-    _group_ready = False
-
-    async def _run(self, what: str, call: Any) -> Any:  # provided by RedisStore
-        raise NotImplementedError
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection.redis
+        self._run = connection.run
+        self._delivery_scripts: dict[str, Any] | None = None
+        self._group_ready = False
 
     def _script(self, name: str) -> Any:
         if self._delivery_scripts is None:

@@ -145,14 +145,11 @@ class _Queue:
 class MemoryDeliveries:
     """``DeliveryOps`` in this process: the queue lives and dies with the gateway process."""
 
-    _deliveries: _Queue
+    def __init__(self) -> None:
+        self._deliveries = _Queue()
 
     def _q(self) -> _Queue:
-        try:
-            return self._deliveries
-        except AttributeError:
-            self._deliveries = _Queue()
-            return self._deliveries
+        return self._deliveries
 
     async def delivery_enqueue(self, delivery_id: str, request: DeliveryRequest) -> None:
         q = self._q()

@@ -156,7 +156,7 @@ class DeliveryWorkers:
         await asyncio.gather(*(task for task, _ in unfinished), return_exceptions=True)
         for _, lease in unfinished:
             with contextlib.suppress(StoreUnavailable):
-                await self.store.delivery_release(lease)
+                await self.store.deliveries.delivery_release(lease)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -170,7 +170,7 @@ class DeliveryWorkers:
             try:
                 if now - last_touch >= settings.claim_after_seconds / 3 and self._active:
                     last_touch = now
-                    await self.store.delivery_touch(self.consumer, list(self._active.values()))
+                    await self.store.deliveries.delivery_touch(self.consumer, list(self._active.values()))
                 if now - last_depth >= DEPTH_REFRESH_SECONDS:
                     last_depth = now
                     await self.deliveries.refresh()
@@ -179,7 +179,7 @@ class DeliveryWorkers:
                     reclaim = now - last_reclaim >= min(settings.claim_after_seconds / 4, 5.0)
                     if reclaim:
                         last_reclaim = now
-                    leases = await self.store.delivery_take(
+                    leases = await self.store.deliveries.delivery_take(
                         self.consumer, free, claim_after_seconds=settings.claim_after_seconds, reclaim=reclaim
                     )
                     for lease in leases:
@@ -213,7 +213,7 @@ class DeliveryWorkers:
 
     async def _deliver(self, lease: Lease) -> None:
         try:
-            record = await self.store.delivery_start(lease)
+            record = await self.store.deliveries.delivery_start(lease)
             if record is None:
                 return  # delivered or dead already (a duplicate), or purged
             await self._attempt(lease, record)
@@ -259,7 +259,7 @@ class DeliveryWorkers:
         outcome = classify(vendor, record, response, error, called=ex.attempts > 0)
         if outcome.kind == "delivered":
             assert outcome.response is not None
-            await self.store.delivery_done(
+            await self.store.deliveries.delivery_done(
                 lease, attempts=attempts, response=outcome.response, keep_seconds=self.settings.keep_seconds
             )
             self.deliveries.delivered[req.vendor] += 1
@@ -294,7 +294,7 @@ class DeliveryWorkers:
     async def _retry(
         self, lease: Lease, record: DeliveryRecord, attempts: int, outcome: Outcome, delay: float
     ) -> None:
-        await self.store.delivery_retry(
+        await self.store.deliveries.delivery_retry(
             lease, attempts=attempts, error=outcome.error or "", delay_seconds=delay
         )
         self.deliveries.retried[record.request.vendor] += 1
@@ -304,7 +304,9 @@ class DeliveryWorkers:
     async def _dead(self, lease: Lease, record: DeliveryRecord, attempts: int, outcome: Outcome) -> None:
         req = record.request
         error = outcome.error or "failed"
-        await self.store.delivery_dead(lease, attempts=attempts, error=error, response=outcome.response)
+        await self.store.deliveries.delivery_dead(
+            lease, attempts=attempts, error=error, response=outcome.response
+        )
         self.deliveries.dead_lettered[req.vendor] += 1
         self.deliveries.dead[req.vendor] = self.deliveries.dead.get(req.vendor, 0) + 1
         self.logger.event(
