@@ -40,7 +40,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import serve
+    from .http.app import serve
 
     config = _load(args.config)
     if config is None:

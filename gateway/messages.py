@@ -1,6 +1,6 @@
 """The gateway's own request and answer types: what stages receive and return, free of any HTTP server.
 
-The HTTP adapter (``gateway.app``) builds a ``Request`` from the server's request and writes the
+The HTTP adapter (``gateway.http``) builds a ``Request`` from the server's request and writes the
 ``Answer`` a pipeline returns; delivery workers build a ``Request`` from a stored delivery and read the
 ``Answer`` themselves. Nothing between them knows the server.
 

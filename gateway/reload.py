@@ -1,7 +1,7 @@
 """Reload on file change (SPEC section 13): a watcher over config.toml, routes/ and transforms/.
 
 ``watch_files`` calls ``reload`` once per burst of changes that altered what the config is made of
-(an editor's save, a deploy copying many files); ``app.reload`` does the work and keeps the running
+(an editor's save, a deploy copying many files); ``http.app.reload`` does the work and keeps the running
 config when the new one is invalid. The folders watched follow the config in force, so a reload that
 moves ``routes_dir`` watches the new one.
 

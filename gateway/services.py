@@ -1,6 +1,6 @@
 """The composition root's registries: app-wide resources and the per-feature state the stages share.
 
-Created once per app (``app.create_app``'s cleanup context) and kept across config reloads, so limiter
+Created once per app (``http.app.create_app``'s cleanup context) and kept across config reloads, so limiter
 schedules, breaker state and tokens survive a reload. A reload builds a new Runtime against these
 (``runtime.build_runtime``) and only then commits what changed in them (``commit``), so a reload that
 fails half-way changes nothing.

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
 from gateway.config import Config, load_config
+from gateway.http.app import create_app
 from gateway.observability.logging import Logger
 from tests.redis_server import RedisServer, redis_required, redis_server_binary
 

@@ -21,7 +21,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from gateway.app import SERVICES
+from gateway.http.app import SERVICES
 from gateway.store import MemoryStore
 
 SETTLE_TIMEOUT = 30.0  # real seconds a condition may take to come true before the test fails

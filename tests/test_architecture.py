@@ -10,7 +10,7 @@ from pathlib import Path
 GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
 # The only modules that know aiohttp's server: the adapter, the app that serves it, and the sandbox
 # (a stand-in vendor, itself an aiohttp server).
-SERVER_EDGE = {"gateway.adapter", "gateway.app", "gateway.sandbox"}
+SERVER_EDGE = {"gateway.http", "gateway.http.adapter", "gateway.http.app", "gateway.sandbox"}
 
 
 def modules() -> dict[str, Path]:

@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.app import SERVICES
+from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.redis_server import RedisServer
 from tests.resilience_vendor import RECORDER, Recorder, resilience_vendor

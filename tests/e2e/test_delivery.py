@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis
 
-from gateway.app import SERVICES
+from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.redis_server import RedisServer
 from tests.resilience_vendor import RECORDER, Recorder, resilience_vendor

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.app import SERVICES
 from gateway.features.idempotency.stage import fingerprint
+from gateway.http.app import SERVICES
 from gateway.store import IdempotencyKey, StoredResponse
 from tests.redis_server import RedisServer
 

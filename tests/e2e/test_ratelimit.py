@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import SERVICES
+from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.manual_clock import ManualClock, advance, queued, until
 from tests.ratelimit_vendor import ARRIVALS, Arrivals, long_run_rate, max_in_window, rate_vendor

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.app import LIVE, reload
 from gateway.config import load_config
+from gateway.http.app import LIVE, reload
 from gateway.observability.logging import Logger
 from gateway.reload import Watched, watch_files
 from tests.conftest import CapturedLogs
@@ -126,10 +126,10 @@ def load_then_write(monkeypatch: pytest.MonkeyPatch, path: Path, writes: list[st
         loads[0] += 1
         return loaded
 
-    import gateway.app
+    import gateway.http.app
     import gateway.reload
 
-    monkeypatch.setattr(gateway.app, "load_config", racing, raising=False)  # before read_config
+    monkeypatch.setattr(gateway.http.app, "load_config", racing, raising=False)  # before read_config
     monkeypatch.setattr(gateway.reload, "load_config", racing, raising=False)
     return loads
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import SERVICES
+from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.gateway_proc import free_port
 from tests.resilience_vendor import RECORDER, Recorder, resilience_vendor

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.app import SERVICES
+from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs, vendor_block
 
 

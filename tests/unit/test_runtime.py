@@ -102,7 +102,7 @@ def test_a_built_runtime_changes_shared_limits_only_when_committed(write_config:
 async def test_a_reload_that_fails_half_way_leaves_the_running_limits(
     write_config: Callable[..., Path], monkeypatch: Any, gateway: Any
 ) -> None:
-    from gateway.app import LIVE, SERVICES, reload
+    from gateway.http.app import LIVE, SERVICES, reload
 
     client = await gateway(config_text(10), ROUTES)
     app = client.app

@@ -3,7 +3,7 @@
 ``Deliveries`` (on ``Services``) stores an accepted request in the store's durable queue
 (``store.deliveries``) and wakes this process's workers (``gateway.features.delivery.workers``), which
 deliver it with the vendor's retry policy. ``GET /_gateway/deliveries/ID`` shows a delivery
-(``app.delivery``), and ``gateway dlq`` works on the dead letters (``gateway.features.delivery.dlq``).
+(``http.app.delivery``), and ``gateway dlq`` works on the dead letters (``gateway.features.delivery.dlq``).
 ``record_json`` is the one rendering of a record, for both.
 """
 

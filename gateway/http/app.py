@@ -20,27 +20,27 @@ from opentelemetry.trace import Span
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from . import __version__
+from .. import __version__
+from ..config import Config, ConfigError
+from ..errors import GatewayError, NotFound, ServiceUnavailable
+from ..features.delivery.queue import record_json, valid_id
+from ..features.delivery.workers import DeliveryWorkers
+from ..features.deprecation.tracker import UNROUTED
+from ..observability.collector import registry_for, render
+from ..observability.dashboard import render_dashboard
+from ..observability.logging import Logger, capture_library_logs, new_request_id
+from ..observability.metrics import UNKNOWN_VENDOR
+from ..observability.tracing import Tracing, finish_server_span
+from ..pipeline import Exchange
+from ..reload import read_config
+from ..runtime import Live, build_runtime, commit
+from ..security import secret_values, startup_notes
+from ..services import Services
+from ..store import StoreUnavailable, open_store
+from ..target import parse_target
+from ..upstream.forwarder import request_headers
+from ..upstream.pool import Pool
 from .adapter import StreamAborted, incoming, problem_response, write_answer
-from .config import Config, ConfigError
-from .errors import GatewayError, NotFound, ServiceUnavailable
-from .features.delivery.queue import record_json, valid_id
-from .features.delivery.workers import DeliveryWorkers
-from .features.deprecation.tracker import UNROUTED
-from .observability.collector import registry_for, render
-from .observability.dashboard import render_dashboard
-from .observability.logging import Logger, capture_library_logs, new_request_id
-from .observability.metrics import UNKNOWN_VENDOR
-from .observability.tracing import Tracing, finish_server_span
-from .pipeline import Exchange
-from .reload import read_config
-from .runtime import Live, build_runtime, commit
-from .security import secret_values, startup_notes
-from .services import Services
-from .store import StoreUnavailable, open_store
-from .target import parse_target
-from .upstream.forwarder import request_headers
-from .upstream.pool import Pool
 
 USER_AGENT = f"egress-gateway/{__version__}"
 
@@ -466,7 +466,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     watcher: asyncio.Task[None] | None = None
     if watch:
-        from .reload import watch_files  # watchfiles loads a native module: only when serving
+        from ..reload import watch_files  # watchfiles loads a native module: only when serving
 
         watcher = loop.create_task(
             watch_files(

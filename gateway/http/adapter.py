@@ -17,8 +17,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
-from .errors import PROBLEM_CONTENT_TYPE, ClientClosedRequest, GatewayError
-from .messages import Answer, Request
+from ..errors import PROBLEM_CONTENT_TYPE, ClientClosedRequest, GatewayError
+from ..messages import Answer, Request
 
 # What reading a caller's body raises when the caller's connection ended before the body did.
 _CALLER_BODY_ERRORS = (ConnectionError, aiohttp.ClientPayloadError, HttpProcessingError)
