@@ -148,11 +148,8 @@ class MemoryDeliveries:
     def __init__(self) -> None:
         self._deliveries = _Queue()
 
-    def _q(self) -> _Queue:
-        return self._deliveries
-
     async def delivery_enqueue(self, delivery_id: str, request: DeliveryRequest) -> None:
-        q = self._q()
+        q = self._deliveries
         now = time.time()
         q.records[delivery_id] = DeliveryRecord(
             id=delivery_id, request=request, state="queued", created=now, updated=now
@@ -160,7 +157,7 @@ class MemoryDeliveries:
         q.ready.append(delivery_id)
 
     async def delivery_get(self, delivery_id: str) -> DeliveryRecord | None:
-        q = self._q()
+        q = self._deliveries
         self._forget_expired(q)
         return q.records.get(delivery_id)
 
@@ -175,7 +172,7 @@ class MemoryDeliveries:
     async def delivery_take(
         self, consumer: str, count: int, *, claim_after_seconds: float, reclaim: bool
     ) -> list[Lease]:
-        q = self._q()
+        q = self._deliveries
         now = time.monotonic()
         while q.delayed and q.delayed[0][0] <= now:
             _, delivery_id = heapq.heappop(q.delayed)
@@ -197,7 +194,7 @@ class MemoryDeliveries:
         return out
 
     async def delivery_start(self, lease: Lease) -> DeliveryRecord | None:
-        q = self._q()
+        q = self._deliveries
         record = q.records.get(lease.id)
         if record is None or record.state in ("delivered", "dead"):
             q.held.pop(lease.token, None)
@@ -206,7 +203,7 @@ class MemoryDeliveries:
         return record
 
     async def delivery_touch(self, consumer: str, leases: list[Lease]) -> None:
-        q = self._q()
+        q = self._deliveries
         now = time.monotonic()
         for lease in leases:
             held = q.held.get(lease.token)
@@ -224,7 +221,7 @@ class MemoryDeliveries:
     async def delivery_done(
         self, lease: Lease, *, attempts: int, response: DeliveryResponse, keep_seconds: float
     ) -> None:
-        q = self._q()
+        q = self._deliveries
         record = self._finish(q, lease)
         if record is None:
             return
@@ -239,7 +236,7 @@ class MemoryDeliveries:
         heapq.heappush(q.expires, (time.monotonic() + keep_seconds, lease.id))
 
     async def delivery_retry(self, lease: Lease, *, attempts: int, error: str, delay_seconds: float) -> None:
-        q = self._q()
+        q = self._deliveries
         record = self._finish(q, lease)
         if record is None:
             return
@@ -257,7 +254,7 @@ class MemoryDeliveries:
     async def delivery_dead(
         self, lease: Lease, *, attempts: int, error: str, response: DeliveryResponse | None
     ) -> None:
-        q = self._q()
+        q = self._deliveries
         record = self._finish(q, lease)
         if record is None:
             return
@@ -274,7 +271,7 @@ class MemoryDeliveries:
         q.dead_by_vendor[record.request.vendor] += 1
 
     async def delivery_release(self, lease: Lease) -> None:
-        q = self._q()
+        q = self._deliveries
         record = self._finish(q, lease)
         if record is None:
             return
@@ -282,16 +279,16 @@ class MemoryDeliveries:
         q.ready.appendleft(lease.id)
 
     async def delivery_depth(self) -> tuple[int, dict[str, int]]:
-        q = self._q()
+        q = self._deliveries
         pending = sum(1 for r in q.records.values() if r.state in ("queued", "delivering"))
         return pending, {vendor: n for vendor, n in q.dead_by_vendor.items() if n}
 
     async def dead_letters(self, limit: int) -> list[DeliveryRecord]:
-        q = self._q()
+        q = self._deliveries
         return [q.records[i] for i in list(q.dead)[:limit] if i in q.records]
 
     async def dead_replay(self, delivery_id: str) -> bool:
-        q = self._q()
+        q = self._deliveries
         record = q.records.get(delivery_id)
         if record is None or record.state != "dead":
             return False
@@ -304,7 +301,7 @@ class MemoryDeliveries:
         return True
 
     async def dead_purge(self, delivery_id: str) -> bool:
-        q = self._q()
+        q = self._deliveries
         record = q.records.get(delivery_id)
         if record is None or record.state != "dead":
             return False
