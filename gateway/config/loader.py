@@ -1,4 +1,4 @@
-"""config.toml and routes/*.toml -> frozen, typed objects, validated once at load.
+"""Loading: config.toml and routes/*.toml -> the model, validated once.
 
 Every problem is collected (not just the first) and reported as ``FILE: key.path: message``.
 Config objects are immutable; secrets are resolved at load and hidden from ``repr()``.
@@ -11,388 +11,60 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from yarl import URL
 
-from .features.payload.schemas import CompiledSchema, SchemaFileError, SchemaRegistry
-from .transform import TransformSpec, TransformSpecError, load_spec
-from .transform.spec import toml_type
-
-DEFAULT_LISTEN = "127.0.0.1:8080"
-DEFAULT_STORE = "memory://"
-DEFAULT_MAX_BODY_BYTES = 1_048_576
-DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 10.0
-DEFAULT_CONNECT_SECONDS = 5.0
-DEFAULT_TOTAL_SECONDS = 30.0
-DEFAULT_READ_IDLE_SECONDS = 30.0
-DEFAULT_IDEMPOTENCY_TTL_SECONDS = 86_400.0
-DEFAULT_IDEMPOTENCY_LEASE_SECONDS = 10.0
-DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES = 1_048_576
-DEFAULT_RATE_PER_SECONDS = 1.0
-DEFAULT_MAX_WAIT_SECONDS = 1.0  # how long a request may queue for a rate or concurrency slot
-# The longest a vendor's Retry-After may hold its queue for every caller (vendor rate_limit only).
-DEFAULT_MAX_PAUSE_SECONDS = 60.0
-# Queue depth for a vendor with `concurrency` but no `rate_limit` (nothing to derive it from).
-DEFAULT_CONCURRENCY_MAX_QUEUE = 1000
-# Retries, circuit breakers and async delivery (SPEC sections 7 and 10).
-DEFAULT_RETRY_ATTEMPTS = 3
-DEFAULT_RETRY_BASE_DELAY_SECONDS = 0.1
-DEFAULT_RETRY_MAX_DELAY_SECONDS = 5.0
-DEFAULT_RETRY_ON = frozenset({429, 502, 503, 504})
-DEFAULT_RETRY_BUDGET_RATIO = 0.2
-DEFAULT_RETRY_BUDGET_MIN_PER_SECOND = 1.0
-DEFAULT_CIRCUIT_FAILURE_RATIO = 0.5
-DEFAULT_CIRCUIT_MIN_REQUESTS = 20
-DEFAULT_CIRCUIT_WINDOW_SECONDS = 10.0
-DEFAULT_CIRCUIT_OPEN_SECONDS = 30.0
-DEFAULT_DELIVERY_WORKERS = 8
-DEFAULT_DELIVERY_MAX_ATTEMPTS = 10
-DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS = 30.0
-DEFAULT_DELIVERY_KEEP_SECONDS = 86_400.0
-RATE_SCOPES = ("local", "global")
-IDEMPOTENCY_MODES = ("required", "optional", "off")
-# Methods that get idempotency "optional" when their route says nothing (SPEC section 8).
-IDEMPOTENCY_DEFAULT_METHODS = frozenset({"POST", "PATCH"})
-
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_VENDOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    file: str
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The config could not be loaded; ``problems`` lists every reason."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
-
-
-class Secret:
-    """A secret resolved from ``env:NAME`` or ``file:/path``; its value never shows in repr or str."""
-
-    __slots__ = ("_value", "reference")
-
-    def __init__(self, reference: str, value: str) -> None:
-        self.reference = reference
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret({self.reference!r})"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other.reference == self.reference and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self.reference)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Listen:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Timeout:
-    connect_seconds: float = DEFAULT_CONNECT_SECONDS
-    # Up to the vendor's answer head, every attempt together (a streamed upload's time is not counted).
-    total_seconds: float = DEFAULT_TOTAL_SECONDS
-    # Once the head is in: the longest gap between body bytes (a slow caller's backpressure excluded).
-    read_idle_seconds: float = DEFAULT_READ_IDLE_SECONDS
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Tls:
-    verify: bool = True
-    ca_file: Path | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Auth:
-    """Credentials injected into every vendor request; what the caller sent there is replaced.
-
-    ``type``: "bearer" (Authorization: Bearer), "header" (``name: value``), "query" (``?name=value``)
-    or "basic" (Authorization: Basic username:password).
-    """
-
-    type: Literal["bearer", "header", "query", "basic"]
-    name: str = ""
-    username: str = ""
-    secret: Secret
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OAuth2ClientCredentials:
-    """``auth = { type = "oauth2_client_credentials", ... }``: a bearer token fetched from ``token_url``.
-
-    ``client_auth``: how the client authenticates to the token endpoint, "basic" (HTTP Basic, RFC 6749
-    section 2.3.1, the default) or "body" (``client_id``/``client_secret`` form fields).
-    Hashable: the token cache is keyed by it, so a rotated secret gets a fresh token.
-    """
-
-    type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
-    token_url: URL
-    client_id: Secret
-    client_secret: Secret
-    scope: str = ""
-    client_auth: Literal["basic", "body"] = "basic"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VersionPin:
-    """``version = {...}``: the vendor API version every request is sent with, whatever the caller said.
-
-    ``kind``: "header" (``name: value``), "query" (``?name=value``) or "path_prefix" (``value`` is put
-    in front of the vendor path, e.g. "/v2"; ``segments`` are its segments).
-    """
-
-    kind: Literal["header", "query", "path_prefix"]
-    name: str = ""
-    value: str
-    segments: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RateLimit:
-    """``rate_limit = {...}`` on a vendor, a route or a client: at most ``requests`` per ``per_seconds``.
-
-    Requests are paced one every ``per_seconds / requests`` (GCRA), with up to ``burst`` (default
-    ``requests``) let through at once after a quiet spell; so any window of ``per_seconds`` holds at
-    most ``requests + burst`` (set ``burst = 1`` for a strictly even pace). A request over the limit
-    queues up to ``max_wait_seconds`` for its turn, at most ``max_queue`` at a time (default: as many as
-    the limit admits in ``max_wait_seconds``), then gets a 429. ``scope``: "local" (this process) or
-    "global" (one limit for every gateway process on the same store). ``max_pause_seconds`` (a vendor's
-    rate_limit only): the longest a vendor's ``Retry-After`` holds the vendor's queue for every caller.
-    """
-
-    requests: int
-    per_seconds: float = DEFAULT_RATE_PER_SECONDS
-    max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
-    scope: Literal["local", "global"] = "local"
-    burst: int
-    max_queue: int
-    max_pause_seconds: float = DEFAULT_MAX_PAUSE_SECONDS
-
-    @property
-    def interval_seconds(self) -> float:
-        """The pace: one request every this many seconds."""
-        return self.per_seconds / self.requests
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AllowRule:
-    """One entry of a client's ``allow``: a whole vendor (``route`` None) or a method and path glob."""
-
-    vendor: str
-    route: Route | None = None  # matched with Route.matches, so globs work exactly as in routes files
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Client:
-    """``[clients.NAME]``: an internal caller, its gateway key and what it may reach."""
-
-    name: str
-    key: Secret
-    allow: tuple[AllowRule, ...] = ()
-    rate_limit: RateLimit | None = None  # this caller's quota over every vendor together
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Idempotency:
-    """A vendor's ``idempotency = {...}``: how keyed requests are remembered and replayed.
-
-    ``forward_header``: the vendor's header for the caller's key (None: the caller's field passes as is).
-    ``ttl_seconds``: how long a completed response is replayed. ``lease_seconds``: how long an in-flight
-    claim survives without its owner renewing it (a crashed process frees the key after this).
-    ``max_body_bytes``: the largest response body kept for replay; a larger one keeps only the key.
-    """
-
-    forward_header: str | None = None
-    ttl_seconds: float = DEFAULT_IDEMPOTENCY_TTL_SECONDS
-    lease_seconds: float = DEFAULT_IDEMPOTENCY_LEASE_SECONDS
-    max_body_bytes: int = DEFAULT_IDEMPOTENCY_MAX_BODY_BYTES
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Retry:
-    """A vendor's ``retry = {...}`` (SPEC section 7); every vendor has one, ``attempts = 1`` turns it off.
-
-    ``attempts``: total tries per request. The pause before try n+1 is drawn uniformly from 0 to
-    ``min(max_delay_seconds, base_delay_seconds * 2**(n-1))`` (full jitter), and is at least the vendor's
-    ``Retry-After``. Retried: connection errors, timeouts and ``retry_on`` statuses, for GET, HEAD,
-    OPTIONS, PUT and DELETE, and for POST and PATCH whose idempotency key is forwarded to the vendor.
-    The vendor's ``timeout.total_seconds`` bounds all tries together. Retry budget: over the last
-    ``RETRY_BUDGET_WINDOW_SECONDS``, retries are at most ``budget_ratio`` of first tries plus
-    ``budget_min_per_second`` per second (so a quiet vendor still gets its retries).
-    """
-
-    attempts: int = DEFAULT_RETRY_ATTEMPTS
-    base_delay_seconds: float = DEFAULT_RETRY_BASE_DELAY_SECONDS
-    max_delay_seconds: float = DEFAULT_RETRY_MAX_DELAY_SECONDS
-    retry_on: frozenset[int] = DEFAULT_RETRY_ON
-    budget_ratio: float = DEFAULT_RETRY_BUDGET_RATIO
-    budget_min_per_second: float = DEFAULT_RETRY_BUDGET_MIN_PER_SECOND
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Circuit:
-    """A vendor's ``circuit = {...}``: every vendor has a breaker with these defaults unless
-    ``enabled = false``. It opens when, over the last ``window_seconds``, at least ``min_requests`` calls
-    were made and ``failure_ratio`` of them failed (connection error, timeout or a 5xx answer); it stays
-    open ``open_seconds``, then lets one probe through (half-open) and closes if the probe succeeds."""
-
-    enabled: bool = True
-    failure_ratio: float = DEFAULT_CIRCUIT_FAILURE_RATIO
-    min_requests: int = DEFAULT_CIRCUIT_MIN_REQUESTS
-    window_seconds: float = DEFAULT_CIRCUIT_WINDOW_SECONDS
-    open_seconds: float = DEFAULT_CIRCUIT_OPEN_SECONDS
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeliverySettings:
-    """``[delivery]``: the async delivery workers (SPEC section 10).
-
-    ``workers``: deliveries in progress at once, per gateway process. ``max_attempts``: vendor calls a
-    delivery may make before it is dead-lettered (waiting out an open circuit or a rate-limit queue costs
-    none). ``claim_after_seconds``: how long a delivery held by a process that stopped answering stays
-    with it before another process takes it over. ``keep_seconds``: how long a delivered record (and its
-    vendor answer) stays readable at ``/_gateway/deliveries/ID``; dead letters stay until purged.
-    """
-
-    workers: int = DEFAULT_DELIVERY_WORKERS
-    max_attempts: int = DEFAULT_DELIVERY_MAX_ATTEMPTS
-    claim_after_seconds: float = DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS
-    keep_seconds: float = DEFAULT_DELIVERY_KEEP_SECONDS
-
-
-IdempotencyMode = Literal["required", "optional", "off"]
-# "sync": answered by the vendor; "async": 202 and a durable queue; "prefer": async when the caller
-# sends ``Prefer: respond-async`` (RFC 7240), else sync.
-DeliveryMode = Literal["sync", "async", "prefer"]
-DELIVERY_MODES = ("sync", "async", "prefer")
-
-
-AUTH_TYPES = ("bearer", "header", "query", "basic", "oauth2_client_credentials")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GatewaySettings:
-    listen: Listen
-    store: str = DEFAULT_STORE
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    routes_dir: Path
-    transforms_dir: Path
-    shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
-
-
-PathSegment = str  # a literal segment, "*" (one segment) or "**" (the rest)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Route:
-    """One ``[[route]]`` of a routes file: which vendor paths it covers and what it adds."""
-
-    method: str  # an HTTP method, or "*" for any
-    path: str
-    segments: tuple[PathSegment, ...]
-    source: str  # "routes/stripe.toml: route[2]", for messages
-    idempotency: IdempotencyMode | None = None  # None: "optional" for POST and PATCH, else "off"
-    request_schema: CompiledSchema | None = None
-    response_schema: CompiledSchema | None = None
-    response_schema_mode: Literal["enforce", "report"] = "enforce"
-    request_transform: TransformSpec | None = None
-    response_transform: TransformSpec | None = None
-    rate_limit: RateLimit | None = None  # on top of the vendor's: requests matching this route only
-    delivery: DeliveryMode = "sync"
-
-    def matches(self, method: str, segments: tuple[str, ...]) -> bool:
-        if self.method != "*" and self.method != method and not (self.method == "GET" and method == "HEAD"):
-            return False
-        pattern = self.segments
-        for i, want in enumerate(pattern):
-            if want == "**":
-                return True
-            if i >= len(segments):
-                return False
-            if want != "*" and want != segments[i]:
-                return False
-        return len(segments) == len(pattern)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Vendor:
-    name: str
-    base_url: URL
-    timeout: Timeout = field(default_factory=Timeout)
-    tls: Tls = field(default_factory=Tls)
-    auth: Auth | OAuth2ClientCredentials | None = None
-    version: VersionPin | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    idempotency: Idempotency = field(default_factory=Idempotency)
-    rate_limit: RateLimit | None = None
-    concurrency: int | None = None  # at most this many requests in flight to the vendor (per process)
-    retry: Retry = field(default_factory=Retry)
-    circuit: Circuit = field(default_factory=Circuit)
-    expose: Literal["all", "declared"] = "all"
-    routes: tuple[Route, ...] = ()
-
-    @property
-    def base_path(self) -> str:
-        """The base URL's path without its trailing slash ("" for the root)."""
-        return self.base_url.raw_path.rstrip("/")
-
-    def find_route(self, method: str, segments: tuple[str, ...]) -> Route | None:
-        for route in self.routes:
-            if route.matches(method, segments):
-                return route
-        return None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TracingSettings:
-    """``[tracing]``: "none" (the default: the caller's traceparent passes through untouched), "console"
-    (spans printed to stdout) or "otlp" (OTLP over HTTP to ``endpoint``); ``sample_ratio`` of new traces
-    are kept (a caller's sampled flag is followed)."""
-
-    exporter: Literal["none", "console", "otlp"] = "none"
-    endpoint: str | None = None
-    sample_ratio: float = 1.0
-    service_name: str = "egress-gateway"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Config:
-    path: Path
-    gateway: GatewaySettings
-    vendors: Mapping[str, Vendor]
-    tracing: TracingSettings = field(default_factory=TracingSettings)
-    delivery: DeliverySettings = field(default_factory=DeliverySettings)
-    # Empty: callers are not authenticated (a sidecar on loopback). Otherwise every request needs a key.
-    clients: Mapping[str, Client] = field(default_factory=dict)
-    # Accepted but risky settings (``tls.verify = false``...): printed by ``check``, logged at start.
-    warnings: tuple[Problem, ...] = ()
-
+from ..features.payload.schemas import CompiledSchema, SchemaFileError, SchemaRegistry
+from ..transform import TransformSpec, TransformSpecError, load_spec
+from ..transform.spec import toml_type
+from .model import (
+    _HEADER_NAME,
+    _VENDOR_NAME,
+    AUTH_TYPES,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PAUSE_SECONDS,
+    DEFAULT_MAX_WAIT_SECONDS,
+    DEFAULT_RATE_PER_SECONDS,
+    DEFAULT_RETRY_ATTEMPTS,
+    DEFAULT_RETRY_BASE_DELAY_SECONDS,
+    DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+    DEFAULT_RETRY_BUDGET_RATIO,
+    DEFAULT_RETRY_MAX_DELAY_SECONDS,
+    DEFAULT_RETRY_ON,
+    DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+    DEFAULT_STORE,
+    DELIVERY_MODES,
+    HTTP_METHODS,
+    IDEMPOTENCY_MODES,
+    RATE_SCOPES,
+    AllowRule,
+    Auth,
+    Circuit,
+    Client,
+    Config,
+    ConfigError,
+    DeliverySettings,
+    GatewaySettings,
+    Idempotency,
+    Listen,
+    OAuth2ClientCredentials,
+    PathSegment,
+    Problem,
+    RateLimit,
+    Retry,
+    Route,
+    Secret,
+    Timeout,
+    Tls,
+    TracingSettings,
+    Vendor,
+    VersionPin,
+)
+from .secrets import resolve_secret
 
 # --------------------------------------------------------------------------------------------
 # Reading: a cursor over one TOML table that knows its file and key path and collects problems.
@@ -502,47 +174,13 @@ class _Table:
         value = self.string(name, default)
         if not isinstance(value, str) or value is default:
             return value
-        return _resolve_secret(value, base_dir, lambda msg: self.problem(name, msg))
+        return resolve_secret(value, base_dir, lambda msg: self.problem(name, msg))
 
     def done(self) -> None:
         """Report keys nobody asked for: a typo must not silently turn a limit off."""
         for name in self.data:
             if name not in self._seen:
                 self.problem(name, "unknown key")
-
-
-def _resolve_secret(reference: str, base_dir: Path, report: Any) -> Secret | None:
-    if reference.startswith("env:"):
-        var = reference[4:]
-        if not var:
-            report("env: reference names no variable")
-            return None
-        value = os.environ.get(var)
-        if value is None:
-            report(f"environment variable {var} is not set")
-            return None
-        if not value:
-            report(f"environment variable {var} is empty")
-            return None
-        return Secret(reference, value)
-    if reference.startswith("file:"):
-        file = Path(reference[5:])
-        if not reference[5:]:
-            report("file: reference names no file")
-            return None
-        file = file if file.is_absolute() else base_dir / file
-        try:
-            value = file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            report(f"cannot read secret file {file}: {exc.strerror or exc}")
-            return None
-        if not value:
-            report(f"secret file {file} is empty")
-            return None
-        return Secret(reference, value)
-    # The value itself is never echoed: it may be a real credential pasted by mistake.
-    report('must be a reference ("env:NAME" or "file:/path"), not a literal secret')
-    return None
 
 
 def parse_listen(value: str) -> Listen:
