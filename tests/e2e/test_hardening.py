@@ -13,6 +13,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway.features.idempotency.stage import _OUTLIVING
+from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.gateway_proc import GatewayProcess
 
@@ -532,3 +534,39 @@ async def test_a_real_process_blames_callers_for_their_faults_and_cancels_for_le
         assert slow["status"] == 499
     finally:
         gw.stop()
+
+
+async def test_a_keyed_streamed_answer_whose_caller_left_frees_its_vendor_connection(
+    gateway: Any, vendor: Any
+) -> None:
+    """Too large to keep for replay, the answer streams; with the caller gone nobody writes it, and the
+    vendor connection under it must still be closed (not left busy in the pool forever)."""
+    started = asyncio.Event()
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        started.set()
+        await asyncio.sleep(0.3)  # the caller leaves meanwhile
+        response = web.StreamResponse()
+        response.content_length = 2_000_000
+        await response.prepare(request)
+        await response.write(b"b" * 2_000_000)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/keyed/big", big)
+    server = await vendor(app)
+    client = await gateway(config_for(str(server.make_url("")).rstrip("/")), SCHEMA_ROUTES, SCHEMA_FILES)
+    _reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"POST /v/keyed/big HTTP/1.1\r\nHost: x\r\nIdempotency-Key: big-gone\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    await writer.drain()
+    await asyncio.wait_for(started.wait(), 10)
+    writer.transport.abort()
+    pool = client.app[SERVICES].pool
+    for _ in range(200):  # the run finishes in the background once the vendor answers
+        await asyncio.sleep(0.05)
+        if not any(origin._busy for origin in pool._origins.values()) and not _OUTLIVING:
+            break
+    assert not any(origin._busy for origin in pool._origins.values())

@@ -331,8 +331,10 @@ async def _outlive_caller(work: Coroutine[Any, Any, Answer]) -> Answer:
 
 def _outlived(task: asyncio.Task[Answer]) -> None:
     _OUTLIVING.discard(task)
-    if not task.cancelled():
-        task.exception()  # retrieved: its outcome was counted and logged by the run itself
+    if task.cancelled():
+        return
+    if task.exception() is None:  # else retrieved: the run itself counted and logged its outcome
+        task.result().discard()  # nobody will write it: a streamed answer frees its vendor connection
 
 
 def snapshot(ex: Exchange, response: Answer, max_body_bytes: int) -> StoredResponse:
