@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 
 from ..errors import PROBLEM_CONTENT_TYPE, ClientClosedRequest, GatewayError
 from ..messages import Answer, Request
+from ..upstream.pool import head_bytes
 
 # What reading a caller's body raises when the caller's connection ended before the body did.
 _CALLER_BODY_ERRORS = (ConnectionError, aiohttp.ClientPayloadError, HttpProcessingError)
@@ -136,12 +137,8 @@ class VendorStreamResponse(web.StreamResponse):
         version = request.version
         lines = [f"HTTP/{version[0]}.{version[1]} {self.status} {self.reason}"]
         lines.extend(map(": ".join, self.headers.items()))
-        lines.append("\r\n")
-        text = "\r\n".join(lines)
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-            raise ValueError("an answer header name or value contains CR or LF")
         # As StreamWriter.write_headers does, which aiohttp then sends with the first body bytes.
-        writer._headers_buf = text.encode("utf-8", "surrogateescape")
+        writer._headers_buf = head_bytes(lines)
         writer._headers_written = False
         if getattr(self, "_send_headers_immediately", True):
             writer.send_headers()

@@ -86,11 +86,9 @@ RETRY_RESPONSE_BYTES = 256 * 1024
 class VendorTransport:
     """What the forwarder precomputes per vendor at load: URL prefix, timeouts, TLS, credentials."""
 
-    prefix: str  # scheme://host[:port]/base/path[/version prefix], no trailing slash
     timeout: Timeouts
-    ssl: ssl.SSLContext | bool
     endpoint: Endpoint  # scheme, host, port and TLS: which pool.Origin the requests go through
-    path_prefix: str  # /base/path[/version prefix] of ``prefix``: request targets start with it
+    path_prefix: str  # /base/path[/version prefix]: request targets start with it
     # Static credentials and the pinned version: (name, value) pairs that replace whatever the caller
     # sent under that header or query parameter. Never shown by repr: the values are secrets.
     set_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -100,7 +98,6 @@ class VendorTransport:
 
 def vendor_transport(vendor: Vendor) -> VendorTransport:
     url = vendor.base_url
-    prefix = str(url.origin()) + vendor.base_path
     path_prefix = vendor.base_path
     ssl_param: ssl.SSLContext | bool = True
     if not vendor.tls.verify:
@@ -140,13 +137,11 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
         elif version.kind == "query":
             set_query.append((version.name, version.value))
         else:
-            prefix += version.value  # the caller's own version segment was taken off (gateway.versioning)
+            # The caller's own version segment was taken off (gateway.versioning).
             path_prefix += version.value
     endpoint = endpoint_of(url, ssl_param)
     return VendorTransport(
-        prefix=prefix,
         timeout=timeout,
-        ssl=ssl_param,
         endpoint=endpoint,
         path_prefix=path_prefix,
         set_headers=tuple(set_headers),

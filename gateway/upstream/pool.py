@@ -349,13 +349,7 @@ class Origin:
             lines.append(f"Content-Length: {len(body)}")
         elif not streamed and method not in _NO_BODY_METHODS:
             lines.append("Content-Length: 0")
-        lines.append("\r\n")
-        text = "\r\n".join(lines)
-        # Exactly one CRLF per line and no stray CR or LF: no value can start a header or a request.
-        newlines = len(lines)
-        if text.count("\n") != newlines or text.count("\r") != newlines:
-            raise ValueError("a request header name or value contains CR or LF")
-        return text.encode(_ENCODING, _ERRORS)
+        return head_bytes(lines)
 
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, deadline: float | None, connect: float | None
@@ -991,6 +985,18 @@ class Response:
         if not self._released:
             self._released = True
             self._conn.release()
+
+
+def head_bytes(lines: list[str]) -> bytes:
+    """A message head from its lines (start line, then fields), as sent: values that came in as bytes
+    that are not UTF-8 go out as those bytes. Exactly one CRLF per line and no stray CR or LF, so no
+    value can start a field or a message of its own (ValueError)."""
+    lines.append("\r\n")
+    text = "\r\n".join(lines)
+    newlines = len(lines)
+    if text.count("\n") != newlines or text.count("\r") != newlines:
+        raise ValueError("a header name or value contains CR or LF")
+    return text.encode(_ENCODING, _ERRORS)
 
 
 def _describe(exc: BaseException) -> str:
