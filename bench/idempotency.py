@@ -42,7 +42,8 @@ import aiohttp
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.store import IdempotencyKey, StoredResponse, open_store
+from gateway.features.idempotency.store import IdempotencyKey, StoredResponse
+from gateway.store import open_store
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -172,8 +173,8 @@ async def store_round_trips(url: str, requests: int) -> dict[str, float]:
         for i in range(requests + requests // 10):
             key = IdempotencyKey(vendor="bench", client=None, key=f"direct-{os.getpid()}-{i}")
             started = time.perf_counter()
-            await store.claim(key, fingerprint="f" * 64, owner="o", lease_seconds=10)
-            await store.complete(key, owner="o", response=answer, ttl_seconds=60)
+            await store.idempotency.claim(key, fingerprint="f" * 64, owner="o", lease_seconds=10)
+            await store.idempotency.complete(key, owner="o", response=answer, ttl_seconds=60)
             if i >= requests // 10:
                 samples.append(time.perf_counter() - started)
     finally:

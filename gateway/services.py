@@ -68,7 +68,7 @@ class Services:
     def __post_init__(self) -> None:
         self.tokens = TokenManager(self.pool, self.logger)
         self.deprecations = DeprecationTracker(self.logger)
-        self.ratelimits = RateLimits(self.store, self.logger)
+        self.ratelimits = RateLimits(self.store.rates, self.logger)
         self.retries = Retries()
         self.circuits = CircuitBreakers(self.store, self.logger)
         self.deliveries = Deliveries(self.store, self.logger)

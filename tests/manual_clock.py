@@ -90,7 +90,7 @@ class ManualClock:
         services = app[SERVICES]
         services.ratelimits.clock = self
         if isinstance(services.store, MemoryStore):
-            services.store.rate_clock = self.now
+            services.store.rates.clock = self.now
         return self
 
 

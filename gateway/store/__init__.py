@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-from .base import (
-    Claim,
-    IdempotencyKey,
-    IdempotencyRecord,
-    RateBucket,
-    Store,
-    StoredResponse,
-    StoreUnavailable,
-    redact_url,
-)
+from .base import Store, StoreUnavailable, redact_url
 from .memory import MemoryStore
 
-__all__ = [
-    "Claim",
-    "IdempotencyKey",
-    "IdempotencyRecord",
-    "MemoryStore",
-    "RateBucket",
-    "Store",
-    "StoreUnavailable",
-    "StoredResponse",
-    "open_store",
-    "redact_url",
-]
+__all__ = ["MemoryStore", "Store", "StoreUnavailable", "open_store", "redact_url"]
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 

@@ -27,9 +27,8 @@ from gateway.features.ratelimit.policy import (
     parse_retry_after,
     policy_header,
 )
+from gateway.features.ratelimit.store import MemoryRates, RateBucket, gcra, gcra_pause
 from gateway.observability.logging import Logger
-from gateway.store import MemoryStore, RateBucket
-from gateway.store.base import gcra, gcra_pause
 from tests.manual_clock import ManualClock
 
 
@@ -40,7 +39,7 @@ def rate(
 
 
 def limiter(limit: RateLimit | None = None, concurrency: int | None = None, policy: str = "v") -> Limiter:
-    registry = RateLimits(MemoryStore(), Logger(stream=io.BytesIO()))
+    registry = RateLimits(MemoryRates(), Logger(stream=io.BytesIO()))
     settings = LimitSettings(policy=policy, rate=limit, concurrency=concurrency)
     return Limiter(settings, registry.store, registry.logger, registry)
 
@@ -248,7 +247,7 @@ async def test_a_vendor_pause_is_capped_at_max_pause_seconds(max_pause: float | 
 
 
 async def test_registry_keeps_a_limiter_across_reloads() -> None:
-    registry = RateLimits(MemoryStore(), Logger(stream=io.BytesIO()))
+    registry = RateLimits(MemoryRates(), Logger(stream=io.BytesIO()))
     vendor = Vendor(name="v", base_url=URL("http://x"), rate_limit=rate(10))
     first = registry.vendor(vendor)
     again = registry.vendor(vendor)
@@ -262,34 +261,37 @@ async def test_registry_keeps_a_limiter_across_reloads() -> None:
 # -- store operations ---------------------------------------------------------------------------------
 
 
-async def test_memory_store_runs_the_same_schedule() -> None:
-    store = MemoryStore()
+async def test_memory_rates_run_the_same_schedule() -> None:
+    store = MemoryRates()
     bucket = RateBucket(tag="v", name="vendor", interval_seconds=0.1, burst=2)
-    assert [await store.rate_take(bucket) for _ in range(3)] == [0.0, 0.0, pytest.approx(0.1, abs=0.01)]
-    await store.rate_pause(bucket, 1.0)
-    assert await store.rate_take(bucket) == pytest.approx(1.0, abs=0.02)
+    assert [await store.take(bucket) for _ in range(3)] == [0.0, 0.0, pytest.approx(0.1, abs=0.01)]
+    await store.pause(bucket, 1.0)
+    assert await store.take(bucket) == pytest.approx(1.0, abs=0.02)
 
 
 @pytest.mark.redis
 async def test_redis_store_shares_one_schedule_between_connections(redis_server: Any) -> None:
-    from gateway.store.redis import RedisStore, rate_key
+    from gateway.features.ratelimit.redis_store import rate_key
+    from gateway.store.redis import RedisStore
 
-    one, two = RedisStore(redis_server.url), RedisStore(redis_server.url)
+    stores = RedisStore(redis_server.url), RedisStore(redis_server.url)
+    one, two = (store.rates for store in stores)
+    redis = stores[0].connection.redis
     try:
         bucket = RateBucket(tag="stripe", name="vendor", interval_seconds=0.1, burst=2)
         assert rate_key(bucket) == "gw:rl:{stripe}:vendor"
-        assert await one.rate_take(bucket) == 0.0
-        assert await two.rate_take(bucket) == 0.0
-        assert await one.rate_take(bucket) == pytest.approx(0.1, abs=0.02)  # the burst is spent by both
-        await two.rate_pause(bucket, 1.0)
-        assert await one.rate_take(bucket) == pytest.approx(1.0, abs=0.05)
-        ttl = await one._redis.pttl(rate_key(bucket))
+        assert await one.take(bucket) == 0.0
+        assert await two.take(bucket) == 0.0
+        assert await one.take(bucket) == pytest.approx(0.1, abs=0.02)  # the burst is spent by both
+        await two.pause(bucket, 1.0)
+        assert await one.take(bucket) == pytest.approx(1.0, abs=0.05)
+        ttl = await redis.pttl(rate_key(bucket))
         assert 0 < ttl <= 3000  # forgotten once idle
-        await one._redis.script_flush()  # NOSCRIPT: the script is loaded again
-        assert await one.rate_take(bucket) > 0
+        await redis.script_flush()  # NOSCRIPT: the script is loaded again
+        assert await one.take(bucket) > 0
     finally:
-        await one.close()
-        await two.close()
+        for store in stores:
+            await store.close()
 
 
 # -- config -------------------------------------------------------------------------------------------

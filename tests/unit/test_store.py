@@ -8,16 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.store import (
-    IdempotencyKey,
-    MemoryStore,
-    Store,
-    StoredResponse,
-    StoreUnavailable,
-    open_store,
-    redact_url,
-)
-from gateway.store.redis import RedisStore, record_key
+from gateway.features.idempotency.redis_store import record_key
+from gateway.features.idempotency.store import IdempotencyKey, StoredResponse
+from gateway.store import MemoryStore, Store, StoreUnavailable, open_store, redact_url
+from gateway.store.redis import RedisStore
 from tests.redis_server import RedisServer
 
 KEY = IdempotencyKey(vendor="stripe", client="billing", key="order-1")
@@ -36,8 +30,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
 
 
 async def test_first_claim_wins_and_the_record_says_who_holds_it(store: Store) -> None:
-    assert (await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)).acquired
-    second = await store.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)
+    assert (await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)).acquired
+    second = await store.idempotency.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)
     assert not second.acquired
     assert second.existing is not None
     assert (second.existing.state, second.existing.owner, second.existing.fingerprint) == (
@@ -46,80 +40,80 @@ async def test_first_claim_wins_and_the_record_says_who_holds_it(store: Store) -
         "fp",
     )
     # The owner claiming again (a retried store call) is harmless.
-    assert (await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)).acquired
+    assert (await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)).acquired
 
 
 async def test_concurrent_claims_have_exactly_one_winner(store: Store) -> None:
     results = await asyncio.gather(
-        *(store.claim(KEY, fingerprint="fp", owner=f"o{i}", lease_seconds=10) for i in range(50))
+        *(store.idempotency.claim(KEY, fingerprint="fp", owner=f"o{i}", lease_seconds=10) for i in range(50))
     )
     assert sum(r.acquired for r in results) == 1
 
 
 async def test_complete_stores_the_answer_for_replay(store: Store) -> None:
-    await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
-    assert await store.complete(KEY, owner="a", response=ANSWER, ttl_seconds=60)
-    record = await store.get(KEY)
+    await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
+    assert await store.idempotency.complete(KEY, owner="a", response=ANSWER, ttl_seconds=60)
+    record = await store.idempotency.get(KEY)
     assert record is not None and record.state == "completed" and record.response == ANSWER
-    claim = await store.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)
+    claim = await store.idempotency.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)
     assert not claim.acquired and claim.existing is not None and claim.existing.response == ANSWER
     # Completed is final: even the old owner cannot claim or release it again.
-    assert not (await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)).acquired
-    assert not await store.release(KEY, owner="a")
+    assert not (await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)).acquired
+    assert not await store.idempotency.release(KEY, owner="a")
 
 
 async def test_an_answer_too_large_to_keep_keeps_the_key(store: Store) -> None:
-    await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
+    await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
     big = StoredResponse(status=200, headers=(), body=None)
-    assert await store.complete(KEY, owner="a", response=big, ttl_seconds=60)
-    record = await store.get(KEY)
+    assert await store.idempotency.complete(KEY, owner="a", response=big, ttl_seconds=60)
+    record = await store.idempotency.get(KEY)
     assert record is not None and record.response == big
 
 
 async def test_empty_and_binary_bodies_survive(store: Store) -> None:
     for i, body in enumerate((b"", bytes(range(256)) * 4)):
         key = IdempotencyKey(vendor="v", client=None, key=f"k{i}")
-        await store.claim(key, fingerprint="fp", owner="a", lease_seconds=10)
-        await store.complete(
+        await store.idempotency.claim(key, fingerprint="fp", owner="a", lease_seconds=10)
+        await store.idempotency.complete(
             key, owner="a", response=StoredResponse(status=204, headers=(), body=body), ttl_seconds=60
         )
-        record = await store.get(key)
+        record = await store.idempotency.get(key)
         assert record is not None and record.response is not None and record.response.body == body
 
 
 async def test_only_the_owner_completes_renews_or_releases(store: Store) -> None:
-    await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
-    assert not await store.complete(KEY, owner="b", response=ANSWER, ttl_seconds=60)
-    assert not await store.extend(KEY, owner="b", lease_seconds=10)
-    assert not await store.release(KEY, owner="b")
-    assert await store.extend(KEY, owner="a", lease_seconds=10)
-    assert await store.release(KEY, owner="a")
-    assert await store.get(KEY) is None
-    assert (await store.claim(KEY, fingerprint="other", owner="b", lease_seconds=10)).acquired
+    await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
+    assert not await store.idempotency.complete(KEY, owner="b", response=ANSWER, ttl_seconds=60)
+    assert not await store.idempotency.extend(KEY, owner="b", lease_seconds=10)
+    assert not await store.idempotency.release(KEY, owner="b")
+    assert await store.idempotency.extend(KEY, owner="a", lease_seconds=10)
+    assert await store.idempotency.release(KEY, owner="a")
+    assert await store.idempotency.get(KEY) is None
+    assert (await store.idempotency.claim(KEY, fingerprint="other", owner="b", lease_seconds=10)).acquired
 
 
 async def test_an_abandoned_lease_expires_and_frees_the_key(store: Store) -> None:
-    await store.claim(KEY, fingerprint="fp", owner="crashed", lease_seconds=0.2)
-    assert not (await store.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)).acquired
+    await store.idempotency.claim(KEY, fingerprint="fp", owner="crashed", lease_seconds=0.2)
+    assert not (await store.idempotency.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)).acquired
     await asyncio.sleep(0.3)
-    assert (await store.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)).acquired
+    assert (await store.idempotency.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)).acquired
     # The crashed owner, were it to come back, finds its claim gone.
-    assert not await store.complete(KEY, owner="crashed", response=ANSWER, ttl_seconds=60)
+    assert not await store.idempotency.complete(KEY, owner="crashed", response=ANSWER, ttl_seconds=60)
 
 
 async def test_renewal_keeps_a_live_lease(store: Store) -> None:
-    await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=0.3)
+    await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=0.3)
     for _ in range(3):
         await asyncio.sleep(0.15)
-        assert await store.extend(KEY, owner="a", lease_seconds=0.3)
-    assert not (await store.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)).acquired
+        assert await store.idempotency.extend(KEY, owner="a", lease_seconds=0.3)
+    assert not (await store.idempotency.claim(KEY, fingerprint="fp", owner="b", lease_seconds=10)).acquired
 
 
 async def test_completed_records_expire_after_their_ttl(store: Store) -> None:
-    await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
-    await store.complete(KEY, owner="a", response=ANSWER, ttl_seconds=0.2)
+    await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
+    await store.idempotency.complete(KEY, owner="a", response=ANSWER, ttl_seconds=0.2)
     await asyncio.sleep(0.3)
-    assert await store.get(KEY) is None
+    assert await store.idempotency.get(KEY) is None
 
 
 async def test_scopes_never_collide(store: Store) -> None:
@@ -131,10 +125,10 @@ async def test_scopes_never_collide(store: Store) -> None:
         IdempotencyKey(vendor="stripe", client="x", key="k"),
         IdempotencyKey(vendor="hubspot", client="x", key="k"),
     ]
-    results = [await store.claim(k, fingerprint="fp", owner="o", lease_seconds=10) for k in keys]
+    results = [await store.idempotency.claim(k, fingerprint="fp", owner="o", lease_seconds=10) for k in keys]
     assert all(r.acquired for r in results)
     for k in keys:
-        record = await store.get(k)
+        record = await store.idempotency.get(k)
         assert record is not None and record.owner == "o"
 
 
@@ -159,14 +153,14 @@ async def test_a_dead_redis_is_store_unavailable_within_the_timeout(redis_server
         redis_server.kill()
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match=r"redis at redis://127\.0\.0\.1"):
-            await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
+            await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
         with pytest.raises(StoreUnavailable):
             await store.ping()
         assert time.monotonic() - started < 2
         # Back up (empty, as after a restart): the store reconnects by itself.
         redis_server.start()
         await store.ping()
-        assert (await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)).acquired
+        assert (await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)).acquired
     finally:
         await store.close()
 
@@ -178,7 +172,7 @@ async def test_a_hung_redis_times_out_instead_of_hanging(redis_server: RedisServ
         redis_server.pause()
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
-            await store.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
+            await store.idempotency.claim(KEY, fingerprint="fp", owner="a", lease_seconds=10)
         assert time.monotonic() - started < 1.5
     finally:
         redis_server.resume()

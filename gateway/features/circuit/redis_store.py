@@ -1,4 +1,4 @@
-"""Circuit breakers in Redis: the rules of ``store.circuits`` as one Lua script over one hash per vendor.
+"""Circuit breakers in Redis: the rules of ``store.py`` as one Lua script over one hash per vendor.
 
 ``gw:cb:{vendor}`` holds ``open_until`` and ``probe_until`` (milliseconds of the Redis server's clock,
 so replicas with skewed clocks agree), ``probe_token``, and the window's buckets as fields ``s<index>``

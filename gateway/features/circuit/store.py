@@ -12,7 +12,7 @@ The state machine (``gateway.features.circuit.policy`` drives it, this module ke
   loses its lease after ``lease_seconds`` and the next caller probes.
 
 Counts reported while open or half-open are dropped: only the probe speaks for the vendor then.
-The memory backend here and the Redis script (``store.redis_circuits``) implement the same rules.
+The memory backend here and the Redis script (``redis_store.py``) implement the same rules.
 """
 
 from __future__ import annotations

@@ -51,8 +51,9 @@ from ...messages import Answer, has_obs_text
 from ...observability.logging import Logger
 from ...pipeline import Exchange, Handler
 from ...services import Services
-from ...store import IdempotencyKey, IdempotencyRecord, Store, StoredResponse, StoreUnavailable
+from ...store import StoreUnavailable
 from ...upstream.forwarder import COOKIE_FIELDS
+from .store import IdempotencyKey, IdempotencyOps, IdempotencyRecord, StoredResponse
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -180,7 +181,7 @@ class IdempotencyStage:
         self.required = mode == "required"
         self.methods = methods  # None: every method the route matches
         self.services = services
-        self.store: Store = services.store
+        self.store: IdempotencyOps = services.store.idempotency
         self.logger: Logger = services.logger
         self.forward_header = vendor.idempotency.forward_header
         self._next_store_warning = 0.0

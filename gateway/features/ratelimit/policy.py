@@ -7,7 +7,7 @@ the requests queued on it. The stage that uses them is ``gateway.features.rateli
 
 How a request is admitted:
 
-- Pace: GCRA (``store.base.gcra``), one request every ``per_seconds / requests``, ``burst`` at once after
+- Pace: GCRA (``store.gcra``), one request every ``per_seconds / requests``, ``burst`` at once after
   a quiet spell. ``scope = "local"`` keeps the schedule here; ``"global"`` keeps it in the store, where
   the Redis script reads the clock from Redis ``TIME``, so every replica shares one schedule.
 - Queue: a request that cannot go at once waits, at most ``max_wait_seconds``, in a queue of at most
@@ -69,9 +69,9 @@ from ...config import (
 from ...errors import TooManyRequests
 from ...observability.logging import Logger
 from ...observability.metrics import Histogram
-from ...store import RateBucket, Store, StoreUnavailable
-from ...store.base import gcra, gcra_pause
+from ...store import StoreUnavailable
 from ...store.fallback import StoreFallback
+from .store import RateBucket, RateLimitOps, gcra, gcra_pause
 
 # Retry-After delay-seconds, or a date, further off than this read as this (RFC 9111 section 1.2.2 does
 # the same for delta-seconds): far beyond any pause, and no number of digits can overflow a float. How
@@ -194,7 +194,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 class Limiter:
     """Admits requests for one limit; see the module docstring for the rules."""
 
-    def __init__(self, settings: LimitSettings, store: Store, logger: Logger, registry: RateLimits) -> None:
+    def __init__(
+        self, settings: LimitSettings, store: RateLimitOps, logger: Logger, registry: RateLimits
+    ) -> None:
         self.settings = settings
         self._store = store
         self._logger = logger
@@ -423,7 +425,7 @@ class Limiter:
         if not self._local(now):
             assert settings.bucket is not None
             try:
-                wait = await self._store.rate_take(settings.bucket)
+                wait = await self._store.take(settings.bucket)
             except Exception as exc:  # see store.fallback: the vendor stays protected, per process
                 self._fallback.failed(exc)
                 return 0.0 if self._take_local(self._clock.now()) else interval
@@ -483,7 +485,7 @@ class Limiter:
 
     async def _share_pause(self, bucket: RateBucket, seconds: float) -> None:
         try:
-            await self._store.rate_pause(bucket, seconds)
+            await self._store.pause(bucket, seconds)
         except StoreUnavailable as exc:
             self._logger.event(
                 "ratelimit_store_unavailable",
@@ -501,7 +503,7 @@ class Limiter:
 class RateLimits:
     """The app-wide registry of limiters, kept across reloads, and the figures metrics export."""
 
-    def __init__(self, store: Store, logger: Logger) -> None:
+    def __init__(self, store: RateLimitOps, logger: Logger) -> None:
         self.store = store
         self.logger = logger
         self._limiters: dict[tuple[str, ...], Limiter] = {}
