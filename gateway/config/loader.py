@@ -6,6 +6,7 @@ Config objects are immutable; secrets are resolved at load and hidden from ``rep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -24,19 +25,6 @@ from .model import (
     _HEADER_NAME,
     _VENDOR_NAME,
     AUTH_TYPES,
-    DEFAULT_LISTEN,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_PAUSE_SECONDS,
-    DEFAULT_MAX_WAIT_SECONDS,
-    DEFAULT_RATE_PER_SECONDS,
-    DEFAULT_RETRY_ATTEMPTS,
-    DEFAULT_RETRY_BASE_DELAY_SECONDS,
-    DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
-    DEFAULT_RETRY_BUDGET_RATIO,
-    DEFAULT_RETRY_MAX_DELAY_SECONDS,
-    DEFAULT_RETRY_ON,
-    DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
-    DEFAULT_STORE,
     DELIVERY_MODES,
     HTTP_METHODS,
     IDEMPOTENCY_MODES,
@@ -387,18 +375,11 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
 
 
 def _parse_retry(t: _Table) -> Retry:
-    attempts = t.integer("attempts", DEFAULT_RETRY_ATTEMPTS)
-    base = t.number("base_delay_seconds", DEFAULT_RETRY_BASE_DELAY_SECONDS, positive=False)
-    cap = t.number("max_delay_seconds", DEFAULT_RETRY_MAX_DELAY_SECONDS, positive=False)
-    if isinstance(base, float) and isinstance(cap, float) and cap < base:
-        t.problem("max_delay_seconds", f"must be at least base_delay_seconds ({base:g}), not {cap:g}")
-        cap = None
-    retry_on: frozenset[int] | None = DEFAULT_RETRY_ON
+    retry_on: frozenset[int] | None = None
     raw = t.raw("retry_on")
     if raw is not _MISSING:
         if not isinstance(raw, list):
             t.problem("retry_on", f"must be an array of HTTP status codes, not {toml_type(raw)}")
-            retry_on = None
         else:
             codes: set[int] = set()
             for i, code in enumerate(raw, start=1):
@@ -407,17 +388,20 @@ def _parse_retry(t: _Table) -> Retry:
                 else:
                     codes.add(code)
             retry_on = frozenset(codes)
-    ratio = t.number("budget_ratio", DEFAULT_RETRY_BUDGET_RATIO, positive=False)
-    floor = t.number("budget_min_per_second", DEFAULT_RETRY_BUDGET_MIN_PER_SECOND, positive=False)
-    t.done()
-    return Retry(
-        attempts=attempts if isinstance(attempts, int) else DEFAULT_RETRY_ATTEMPTS,
-        base_delay_seconds=base if base is not None else DEFAULT_RETRY_BASE_DELAY_SECONDS,
-        max_delay_seconds=cap if cap is not None else DEFAULT_RETRY_MAX_DELAY_SECONDS,
-        retry_on=retry_on if retry_on is not None else DEFAULT_RETRY_ON,
-        budget_ratio=ratio if ratio is not None else DEFAULT_RETRY_BUDGET_RATIO,
-        budget_min_per_second=floor if floor is not None else DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+    retry = _given(
+        Retry,
+        attempts=t.integer("attempts", None),
+        base_delay_seconds=t.number("base_delay_seconds", None, positive=False),
+        max_delay_seconds=t.number("max_delay_seconds", None, positive=False),
+        retry_on=retry_on,
+        budget_ratio=t.number("budget_ratio", None, positive=False),
+        budget_min_per_second=t.number("budget_min_per_second", None, positive=False),
     )
+    if retry.max_delay_seconds < retry.base_delay_seconds:
+        base, cap = retry.base_delay_seconds, retry.max_delay_seconds
+        t.problem("max_delay_seconds", f"must be at least base_delay_seconds ({base:g}), not {cap:g}")
+    t.done()
+    return retry
 
 
 def _parse_circuit(t: _Table) -> Circuit:
@@ -453,36 +437,38 @@ def _parse_delivery(t: _Table) -> DeliverySettings:
 def _parse_rate_limit(t: _Table, *, vendor: bool = False) -> RateLimit | None:
     """A ``rate_limit`` table; ``vendor``: a vendor's, the only one that takes ``max_pause_seconds``."""
     requests = t.integer("requests")
-    per = t.number("per_seconds", DEFAULT_RATE_PER_SECONDS)
-    max_wait = t.number("max_wait_seconds", DEFAULT_MAX_WAIT_SECONDS, positive=False)
-    scope = t.string("scope", "local", choices=RATE_SCOPES)
+    scope = t.string("scope", None, choices=RATE_SCOPES)
     burst = t.integer("burst", None)
     max_queue = t.integer("max_queue", None, minimum=0)
-    max_pause = DEFAULT_MAX_PAUSE_SECONDS
+    max_pause = None
     if vendor:
-        max_pause = t.number("max_pause_seconds", DEFAULT_MAX_PAUSE_SECONDS)
+        max_pause = t.number("max_pause_seconds", None)
     elif t.has("max_pause_seconds"):
         t.raw("max_pause_seconds")
         t.problem(
             "max_pause_seconds",
             "only a vendor's rate_limit has this (a vendor's pause holds the vendor's queue)",
         )
+    count = requests if isinstance(requests, int) else 1  # refused: a problem, and no limit built from it
+    limit = _given(
+        RateLimit,
+        requests=count,
+        per_seconds=t.number("per_seconds", None),
+        max_wait_seconds=t.number("max_wait_seconds", None, positive=False),
+        scope=scope,
+        burst=burst if burst is not None else count,
+        max_queue=max_queue if max_queue is not None else 0,
+        max_pause_seconds=max_pause,
+    )
     t.done()
-    if not isinstance(requests, int) or per is None or max_wait is None or scope is None or max_pause is None:
+    if not isinstance(requests, int):
         return None
     if max_queue is None:
         # As many as the limit can admit within max_wait_seconds: a longer queue only turns immediate
         # 429s into slower ones, and costs memory under a flood.
-        max_queue = math.ceil(requests * max_wait / per - 1e-9)
-    return RateLimit(
-        requests=requests,
-        per_seconds=per,
-        max_wait_seconds=max_wait,
-        scope="global" if scope == "global" else "local",
-        burst=burst if burst is not None else requests,
-        max_queue=max_queue,
-        max_pause_seconds=max_pause,
-    )
+        queue = math.ceil(limit.requests * limit.max_wait_seconds / limit.per_seconds - 1e-9)
+        limit = dataclasses.replace(limit, max_queue=queue)
+    return limit
 
 
 def _parse_idempotency(t: _Table) -> Idempotency:
@@ -762,18 +748,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     root = _Table(problems, display, "", data)
 
     g = root.table("gateway") or _Table(problems, display, "gateway", {})
-    listen = parse_listen(DEFAULT_LISTEN)
-    listen_text = g.string("listen", DEFAULT_LISTEN)
+    listen = None
+    listen_text = g.string("listen", None)
     if isinstance(listen_text, str):
         try:
             listen = parse_listen(listen_text)
         except ValueError as exc:
             g.problem("listen", str(exc))
-    store = g.string("store", DEFAULT_STORE)
+    store = g.string("store", None)
     if isinstance(store, str) and not (store == "memory://" or store.startswith(("redis://", "rediss://"))):
         g.problem("store", f"must be 'memory://' or a redis:// URL, not {store!r}")
-    max_body = g.integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES
-    shutdown = g.number("shutdown_timeout_seconds", DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, positive=False)
+        store = None
     dirs: dict[str, Path] = {}
     for key, default in (("routes_dir", "routes"), ("transforms_dir", "transforms")):
         text = g.string(key, default)
@@ -781,15 +766,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         if g.has(key) and not folder.is_dir():
             g.problem(key, f"folder not found: {_display(folder)}")
         dirs[key] = folder
-    g.done()
-    settings = GatewaySettings(
+    settings = _given(
+        GatewaySettings,
         listen=listen,
-        store=store if isinstance(store, str) else DEFAULT_STORE,
-        max_body_bytes=max_body,
+        store=store,
+        max_body_bytes=g.integer("max_body_bytes", None),
         routes_dir=dirs["routes_dir"],
         transforms_dir=dirs["transforms_dir"],
-        shutdown_timeout_seconds=shutdown if shutdown is not None else DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+        shutdown_timeout_seconds=g.number("shutdown_timeout_seconds", None, positive=False),
     )
+    g.done()
+    max_body = settings.max_body_bytes
 
     vendors: dict[str, Vendor] = {}
     if (vt := root.table("vendors")) is not None:

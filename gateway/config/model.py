@@ -16,7 +16,6 @@ from yarl import URL
 from ..features.payload.schemas import CompiledSchema
 from ..transform import TransformSpec
 
-DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STORE = "memory://"
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 10.0
@@ -293,7 +292,7 @@ AUTH_TYPES = ("bearer", "header", "query", "basic", "oauth2_client_credentials")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewaySettings:
-    listen: Listen
+    listen: Listen = Listen(host="127.0.0.1", port=8080)
     store: str = DEFAULT_STORE
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     routes_dir: Path
