@@ -120,6 +120,6 @@ def build_runtime(config: Config, services: Services) -> Runtime:
 
 def commit(runtime: Runtime, services: Services, live: Live | None = None) -> None:
     """Apply what ``runtime`` changes in the shared limiters and breakers, then serve it (on ``live``)."""
-    services.commit()
+    services.commit(frozenset(runtime.config.vendors))
     if live is not None:
         live.runtime = runtime

@@ -8,16 +8,17 @@ fails half-way changes nothing.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 from .features.circuit.policy import CircuitBreakers
 from .features.delivery.queue import Deliveries
 from .features.deprecation.tracker import DeprecationTracker
+from .features.idempotency.store import outcome_counts
+from .features.payload.schemas import schema_failure_counts
 from .features.ratelimit.policy import RateLimits
 from .features.retry.policy import Retries
 from .observability.logging import Logger
-from .observability.metrics import RequestMetrics
+from .observability.metrics import Counts, Reporter, RequestMetrics
 from .observability.tracing import Tracing
 from .store import MemoryStore, Store
 from .upstream.credentials import TokenManager
@@ -34,13 +35,13 @@ class Services:
     # OAuth2 token calls included, goes through.
     pool: Pool = field(default_factory=Pool)
     # (vendor, outcome) -> count; exported as gateway_idempotency_total{vendor,outcome}.
-    idempotency_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    idempotency_outcomes: Counts = field(default_factory=outcome_counts)
     # OpenTelemetry spans, when [tracing] has an exporter; None costs nothing per request.
     tracing: Tracing | None = None
     # Requests, durations and bytes per vendor (gateway_requests_total and friends).
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     # (vendor, route) -> vendor answers that failed their response schema in report mode.
-    response_schema_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
+    response_schema_failures: Counts = field(default_factory=schema_failure_counts)
     # OAuth2 tokens per vendor; kept across config reloads (keyed by the vendor's auth settings).
     tokens: TokenManager = field(init=False)
     # Deprecation/Sunset notices per (vendor, route): gateway_vendor_deprecations_total.
@@ -55,10 +56,25 @@ class Services:
     # The async delivery queue: accepting, and the figures (gateway_dlq_depth{vendor}: dead).
     deliveries: Deliveries = field(init=False)
 
-    def commit(self) -> None:
-        """A new Runtime goes into service: the limiters and breakers it reconfigured take effect."""
+    def reporters(self) -> tuple[Reporter, ...]:
+        """Everything that owns metrics, in the order /_gateway/metrics lists them."""
+        return (
+            self.metrics,
+            self.ratelimits,
+            self.idempotency_outcomes,
+            self.deprecations,
+            self.response_schema_failures,
+            self.retries,
+            self.circuits,
+            self.deliveries,
+        )
+
+    def commit(self, vendors: frozenset[str]) -> None:
+        """A new Runtime for ``vendors`` goes into service: the limiters and breakers it reconfigured
+        take effect."""
         self.ratelimits.commit()
         self.circuits.commit()
+        self.deliveries.vendors = vendors
 
     def discard(self) -> None:
         """A Runtime was built but will not serve: drop the reconfigurations it prepared."""

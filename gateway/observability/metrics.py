@@ -1,8 +1,9 @@
 """Metrics (SPEC section 11): counted in plain dicts on the hot path, exported by a collector at scrape.
 
 A request costs a few dict and list updates (``RequestMetrics.observe``), not a prometheus_client call
-per series: ``gateway.observability.collector`` turns the figures every part of the gateway keeps into
-Prometheus families only when ``/_gateway/metrics`` is read. Labels are vendor, route and method
+per series. Each feature owns its counters and reports them as ``Family`` values (the ``Reporter``
+protocol: one method, ``families()``); ``gateway.observability.collector`` turns those into Prometheus
+families only when ``/_gateway/metrics`` is read. Labels are vendor, route and method
 names from the config (unknown vendors are counted under ``-``) and status codes: never secrets, never
 anything a caller can invent, so the number of series stays bounded.
 """
@@ -11,10 +12,38 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal, NamedTuple, Protocol
 
 # Whole-request and upstream latency buckets (seconds, upper bounds; one more count for +Inf).
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNKNOWN_VENDOR = "-"
+
+
+class Family(NamedTuple):
+    """One metric family as its owner reports it: ``samples`` maps label values (a tuple, or one string
+    for one label) to a number, or to a ``Histogram`` for kind "histogram"."""
+
+    name: str  # without the _total suffix of a counter
+    doc: str
+    kind: Literal["counter", "gauge", "histogram"]
+    labels: tuple[str, ...]
+    samples: Mapping[Any, Any]
+
+
+class Reporter(Protocol):
+    def families(self) -> Iterator[Family]: ...
+
+
+class Counts(Counter[tuple[str, ...]]):
+    """A counter family a feature owns as a plain Counter keyed by label values, reporting itself."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        super().__init__()
+        self.family = Family(name, doc, "counter", labels, self)
+
+    def families(self) -> Iterator[Family]:
+        yield self.family
 
 
 class Histogram:
@@ -64,6 +93,43 @@ class RequestMetrics:
         self.upstream: dict[str, Histogram] = {}
         self.bytes_in: Counter[str] = Counter()
         self.bytes_out: Counter[str] = Counter()
+
+    def families(self) -> Iterator[Family]:
+        yield Family(
+            "gateway_requests",
+            "Requests answered, by vendor, route, method and status.",
+            "counter",
+            ("vendor", "route", "method", "status"),
+            {tuple(map(str, key)): count for key, count in self.requests.items()},
+        )
+        yield Family(
+            "gateway_request_duration_seconds",
+            "Whole request, as the caller saw it.",
+            "histogram",
+            ("vendor",),
+            self.duration,
+        )
+        yield Family(
+            "gateway_upstream_duration_seconds",
+            "Time spent waiting on the vendor.",
+            "histogram",
+            ("vendor",),
+            self.upstream,
+        )
+        yield Family(
+            "gateway_request_bytes",
+            "Request body bytes sent on to vendors.",
+            "counter",
+            ("vendor",),
+            self.bytes_in,
+        )
+        yield Family(
+            "gateway_response_bytes",
+            "Response body bytes sent to callers.",
+            "counter",
+            ("vendor",),
+            self.bytes_out,
+        )
 
     def observe(
         self,

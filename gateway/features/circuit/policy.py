@@ -26,12 +26,13 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Literal
 
 from ...config import Circuit, Vendor
 from ...errors import CircuitOpen
 from ...observability.logging import Logger
+from ...observability.metrics import Family
 from ...store import Store
 from ...store.fallback import StoreFallback
 from .store import CircuitOps, CircuitSettings, CircuitView, MemoryCircuits, Outcome
@@ -285,6 +286,15 @@ class CircuitBreakers:
     def open_state(self) -> dict[str, int]:
         """vendor -> 1 while its circuit is open or half-open here, else 0 (gateway_circuit_open)."""
         return {name: int(b.is_open) for name, b in sorted(self._breakers.items())}
+
+    def families(self) -> Iterator[Family]:
+        yield Family(
+            "gateway_circuit_open",
+            "1 while the vendor's circuit breaker is open or half-open here.",
+            "gauge",
+            ("vendor",),
+            self.open_state(),
+        )
 
     def close(self) -> None:
         for breaker in self._breakers.values():

@@ -15,10 +15,12 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from ...observability.logging import Logger
+from ...observability.metrics import Family
 from ...store import Store
 from .store import DeliveryRecord, DeliveryRequest
 
@@ -50,6 +52,7 @@ class Deliveries:
         # progress, and dead letters per vendor (gateway_dlq_depth{vendor}).
         self.pending = 0
         self.dead: dict[str, int] = {}
+        self.vendors: frozenset[str] = frozenset()  # the configured vendors: each has a DLQ depth, 0 or more
 
     async def enqueue(self, delivery_id: str, request: DeliveryRequest) -> None:
         """Store the request durably (``new_delivery_id()``); raises StoreUnavailable."""
@@ -60,6 +63,39 @@ class Deliveries:
 
     async def refresh(self) -> None:
         self.pending, self.dead = await self.store.deliveries.delivery_depth()
+
+    def families(self) -> Iterator[Family]:
+        yield Family(
+            "gateway_dlq_depth",
+            "Dead letters per vendor (read from the store every few seconds).",
+            "gauge",
+            ("vendor",),
+            {vendor: self.dead.get(vendor, 0) for vendor in self.vendors | set(self.dead)},
+        )
+        outcomes = {
+            (vendor, outcome): count
+            for outcome, counts in (
+                ("accepted", self.accepted),
+                ("delivered", self.delivered),
+                ("retried", self.retried),
+                ("dead_lettered", self.dead_lettered),
+            )
+            for vendor, count in counts.items()
+        }
+        yield Family(
+            "gateway_deliveries",
+            "Async deliveries by this process: accepted (202), delivered, retried, dead_lettered.",
+            "counter",
+            ("vendor", "outcome"),
+            outcomes,
+        )
+        yield Family(
+            "gateway_delivery_queue_depth",
+            "Deliveries queued or in progress, for every gateway on the store.",
+            "gauge",
+            (),
+            {(): self.pending},
+        )
 
 
 def _when(epoch: float | None) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,6 +19,7 @@ from typing import Any
 
 from ...config import Route
 from ...observability.logging import Logger
+from ...observability.metrics import Family
 
 DEPRECATION = "Deprecation"
 SUNSET = "Sunset"
@@ -113,6 +114,15 @@ class DeprecationTracker:
     def counts(self) -> dict[tuple[str, str], int]:
         """(vendor, route) -> answers seen with a notice: ``gateway_vendor_deprecations_total``."""
         return {key: notice.count for key, notice in self._notices.items()}
+
+    def families(self) -> Iterator[Family]:
+        yield Family(
+            "gateway_vendor_deprecations",
+            "Vendor answers carrying Deprecation or Sunset, by vendor and route.",
+            "counter",
+            ("vendor", "route"),
+            self.counts(),
+        )
 
     def notices(self) -> list[Notice]:
         return sorted(self._notices.values(), key=lambda n: (n.vendor, n.route))

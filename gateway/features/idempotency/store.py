@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
+from ...observability.metrics import Counts
+
 # Expired records are dropped when touched, and all of them at most this often, so memory stays
 # bounded by what is live rather than by everything ever stored.
 SWEEP_INTERVAL_SECONDS = 30.0
@@ -81,6 +83,15 @@ class IdempotencyOps(Protocol):
         ...
 
     async def get(self, key: IdempotencyKey) -> IdempotencyRecord | None: ...
+
+
+def outcome_counts() -> Counts:
+    """(vendor, outcome) -> count, kept by the stage: gateway_idempotency_total."""
+    return Counts(
+        "gateway_idempotency",
+        "Idempotency outcomes: stored, replayed, in_flight, mismatch and more.",
+        ("vendor", "outcome"),
+    )
 
 
 class MemoryIdempotency:

@@ -15,7 +15,18 @@ import jsonschema
 import jsonschema_rs
 import orjson
 
+from ...observability.metrics import Counts
+
 MAX_ERRORS = 50  # a caller needs the failing paths, not ten thousand copies of one mistake
+
+
+def schema_failure_counts() -> Counts:
+    """(vendor, route) -> vendor answers that failed their response schema in report mode."""
+    return Counts(
+        "gateway_response_schema_failures",
+        "Vendor answers that failed their response schema in report mode.",
+        ("vendor", "route"),
+    )
 
 
 class SchemaFileError(Exception):

@@ -52,7 +52,7 @@ import email.utils
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -68,7 +68,7 @@ from ...config import (
 )
 from ...errors import TooManyRequests
 from ...observability.logging import Logger
-from ...observability.metrics import Histogram
+from ...observability.metrics import Family, Histogram
 from ...store import StoreUnavailable
 from ...store.fallback import StoreFallback
 from .store import RateBucket, RateLimitOps, gcra, gcra_pause
@@ -526,6 +526,22 @@ class RateLimits:
         elif limiter.settings != settings:
             self._pending.append((limiter, settings))
         return limiter
+
+    def families(self) -> Iterator[Family]:
+        yield Family(
+            "gateway_ratelimit_wait_seconds",
+            "Time admitted requests waited in a rate-limit queue.",
+            "histogram",
+            ("vendor",),
+            self.wait_seconds,
+        )
+        yield Family(
+            "gateway_ratelimit_rejected",
+            "Requests refused with 429 by the gateway.",
+            "counter",
+            ("vendor",),
+            self.rejected,
+        )
 
     def commit(self) -> None:
         pending, self._pending = self._pending, []

@@ -20,9 +20,11 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 from ...config import Retry, Vendor
 from ...errors import GatewayError, GatewayTimeout, VendorUnreachable
+from ...observability.metrics import Family
 
 # RFC 9110 section 9.2.2: a vendor must treat these as idempotent, so sending one twice is safe.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -105,6 +107,16 @@ class Retries:
         # (vendor, why) -> retries the policy wanted but did not send: "budget" (the retry budget was
         # spent), "deadline" (the wait would pass the vendor's total timeout), "attempts" (none left).
         self.withheld: Counter[tuple[str, str]] = Counter()
+
+    def families(self) -> Iterator[Family]:
+        yield Family(
+            "gateway_retries",
+            "Vendor calls sent again by the retry policy (callers' requests and deliveries), by vendor and "
+            "reason: the status code, connection or timeout.",
+            "counter",
+            ("vendor", "reason"),
+            self.sent,
+        )
 
     def budget(self, vendor: Vendor) -> RetryBudget:
         retry = vendor.retry
