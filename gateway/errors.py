@@ -1,4 +1,4 @@
-"""Typed errors, rendered to RFC 9457 problem+json in exactly one place (``adapter.problem_response``).
+"""Typed errors, rendered to RFC 9457 problem+json in exactly one place (``messages.problem_answer``).
 
 The tree::
 
@@ -9,10 +9,14 @@ The tree::
     ├── Unauthorized                 401     missing or unknown gateway key
     ├── Forbidden                    403     key not allowed this vendor, method or path
     ├── NotFound                     404     unknown vendor, or a route the vendor does not expose
+    ├── MethodNotAllowed             405     a gateway endpoint asked with a method it does not answer
     ├── Conflict                     409     idempotency key in flight
     │   └── NotReplayable            409     idempotency key done, but its answer was too large to keep
     ├── CallerFault                          the caller's own doing: never a vendor failure
+    │   ├── RequestTimeout           408     the head, or the next body byte, did not come in time
     │   ├── PayloadTooLarge          413     body over ``max_body_bytes``
+    │   ├── UriTooLong               414     request target over ``max_url_bytes``
+    │   ├── HeaderFieldsTooLarge     431     header fields together over ``max_header_bytes``
     │   └── ClientClosedRequest      499     the caller closed its connection before its body was in
     ├── UnprocessableContent         422     idempotency key reused with another request
     ├── TooManyRequests              429     the rate-limit queue could not admit the request
@@ -20,6 +24,7 @@ The tree::
     │   └── VendorUnreachable        502     no answer: connection refused, reset or broken off (retried)
     ├── ServiceUnavailable           503     circuit open, or the store is down and the route needs it
     │   └── CircuitOpen              503     the vendor's circuit breaker is open (adds Retry-After)
+    ├── MethodNotImplemented         501     a method or framing the gateway does not serve (CONNECT)
     └── GatewayTimeout               504     vendor did not answer within its timeout
 
 A vendor's own error response is never a ``GatewayError``: it passes through unchanged. A
@@ -108,6 +113,12 @@ class NotFound(GatewayError):
     title = "Not found"
 
 
+class MethodNotAllowed(GatewayError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
 class Conflict(GatewayError):
     status = 409
     slug = "idempotency-in-flight"
@@ -121,6 +132,24 @@ class NotReplayable(Conflict):
 
 class CallerFault(GatewayError):
     """Base of the errors that are the caller's doing (aborted, too large): not the vendor's."""
+
+
+class RequestTimeout(CallerFault):
+    status = 408
+    slug = "request-timeout"
+    title = "Request not received in time"
+
+
+class UriTooLong(CallerFault):
+    status = 414
+    slug = "uri-too-long"
+    title = "Request target too long"
+
+
+class HeaderFieldsTooLarge(CallerFault):
+    status = 431
+    slug = "header-fields-too-large"
+    title = "Request header fields too large"
 
 
 class PayloadTooLarge(CallerFault):
@@ -167,6 +196,12 @@ class ServiceUnavailable(GatewayError):
 class CircuitOpen(ServiceUnavailable):
     slug = "circuit-open"
     title = "Vendor circuit open"
+
+
+class MethodNotImplemented(GatewayError):
+    status = 501
+    slug = "not-implemented"
+    title = "Not implemented"
 
 
 class GatewayTimeout(GatewayError):

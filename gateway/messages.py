@@ -19,6 +19,8 @@ from typing import Protocol
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .errors import PROBLEM_CONTENT_TYPE, GatewayError
+
 
 class BodySource(Protocol):
     """A caller's body as it arrives. Reading raises ``ClientClosedRequest`` when the caller's
@@ -86,3 +88,11 @@ def json_answer(
     fields: CIMultiDict[str] = CIMultiDict(headers or {})
     fields["Content-Type"] = content_type or "application/json"
     return Answer(status=status, headers=fields, body=orjson.dumps(data))
+
+
+def problem_answer(error: GatewayError, request_id: str) -> Answer:
+    """The gateway's own error as RFC 9457 problem+json: the one place a problem is rendered."""
+    headers: CIMultiDict[str] = CIMultiDict(error.headers)
+    headers["Content-Type"] = PROBLEM_CONTENT_TYPE
+    headers["X-Request-Id"] = request_id
+    return Answer(status=error.status, headers=headers, body=orjson.dumps(error.to_problem(request_id)))

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import io
 import textwrap
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from gateway.config import Config, load_config
-from gateway.http.app import create_app
 from gateway.observability.logging import Logger
+from tests.gateway_client import GatewayClient
 from tests.redis_server import RedisServer, redis_required, redis_server_binary
 
 
@@ -62,24 +62,25 @@ def logs() -> CapturedLogs:
     return CapturedLogs()
 
 
-GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+GatewayFactory = Callable[..., Awaitable[GatewayClient]]
 
 
 @pytest.fixture
-def gateway(
-    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
-    write_config: Callable[..., Path],
-    logs: CapturedLogs,
-) -> GatewayFactory:
+async def gateway(write_config: Callable[..., Path], logs: CapturedLogs) -> AsyncIterator[GatewayFactory]:
     """Start the gateway on a real socket from a config text (or a loaded Config)."""
+    started: list[GatewayClient] = []
 
     async def start(
         config: str | Config, routes: dict[str, str] | None = None, files: dict[str, str] | None = None
     ) -> Any:
         loaded = config if isinstance(config, Config) else load_config(write_config(config, routes, files))
-        return await aiohttp_client(create_app(loaded, logger=Logger(stream=logs)))
+        client = await GatewayClient.start(loaded, Logger(stream=logs))
+        started.append(client)
+        return client
 
-    return start
+    yield start
+    for client in started:
+        await client.close()
 
 
 @pytest.fixture

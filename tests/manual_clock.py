@@ -21,7 +21,6 @@ from types import TracebackType
 
 from aiohttp import web
 
-from gateway.http.app import SERVICES
 from gateway.store import MemoryStore
 
 SETTLE_TIMEOUT = 30.0  # real seconds a condition may take to come true before the test fails
@@ -87,7 +86,7 @@ class ManualClock:
 
     def install(self, app: web.Application) -> ManualClock:
         """Make this the clock of the app's limiters (and of its memory store's global schedules)."""
-        services = app[SERVICES]
+        services = app.services
         services.ratelimits.clock = self
         if isinstance(services.store, MemoryStore):
             services.store.rates.clock = self.now
@@ -145,5 +144,5 @@ async def advance(
 
 def queued(app: web.Application) -> int:
     """Requests waiting in any of the app's rate-limit queues."""
-    count: int = app[SERVICES].ratelimits.queued
+    count: int = app.services.ratelimits.queued
     return count

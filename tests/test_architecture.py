@@ -1,6 +1,6 @@
 """The shape of gateway/ that docs/architecture.md describes: no import cycles (and no TYPE_CHECKING
-imports to hide one), the pipeline contract free of the features, and aiohttp's server types only at
-the edge."""
+imports to hide one), the pipeline contract free of the features, and aiohttp's server nowhere but in
+the sandbox."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import ast
 from pathlib import Path
 
 GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
-# The only modules that know aiohttp's server: the adapter, the app that serves it, and the sandbox
-# (a stand-in vendor, itself an aiohttp server).
-SERVER_EDGE = {"gateway.http", "gateway.http.adapter", "gateway.http.app", "gateway.sandbox"}
+# The only module that knows aiohttp's server: the sandbox (a stand-in vendor, itself an aiohttp
+# server). The gateway serves with its own (gateway.http.server).
+SERVER_EDGE = {"gateway.sandbox"}
 
 
 def modules() -> dict[str, Path]:

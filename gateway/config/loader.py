@@ -774,6 +774,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         routes_dir=dirs["routes_dir"],
         transforms_dir=dirs["transforms_dir"],
         shutdown_timeout_seconds=g.number("shutdown_timeout_seconds", None, positive=False),
+        header_timeout_seconds=g.number("header_timeout_seconds", None),
+        body_timeout_seconds=g.number("body_timeout_seconds", None),
+        keepalive_timeout_seconds=g.number("keepalive_timeout_seconds", None),
+        max_url_bytes=g.integer("max_url_bytes", None, minimum=256),
+        max_header_bytes=g.integer("max_header_bytes", None, minimum=1024),
+        max_connections=g.integer("max_connections", None),
     )
     g.done()
     max_body = settings.max_body_bytes

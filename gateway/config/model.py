@@ -298,6 +298,14 @@ class GatewaySettings:
     routes_dir: Path
     transforms_dir: Path
     shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+    # The server's limits (SPEC section 15): past each, the caller gets a problem and the connection
+    # closes; none of them is ever blamed on a vendor.
+    header_timeout_seconds: float = 10.0  # the request head must be complete within this
+    body_timeout_seconds: float = 30.0  # the longest gap between two request-body bytes
+    keepalive_timeout_seconds: float = 75.0  # an idle keep-alive connection is closed after this
+    max_url_bytes: int = 8192  # the request target
+    max_header_bytes: int = 32768  # all request header fields together (names and values)
+    max_connections: int = 10000  # past this, new connections wait in the kernel's backlog
 
 
 PathSegment = str  # a literal segment, "*" (one segment) or "**" (the rest)

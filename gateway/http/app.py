@@ -1,7 +1,8 @@
-"""Builds the aiohttp application: one pipeline per route, shared resources via cleanup_ctx, serving.
+"""The gateway as its server serves it: admin endpoints, the proxy path, reload and ``serve``.
 
-The proxy handler is the one place where errors become problem+json and where every request,
-short-circuited or not, gets its access record.
+``Gateway.__call__`` is the one place where errors become problem+json and where every proxied
+request, short-circuited or not, gets its access record; ``Gateway.refused`` records the requests the
+server refused itself (``server.py``: timeouts, oversized heads, broken framing).
 """
 
 from __future__ import annotations
@@ -10,22 +11,20 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-from aiohttp import web
+from multidict import CIMultiDict
 from opentelemetry.trace import Span
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .. import __version__
 from ..config import Config, ConfigError
-from ..errors import GatewayError, NotFound, ServiceUnavailable
+from ..errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
 from ..features.delivery.queue import record_json, valid_id
 from ..features.delivery.workers import DeliveryWorkers
 from ..features.deprecation.tracker import UNROUTED
+from ..messages import Answer, json_answer, problem_answer
 from ..observability.collector import registry_for, render
 from ..observability.dashboard import render_dashboard
 from ..observability.logging import Logger, capture_library_logs, new_request_id
@@ -40,37 +39,35 @@ from ..store import StoreUnavailable, open_store
 from ..target import parse_target
 from ..upstream.forwarder import request_headers
 from ..upstream.pool import Pool
-from .adapter import StreamAborted, incoming, problem_response, write_answer
+from .server import Limits, Server, ServerRequest, StreamAborted
 
 USER_AGENT = f"egress-gateway/{__version__}"
+ADMIN_PREFIX = "/_gateway/"
+DELIVERIES = "deliveries/"
+
+AdminHandler = Callable[[ServerRequest, str], Awaitable[Answer]]
 
 
-RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+def _request_id(headers: Any) -> str:
+    given = headers.get("X-Request-Id")
+    # A caller's id is kept when it is a sane token; anything else could forge or break log lines.
+    if given and len(given) <= 200 and given.isascii() and given.isprintable() and " " not in given:
+        return str(given)
+    return new_request_id()
 
 
-@dataclass(slots=True, eq=False)
 class Drain:
     """Shutdown's one deadline: from the signal, requests in flight and deliveries in progress together
-    get ``seconds`` (``shutdown_timeout_seconds``), once. What still runs then is cancelled.
+    get ``seconds`` (``shutdown_timeout_seconds``), once."""
 
-    aiohttp alone would wait its ``shutdown_timeout`` for handlers, then cancel them and wait up to as
-    long again (a handler awaiting a vendor notices nothing until its task is cancelled), and the
-    delivery workers would then get the timeout once more. Here every handler's task is known, and at
-    the deadline they are cancelled, which ends aiohttp's wait at once; the workers get what is left.
-    """
-
-    seconds: float
-    handlers: set[asyncio.Task[Any]] = field(default_factory=set)  # handler tasks running now
-    deadline: float | None = None  # loop time; set when shutdown begins
-    timer: asyncio.TimerHandle | None = None
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None  # loop time; set when shutdown begins
 
     def begin(self) -> float:
         """Start the drain (once: later calls keep the first deadline) and return its deadline."""
-        loop = asyncio.get_running_loop()
         if self.deadline is None:
-            self.deadline = loop.time() + self.seconds
-        if self.timer is None:
-            self.timer = loop.call_at(self.deadline, self.cancel_handlers)
+            self.deadline = asyncio.get_running_loop().time() + self.seconds
         return self.deadline
 
     def remaining(self) -> float:
@@ -78,183 +75,227 @@ class Drain:
             return self.seconds
         return max(0.0, self.deadline - asyncio.get_running_loop().time())
 
-    def cancel_handlers(self) -> None:
-        for task in list(self.handlers):
-            task.cancel()
 
-    def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+class Gateway:
+    """Everything one gateway process serves with. ``start`` opens the shared resources (store,
+    pool, delivery workers), ``close`` closes them; in between, the server calls it per request."""
 
-    def track(self, handler: RouteHandler) -> RouteHandler:
-        """``handler``, with its task known to the drain while it runs."""
-        running = self.handlers
-
-        async def tracked(request: web.Request) -> web.StreamResponse:
-            task = request.task  # the handler's task (asyncio.current_task() cost 4% of a request)
-            running.add(task)
-            try:
-                return await handler(request)
-            finally:
-                running.discard(task)
-
-        return tracked
-
-
-LOGGER = web.AppKey("logger", Logger)
-CONFIG = web.AppKey("config", Config)  # the config the app started with; the one in force: LIVE
-LIVE = web.AppKey("live", Live)
-SERVICES = web.AppKey("services", Services)
-WORKERS = web.AppKey("workers", DeliveryWorkers)
-METRICS = web.AppKey("metrics", CollectorRegistry)
-DRAIN = web.AppKey("drain", Drain)
-
-
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id")
-    # A caller's id is kept when it is a sane token; anything else could forge or break log lines.
-    if given and len(given) <= 200 and given.isascii() and given.isprintable() and " " not in given:
-        return given
-    return new_request_id()
-
-
-async def proxy(request: web.Request) -> web.StreamResponse:
-    tracing = request.app[SERVICES].tracing
-    if tracing is None:
-        return await _proxy(request, None)
-    with tracing.server_span(request.method, request.path, request.headers) as span:
-        return await _proxy(request, span)
-
-
-async def _proxy(request: web.Request, span: Span | None = None) -> web.StreamResponse:
-    runtime = request.app[LIVE].runtime
-    logger = request.app[LOGGER]
-    request_id = _request_id(request)
-    started = time.perf_counter()
-    ex: Exchange | None = None
-    vendor_name: str | None = None
-    response: web.StreamResponse | None = None
-    caller_gone = False
-    try:
-        target = parse_target(request.raw_path)
-        vendor_name = target.vendor
-        method = request.method
-        vendor, route, handler, target = runtime.resolve(method, target, request.headers)
-        ex = Exchange(
-            request=incoming(request),
-            request_id=request_id,
-            vendor=vendor,
-            route=route,
-            method=method,
-            path=target.path,
-            query=target.query,
-            segments=target.segments,
-            headers=request_headers(request.headers, request_id),
-            started=started,
+    def __init__(self, config: Config, *, logger: Logger | None = None) -> None:
+        self.config = config  # the config it started with; the one in force: live.runtime.config
+        self.logger = logger or Logger()
+        self.logger.redact(secret_values(config))
+        self.drain = Drain(config.gateway.shutdown_timeout_seconds)
+        tracing = config.tracing
+        self.tracing = Tracing(tracing) if tracing.exporter != "none" else None
+        self.services = Services(
+            logger=self.logger,
+            store=open_store(config.gateway.store),
+            tracing=self.tracing,
+            pool=Pool(user_agent=USER_AGENT),
         )
-        answer = await handler(ex)
-        response = await write_answer(request, answer)
-        return response
-    except GatewayError as exc:
-        response = problem_response(exc, request_id)
-        return response
-    except StreamAborted as exc:
-        if exc.caller:
-            caller_gone = True
+        self.live = Live(build_runtime(config, self.services))
+        commit(self.live.runtime, self.services)
+        self.metrics = registry_for(lambda: self.services)
+        live = self.live
+        self.workers = DeliveryWorkers(
+            self.services, lambda: live.runtime.config, lambda *key: live.runtime.delivery_handler(*key)
+        )
+        self.admin: dict[str, AdminHandler] = {
+            "health": self.health,
+            "ready": self.ready,
+            "deprecations": self.deprecations,
+            "metrics": self.metrics_page,
+            "dashboard": self.dashboard,
+            DELIVERIES: self.delivery,
+        }
+        self.server: Server | None = None  # set by serve(); its connection figures feed metrics
+
+    async def start(self) -> None:
+        self.workers.start()
+
+    async def close(self) -> None:
+        # Requests have drained by now: deliveries in progress get what is left of the drain (they ran
+        # on meanwhile), then go back to the queue.
+        services = self.services
+        await self.workers.stop(self.drain.remaining())
+        services.circuits.close()
+        services.ratelimits.close()
+        await services.tokens.close()
+        await services.pool.close()
+        await services.store.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes spans still batched
+
+    # -- the server's side
+    async def __call__(self, request: ServerRequest) -> None:
+        if request.target.startswith(ADMIN_PREFIX):
+            await request.respond(await self._admin(request))
+        elif self.tracing is None:
+            await self._proxy(request, None)
         else:
-            logger.event(
-                "upstream_aborted", level="warning", request_id=request_id, vendor=vendor_name, error=str(exc)
-            )
-        response = exc.response
-        return response
-    except Exception as exc:
-        logger.exception("unhandled_error", exc, request_id=request_id, vendor=vendor_name)
-        response = problem_response(
-            GatewayError("the gateway failed unexpectedly; the error was logged"), request_id
-        )
-        return response
-    finally:
-        seconds = time.perf_counter() - started
-        # 499 (nginx's "client closed request"): the caller left before its answer was complete. A
-        # cancelled handler (the caller's connection closed: handler_cancellation) has no response.
-        status = 499 if caller_gone or response is None else response.status
-        route_path = ex.route.path if ex and ex.route else None
-        upstream_seconds = ex.upstream_seconds if ex else 0.0
-        bytes_in = ex.bytes_in if ex else 0
-        bytes_out = ex.bytes_out if ex else 0
-        request.app[SERVICES].metrics.observe(
-            vendor_name
-            if vendor_name is not None and vendor_name in runtime.config.vendors
-            else UNKNOWN_VENDOR,
-            route_path or UNROUTED,
-            request.method,
-            status,
-            seconds,
-            upstream_seconds,
-            bytes_in,
-            bytes_out,
-        )
-        if span is not None:
-            finish_server_span(span, vendor=vendor_name, route=route_path, status=status)
-        logger.access(
+            with self.tracing.server_span(
+                request.method, request.target.partition("?")[0], request.headers
+            ) as span:
+                await self._proxy(request, span)
+
+    def refused(self, error: GatewayError, request_id: str, method: str, target: str) -> None:
+        """The access record and count of a request the server refused before it could be routed."""
+        self.services.metrics.observe(UNKNOWN_VENDOR, UNROUTED, method or "-", error.status, 0.0, 0.0, 0, 0)
+        self.logger.access(
             request_id=request_id,
-            client=ex.client if ex else None,
-            vendor=vendor_name,
-            route=route_path,
-            method=request.method,
-            path=request.raw_path.partition("?")[0],
-            status=status,
-            duration_ms=round(seconds * 1000, 3),
-            upstream_ms=round(upstream_seconds * 1000, 3),
-            attempts=ex.attempts if ex else 0,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
+            client=None,
+            vendor=None,
+            route=None,
+            method=method or None,
+            path=None,  # never echoed: the target may be what was refused
+            status=error.status,
+            duration_ms=0.0,
+            upstream_ms=0.0,
+            attempts=0,
+            bytes_in=0,
+            bytes_out=0,
+            error=error.detail,
         )
 
+    async def _proxy(self, request: ServerRequest, span: Span | None) -> None:
+        runtime = self.live.runtime
+        logger = self.logger
+        request_id = _request_id(request.headers)
+        started = time.perf_counter()
+        ex: Exchange | None = None
+        vendor_name: str | None = None
+        status: int | None = None
+        sent = 500
+        try:
+            try:
+                target = parse_target(request.target)
+                vendor_name = target.vendor
+                method = request.method
+                vendor, route, handler, target = runtime.resolve(method, target, request.headers)
+                ex = Exchange(
+                    request=request.as_request(),
+                    request_id=request_id,
+                    vendor=vendor,
+                    route=route,
+                    method=method,
+                    path=target.path,
+                    query=target.query,
+                    segments=target.segments,
+                    headers=request_headers(request.headers, request_id),
+                    started=started,
+                )
+                answer = await handler(ex)
+            except GatewayError as exc:
+                answer = problem_answer(exc, request_id)
+            except Exception as exc:
+                logger.exception("unhandled_error", exc, request_id=request_id, vendor=vendor_name)
+                error = GatewayError("the gateway failed unexpectedly; the error was logged")
+                answer = problem_answer(error, request_id)
+            sent = answer.status
+            await request.respond(answer)
+            status = sent  # written whole; cancelled (the caller left) or aborted, it stays None: 499
+        except StreamAborted as exc:
+            if not exc.caller:
+                status = sent  # the vendor broke off after the head went out
+                logger.event(
+                    "upstream_aborted",
+                    level="warning",
+                    request_id=request_id,
+                    vendor=vendor_name,
+                    error=str(exc),
+                )
+        except ValueError as exc:  # a head that cannot be written (CR or LF in a field)
+            logger.exception("unhandled_error", exc, request_id=request_id, vendor=vendor_name)
+            status = 500
+            await request.respond(
+                problem_answer(
+                    GatewayError("the gateway failed unexpectedly; the error was logged"), request_id
+                )
+            )
+        finally:
+            seconds = time.perf_counter() - started
+            # 499 (nginx's "client closed request"): the caller left before its answer was complete (or
+            # its request was cancelled when its connection closed).
+            if status is None:
+                status = 499
+            route_path = ex.route.path if ex and ex.route else None
+            upstream_seconds = ex.upstream_seconds if ex else 0.0
+            bytes_in = ex.bytes_in if ex else 0
+            bytes_out = ex.bytes_out if ex else 0
+            self.services.metrics.observe(
+                vendor_name
+                if vendor_name is not None and vendor_name in runtime.config.vendors
+                else UNKNOWN_VENDOR,
+                route_path or UNROUTED,
+                request.method,
+                status,
+                seconds,
+                upstream_seconds,
+                bytes_in,
+                bytes_out,
+            )
+            if span is not None:
+                finish_server_span(span, vendor=vendor_name, route=route_path, status=status)
+            logger.access(
+                request_id=request_id,
+                client=ex.client if ex else None,
+                vendor=vendor_name,
+                route=route_path,
+                method=request.method,
+                path=request.target.partition("?")[0],
+                status=status,
+                duration_ms=round(seconds * 1000, 3),
+                upstream_ms=round(upstream_seconds * 1000, 3),
+                attempts=ex.attempts if ex else 0,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+            )
 
-def _json(request: web.Request, data: object, status: int = 200) -> web.Response:
-    response = web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
-    response.headers["X-Request-Id"] = _request_id(request)
-    return response
+    # -- /_gateway/...
+    async def _admin(self, request: ServerRequest) -> Answer:
+        path = request.target[len(ADMIN_PREFIX) :].partition("?")[0]
+        name, rest = (DELIVERIES, path[len(DELIVERIES) :]) if path.startswith(DELIVERIES) else (path, "")
+        handler = self.admin.get(name)
+        request_id = _request_id(request.headers)
+        try:
+            if handler is None or (name == DELIVERIES and not rest):
+                known = ", ".join(
+                    ADMIN_PREFIX + key + ("ID" if key == DELIVERIES else "") for key in self.admin
+                )
+                raise NotFound(f"no gateway endpoint {ADMIN_PREFIX}{path[:100]} (there are: {known})")
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{ADMIN_PREFIX}{name} answers GET", headers={"Allow": "GET, HEAD"})
+            answer = await handler(request, rest)
+        except GatewayError as exc:
+            return problem_answer(exc, request_id)
+        answer.headers.setdefault("X-Request-Id", request_id)
+        return answer
 
+    async def health(self, request: ServerRequest, _: str) -> Answer:
+        return json_answer({"status": "ok", "version": __version__})
 
-async def health(request: web.Request) -> web.Response:
-    return _json(request, {"status": "ok", "version": __version__})
+    async def ready(self, request: ServerRequest, _: str) -> Answer:
+        store = self.services.store
+        try:
+            await store.ping()
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable(f"the store is unreachable: {exc}") from None
+        vendors = sorted(self.live.runtime.config.vendors)
+        return json_answer({"status": "ready", "vendors": vendors, "store": store.url})
 
+    async def metrics_page(self, request: ServerRequest, _: str) -> Answer:
+        headers = CIMultiDict({"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+        return Answer(status=200, headers=headers, body=render(self.metrics))
 
-async def ready(request: web.Request) -> web.Response:
-    runtime = request.app[LIVE].runtime
-    store = request.app[SERVICES].store
-    try:
-        await store.ping()
-    except StoreUnavailable as exc:
-        return problem_response(ServiceUnavailable(f"the store is unreachable: {exc}"), _request_id(request))
-    return _json(
-        request,
-        {
-            "status": "ready",
-            "vendors": sorted(runtime.config.vendors),
-            "store": store.url,
-        },
-    )
+    async def dashboard(self, request: ServerRequest, _: str) -> Answer:
+        html = render_dashboard(self.live.runtime.config, self.services)
+        headers = CIMultiDict({"Content-Type": "text/html; charset=utf-8"})
+        return Answer(status=200, headers=headers, body=html.encode())
 
-
-async def metrics(request: web.Request) -> web.Response:
-    body = render(request.app[METRICS])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
-
-
-async def dashboard_page(request: web.Request) -> web.Response:
-    html = render_dashboard(request.app[LIVE].runtime.config, request.app[SERVICES])
-    return web.Response(text=html, content_type="text/html")
-
-
-async def delivery(request: web.Request) -> web.Response:
-    """``GET /_gateway/deliveries/ID``: a queued delivery's state and, once done, the vendor's answer."""
-    authenticator = request.app[LIVE].runtime.authenticator
-    store = request.app[SERVICES].deliveries.store
-    delivery_id = request.match_info["id"]
-    try:
+    async def delivery(self, request: ServerRequest, delivery_id: str) -> Answer:
+        """``GET /_gateway/deliveries/ID``: a queued delivery's state and, once done, the vendor's answer."""
+        authenticator = self.live.runtime.authenticator
+        store = self.services.deliveries.store
         # With [clients] only the client that sent it may look: 401 without a known key, else 404.
         client = authenticator.identify(request.headers)[0] if authenticator is not None else None
         try:
@@ -264,82 +305,16 @@ async def delivery(request: web.Request) -> web.Response:
                 f"the delivery store is unavailable: {exc}", headers={"Retry-After": "1"}
             ) from None
         if record is None or (authenticator is not None and record.request.client != client):
-            raise NotFound(f"no delivery {delivery_id!r} (delivered ones are kept for a limited time)")
-    except GatewayError as exc:
-        return problem_response(exc, _request_id(request))
-    return _json(request, record_json(record))
+            raise NotFound(f"no delivery {delivery_id[:100]!r} (delivered ones are kept for a limited time)")
+        return json_answer(record_json(record))
+
+    async def deprecations(self, request: ServerRequest, _: str) -> Answer:
+        """What vendors said is deprecated or sunsetting, per vendor and route, with dates and counts."""
+        notices = self.services.deprecations.notices()
+        return json_answer({"deprecations": [notice.as_dict() for notice in notices]})
 
 
-async def deprecations(request: web.Request) -> web.Response:
-    """What vendors said is deprecated or sunsetting, per vendor and route, with dates and counts."""
-    notices = request.app[SERVICES].deprecations.notices()
-    return _json(request, {"deprecations": [notice.as_dict() for notice in notices]})
-
-
-def create_app(config: Config, *, logger: Logger | None = None) -> web.Application:
-    app = web.Application(handler_args={"max_field_size": 16384})
-    app[CONFIG] = config
-    app[LOGGER] = logger or Logger()
-    app[LOGGER].redact(secret_values(config))
-    drain = app[DRAIN] = Drain(config.gateway.shutdown_timeout_seconds)
-
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        store = open_store(app[CONFIG].gateway.store)
-        settings = app[CONFIG].tracing
-        tracing = Tracing(settings) if settings.exporter != "none" else None
-        services = Services(
-            logger=app[LOGGER],
-            store=store,
-            tracing=tracing,
-            pool=Pool(user_agent=USER_AGENT),
-        )
-        app[SERVICES] = services
-        runtime = build_runtime(app[CONFIG], services)
-        commit(runtime, services)
-        app[LIVE] = Live(runtime)
-        app[METRICS] = registry_for(lambda: services)
-        live = app[LIVE]
-        workers = DeliveryWorkers(
-            services, lambda: live.runtime.config, lambda *key: live.runtime.delivery_handler(*key)
-        )
-        app[WORKERS] = workers
-        workers.start()
-        try:
-            yield
-        finally:
-            # Requests have drained by now: deliveries in progress get what is left of the drain
-            # (they ran on meanwhile), then go back to the queue.
-            await workers.stop(drain.remaining())
-            drain.close()
-            services.circuits.close()
-            services.ratelimits.close()
-            await services.tokens.close()
-            await services.pool.close()
-            await store.close()
-            if tracing is not None:
-                await asyncio.to_thread(tracing.shutdown)  # flushes spans still batched
-
-    async def begin_drain(app: web.Application) -> None:
-        # aiohttp calls this once the listening sockets are closed, before it waits for handlers.
-        drain.begin()
-        if WORKERS in app:
-            app[WORKERS].stop_taking()
-
-    app.cleanup_ctx.append(resources)
-    app.on_shutdown.append(begin_drain)
-    track = drain.track
-    app.router.add_get("/_gateway/health", track(health))
-    app.router.add_get("/_gateway/ready", track(ready))
-    app.router.add_get("/_gateway/deprecations", track(deprecations))
-    app.router.add_get("/_gateway/metrics", track(metrics))
-    app.router.add_get("/_gateway/dashboard", track(dashboard_page))
-    app.router.add_get("/_gateway/deliveries/{id}", track(delivery))
-    # Without tracing (it needs a restart to change) the route skips the span wrapper altogether.
-    app.router.add_route("*", "/{tail:.*}", track(proxy if config.tracing.exporter != "none" else _proxy))
-    return app
-
-
-async def reload(app: web.Application, *, reason: str = "requested") -> bool:
+async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
     """Load the config file again and serve new requests with it; True when the new config is in force.
 
     Requests already in a pipeline finish on the old Runtime. Limiters are kept where a limit is
@@ -348,7 +323,7 @@ async def reload(app: web.Application, *, reason: str = "requested") -> bool:
     serving. ``gateway.listen``, ``store``, ``shutdown_timeout_seconds`` and ``[tracing]`` need a
     restart: a change to them is logged as ``needs_restart``.
     """
-    live, logger = app[LIVE], app[LOGGER]
+    live, logger, services = gateway.live, gateway.logger, gateway.services
     async with live.lock:
         old = live.runtime.config
         try:
@@ -356,9 +331,9 @@ async def reload(app: web.Application, *, reason: str = "requested") -> bool:
             # read_config re-reads files caught mid-write and refuses a config with no vendors.
             config = await asyncio.to_thread(read_config, old)
             logger.redact(secret_values(config))
-            runtime = build_runtime(config, app[SERVICES])
+            runtime = build_runtime(config, services)
         except ConfigError as exc:
-            app[SERVICES].discard()
+            services.discard()
             logger.event(
                 "config_reload_failed",
                 level="error",
@@ -368,10 +343,12 @@ async def reload(app: web.Application, *, reason: str = "requested") -> bool:
             )
             return False
         except Exception as exc:
-            app[SERVICES].discard()
+            services.discard()
             logger.exception("config_reload_failed", exc, reason=reason, config=str(old.path))
             return False
-        commit(runtime, app[SERVICES], live)
+        commit(runtime, services, live)
+        if gateway.server is not None:  # new connections get the new limits
+            gateway.server.limits = Limits.of(config.gateway)
         needs_restart = [
             key
             for key, before, after in (
@@ -410,34 +387,26 @@ async def serve(
     listen_port: int,
     extra: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
     watch: bool = True,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish, and return.
 
     SIGHUP, and with ``watch`` a change to config.toml, routes or transforms, reloads the config.
-
     ``extra`` starts something beside the gateway (the sandbox) and returns its stop coroutine.
+    ``reuse_port``: one of several worker processes sharing the port (SO_REUSEPORT).
 
     From here on the process's ``logging`` records (opentelemetry, urllib3, asyncio, aiohttp...) are
     ``library_log`` events of ``logger``, so every line of output is the gateway's own format.
     """
     capture_library_logs(logger)
-    app = create_app(config, logger=logger)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        # A caller that closes its connection cancels its request: the vendor call is abandoned and
-        # its connection closed (a keyed or async request runs on; see the idempotency stage).
-        handler_cancellation=True,
-        shutdown_timeout=config.gateway.shutdown_timeout_seconds,
-    )
-    await runner.setup()
+    gateway = Gateway(config, logger=logger)
+    await gateway.start()
+    server = gateway.server = Server(gateway, Limits.of(config.gateway), logger)
     stop_extra = await extra() if extra is not None else None
-    site = web.TCPSite(runner, listen_host, listen_port, backlog=1024, reuse_address=True)
     try:
-        await site.start()
+        await server.listen(listen_host, listen_port, reuse_port=reuse_port)
     except OSError as exc:
-        await runner.cleanup()
+        await gateway.close()
         if stop_extra is not None:
             await stop_extra()
         raise SystemExit(
@@ -459,7 +428,7 @@ async def serve(
     reloads: set[asyncio.Task[bool]] = set()
 
     def on_sighup() -> None:
-        task = loop.create_task(reload(app, reason="SIGHUP"))
+        task = loop.create_task(reload(gateway, reason="SIGHUP"))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -470,19 +439,21 @@ async def serve(
 
         watcher = loop.create_task(
             watch_files(
-                lambda: app[LIVE].runtime.config,
-                lambda why: reload(app, reason=why),
+                lambda: gateway.live.runtime.config,
+                lambda why: reload(gateway, reason=why),
                 logger,
                 stop=stopping,
             )
         )
     await stopping.wait()
-    app[DRAIN].begin()  # the drain's one deadline counts from the signal
+    deadline = gateway.drain.begin()  # the drain's one deadline counts from the signal
     loop.remove_signal_handler(signal.SIGHUP)
     logger.event("stopping", reason="signal", drain_seconds=config.gateway.shutdown_timeout_seconds)
-    # Stops the listening socket first, then waits for in-flight handlers until the drain's deadline
-    # (Drain cancels them then), then lets deliveries use what is left of it.
-    await runner.cleanup()
+    gateway.workers.stop_taking()
+    # Stops accepting first, then lets in-flight requests run until the deadline (then cancels them),
+    # then lets deliveries use what is left of it.
+    await server.shutdown(deadline)
+    await gateway.close()
     if watcher is not None:
         await asyncio.gather(watcher, return_exceptions=True)  # it returns within one watch step
     if stop_extra is not None:

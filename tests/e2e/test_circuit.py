@@ -8,7 +8,6 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.redis_server import RedisServer
 from tests.resilience_vendor import RECORDER, Recorder, resilience_vendor
@@ -48,7 +47,7 @@ async def test_breaker_opens_rejects_fast_probes_and_closes(
     rec.down = True
     assert await statuses(client, "/v/x", 4) == [503] * 4  # the vendor's own 503s
     assert len(rec.calls) == 4
-    breakers = client.app[SERVICES].circuits
+    breakers = client.app.services.circuits
     assert breakers.open_state() == {"v": 1}
 
     started = time.monotonic()
@@ -110,15 +109,15 @@ async def test_successes_keep_it_closed_below_the_ratio(gateway: Any, vendor: An
     assert await statuses(client, "/v/ok", 6) == [200] * 6
     # 5 failures in 11 calls are below the ratio (0.5); the sixth makes 6 in 12, which opens it.
     assert await statuses(client, "/v/status/500", 5) == [500] * 5
-    assert client.app[SERVICES].circuits.open_state() == {"v": 0}
+    assert client.app.services.circuits.open_state() == {"v": 0}
     assert await statuses(client, "/v/status/502", 1) == [502]
-    assert client.app[SERVICES].circuits.open_state() == {"v": 1}
+    assert client.app.services.circuits.open_state() == {"v": 1}
 
 
 async def test_client_errors_do_not_count_as_failures(gateway: Any, vendor: Any) -> None:
     client, _rec = await start(gateway, vendor)
     assert await statuses(client, "/v/status/404", 10) == [404] * 10
-    assert client.app[SERVICES].circuits.open_state() == {"v": 0}
+    assert client.app.services.circuits.open_state() == {"v": 0}
 
 
 async def test_an_open_circuit_stops_a_retry_loop(gateway: Any, vendor: Any) -> None:
@@ -140,7 +139,7 @@ async def test_disabled_breaker_never_opens(gateway: Any, vendor: Any) -> None:
     rec.down = True
     assert await statuses(client, "/v/x", 30) == [503] * 30
     assert len(rec.calls) == 30
-    assert client.app[SERVICES].circuits.open_state() == {}
+    assert client.app.services.circuits.open_state() == {}
 
 
 async def test_default_breaker_opens_after_twenty_failures(gateway: Any, vendor: Any) -> None:
@@ -174,7 +173,7 @@ async def test_two_gateways_on_redis_share_one_breaker(
     assert (await b.get("/v/probe")).status == 200  # b probes; the breaker closes for both
     await asyncio.sleep(1.4)
     assert (await a.get("/v/again")).status == 200
-    assert a.app[SERVICES].circuits.open_state() == {"v": 0}
+    assert a.app.services.circuits.open_state() == {"v": 0}
     events = [r["event"] for r in logs.records() if r["event"].startswith("circuit_")]
     assert events == ["circuit_opened", "circuit_closed"]  # once each, by the process that did it
 
@@ -189,7 +188,7 @@ async def test_outcomes_on_redis_are_reported_in_batches(
     assert await statuses(client, "/v/x", 4) == [503] * 4
     # Within one report interval the breaker is open for this process too.
     deadline = time.monotonic() + 2
-    while client.app[SERVICES].circuits.open_state() != {"v": 1}:
+    while client.app.services.circuits.open_state() != {"v": 1}:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     resp = await client.get("/v/x")

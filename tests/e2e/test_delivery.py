@@ -16,7 +16,6 @@ import orjson
 import pytest
 import redis
 
-from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.redis_server import RedisServer
 from tests.resilience_vendor import RECORDER, Recorder, resilience_vendor
@@ -145,7 +144,7 @@ async def test_async_job_is_accepted_then_delivered(
     assert rec.effects == {key: 1}
     assert record["idempotency_key"] == key and record["idempotency_forward_header"] == "Idempotency-Key"
     assert next(r for r in logs.records() if r["event"] == "delivery_delivered")["delivery_id"] == body["id"]
-    assert client.app[SERVICES].deliveries.delivered["v"] == 1
+    assert client.app.services.deliveries.delivered["v"] == 1
 
 
 async def test_the_callers_key_is_forwarded_and_a_repeat_is_not_queued_twice(
@@ -181,8 +180,8 @@ async def test_non_retryable_answer_goes_to_the_dead_letters_at_once(
     assert record["response"]["status"] == 422  # the vendor's answer is kept with the dead letter
     dead = [r for r in logs.records() if r["event"] == "delivery_dead_lettered"]
     assert dead[0]["vendor"] == "v" and dead[0]["path"] == "/status/422"
-    await client.app[SERVICES].deliveries.refresh()
-    assert client.app[SERVICES].deliveries.dead == {"v": 1}
+    await client.app.services.deliveries.refresh()
+    assert client.app.services.deliveries.dead == {"v": 1}
 
 
 async def test_exhausted_attempts_go_to_the_dead_letters(gateway: Any, vendor: Any, store_url: str) -> None:
@@ -408,8 +407,8 @@ async def test_500_jobs_each_reach_a_vendor_failing_a_third_of_calls_exactly_onc
         f"{len(rec.calls)} vendor calls ({failed} failed and retried)"
     )
     for client in (a, b):
-        await client.app[SERVICES].deliveries.refresh()
-    assert a.app[SERVICES].deliveries.dead == {}
+        await client.app.services.deliveries.refresh()
+    assert a.app.services.deliveries.dead == {}
 
 
 async def test_metrics_and_dashboard_show_retries_circuits_and_dead_letters(
@@ -418,7 +417,7 @@ async def test_metrics_and_dashboard_show_retries_circuits_and_dead_letters(
     client, _rec = await start(gateway, vendor, "memory://")
     assert (await settled(client, await accept(client, "/v/status/400")))["state"] == "dead"
     assert (await settled(client, await accept(client, "/v/fail/1/m")))["state"] == "delivered"
-    await client.app[SERVICES].deliveries.refresh()
+    await client.app.services.deliveries.refresh()
     text = await (await client.get("/_gateway/metrics")).text()
     assert 'gateway_dlq_depth{vendor="v"} 1.0' in text
     assert 'gateway_circuit_open{vendor="v"} 0.0' in text

@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 
 from gateway.features.idempotency.stage import _OUTLIVING
-from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.gateway_proc import GatewayProcess
 
@@ -564,7 +563,7 @@ async def test_a_keyed_streamed_answer_whose_caller_left_frees_its_vendor_connec
     await writer.drain()
     await asyncio.wait_for(started.wait(), 10)
     writer.transport.abort()
-    pool = client.app[SERVICES].pool
+    pool = client.app.services.pool
     for _ in range(200):  # the run finishes in the background once the vendor answers
         await asyncio.sleep(0.05)
         if not any(origin._busy for origin in pool._origins.values()) and not _OUTLIVING:

@@ -16,7 +16,6 @@ from aiohttp import web
 
 from gateway.features.idempotency.stage import fingerprint
 from gateway.features.idempotency.store import IdempotencyKey, StoredResponse
-from gateway.http.app import SERVICES
 from tests.redis_server import RedisServer
 
 ROUTES = {
@@ -130,7 +129,7 @@ async def start(gateway: Any, vendor: Any, store: str, **kwargs: Any) -> tuple[A
 
 
 def outcomes(client: Any) -> Counter[tuple[str, str]]:
-    counts: Counter[tuple[str, str]] = client.app[SERVICES].idempotency_outcomes
+    counts: Counter[tuple[str, str]] = client.app.services.idempotency_outcomes
     return counts
 
 
@@ -177,7 +176,7 @@ async def test_vendor_cookies_reach_the_first_caller_but_are_never_stored_or_rep
     assert await again.json() == {"call": 1}
     assert fake.calls["/v1/cookie"] == 1
     scope = IdempotencyKey(vendor="v", client=None, key="cookie-1")
-    record = await client.app[SERVICES].store.idempotency.get(scope)
+    record = await client.app.services.store.idempotency.get(scope)
     assert record is not None and record.response is not None
     assert [name for name, _ in record.response.headers if name.lower() == "set-cookie"] == []
 
@@ -187,7 +186,7 @@ async def test_a_record_stored_with_a_cookie_before_the_fix_replays_without_it(
 ) -> None:
     client, fake = await start(gateway, vendor, store_url)
     body = b'{"amount":100}'
-    store = client.app[SERVICES].store.idempotency
+    store = client.app.services.store.idempotency
     scope = IdempotencyKey(vendor="v", client=None, key="old-1")
     digest = fingerprint("POST", "/v1/charges", "", body)
     assert (await store.claim(scope, fingerprint=digest, owner="o", lease_seconds=10)).acquired

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.manual_clock import ManualClock, advance, queued, until
 from tests.ratelimit_vendor import ARRIVALS, Arrivals, long_run_rate, max_in_window, rate_vendor
@@ -119,7 +118,7 @@ async def test_sustained_overload_is_shed_and_the_vendor_sees_the_limit(
     assert statuses.count(429) > 60  # the rest were shed, not queued forever
     assert statuses.count(200) == len(times)
     assert all(int(value) >= 1 for value in retry_afters)
-    registry = client.app[SERVICES].ratelimits
+    registry = client.app.services.ratelimits
     assert registry.rejected["v"] == statuses.count(429)
     assert registry.wait_seconds["v"].count == statuses.count(200)
 
@@ -177,7 +176,7 @@ async def test_vendor_429_with_retry_after_pauses_every_caller_and_retries_once(
     state.throttle["/limited"] = ["1"]
     client = await gateway(limited_config(server, "requests = 100, per_seconds = 1, max_wait_seconds = 3"))
     clock.install(client.app)
-    registry = client.app[SERVICES].ratelimits
+    registry = client.app.services.ratelimits
     first = asyncio.ensure_future(client.get("/v/limited"))
     await until(lambda: registry.pauses["v"] == 1, "the vendor's 429 to pause its queue")
     throttled = state.throttled_at[0]
@@ -303,7 +302,7 @@ async def test_retry_after_longer_than_the_vendor_timeout_is_not_waited_out(
     resp = await client.get("/v/slow-down")
     assert resp.status == 429 and resp.headers["Retry-After"] == "30"
     # The retry stage saw that waiting 30 s would pass total_seconds, and did not wait at all.
-    assert client.app[SERVICES].retries.withheld[("v", "deadline")] == 1
+    assert client.app.services.retries.withheld[("v", "deadline")] == 1
     assert next(r for r in logs.access() if r["path"] == "/v/slow-down")["attempts"] == 1
     # Paused for 30 s: a new request cannot be admitted within its 1 s wait and is refused at once.
     refused = await asyncio.wait_for(client.get("/v/other"), 30)
@@ -520,7 +519,7 @@ async def test_global_limit_falls_back_to_local_when_redis_is_down(
     )
     assert (await client.get("/v/warm")).status == 200  # paced in Redis, on Redis's clock
     clock.install(client.app)  # the fallback schedule's clock
-    registry = client.app[SERVICES].ratelimits
+    registry = client.app.services.ratelimits
     redis_server.kill()
     task = asyncio.ensure_future(fire(client, "/v/down", 20))
 
@@ -536,7 +535,7 @@ async def test_global_limit_falls_back_to_local_when_redis_is_down(
     assert rate <= 20.0 * (1 + EPSILON)  # still paced: this process's own limit
     events = [r for r in logs.records() if r["event"] == "ratelimit_store_unavailable"]
     assert events and events[0]["level"] == "error" and events[0]["policy"] == "v"
-    assert client.app[SERVICES].ratelimits.store_fallbacks["v"] >= 1
+    assert client.app.services.ratelimits.store_fallbacks["v"] >= 1
 
 
 # -- Retry-After a vendor gets wrong (issue 10) ----------------------------------------------------------
@@ -559,7 +558,7 @@ async def test_an_unreadable_retry_after_is_ignored_and_the_vendors_429_passes_t
     assert len(state.times["/limited"]) == 3
     # Read as absent: no pause, so the next request goes with the clock standing still.
     assert (await asyncio.wait_for(client.get("/v/next"), 30)).status == 200
-    assert client.app[SERVICES].ratelimits.pauses["v"] == 0
+    assert client.app.services.ratelimits.pauses["v"] == 0
     assert not [r for r in logs.records() if r["event"] in ("vendor_paused", "vendor_pause_capped")]
     assert not [r for r in logs.records() if r.get("level") == "error"]
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from gateway.config import load_config
-from gateway.http.app import LIVE, reload
+from gateway.http.app import reload
 from gateway.observability.logging import Logger
 from gateway.reload import Watched, watch_files
 from tests.conftest import CapturedLogs
@@ -104,10 +104,10 @@ async def test_a_bad_config_is_refused_and_the_old_one_keeps_serving(
 ) -> None:
     server = await vendor(rate_vendor())
     client = await gateway(config_text(server, "requests = 100"))
-    before = client.app[LIVE].runtime
+    before = client.app.live.runtime
     write_config(broken)
     assert await reload(client.app, reason="test") is False
-    assert client.app[LIVE].runtime is before
+    assert client.app.live.runtime is before
     failed = [r for r in logs.records() if r["event"] == "config_reload_failed"]
     assert len(failed) == 1 and failed[0]["level"] == "error" and failed[0]["reason"] == "test"
     assert any(expected in problem and "config.toml" in problem for problem in failed[0]["problems"])
@@ -166,12 +166,12 @@ async def test_a_file_that_keeps_changing_while_it_is_read_is_refused(
     server = await vendor(rate_vendor())
     url = server.make_url("/")
     client = await gateway(f'[vendors.v]\nbase_url = "{url}"\n')
-    before = client.app[LIVE].runtime
+    before = client.app.live.runtime
     path = write_config(f'[vendors.v]\nbase_url = "{url}"\n')
     versions = [f'[vendors.v]\nbase_url = "{url}"\n[vendors.n{i}]\nbase_url = "{url}"\n' for i in range(20)]
     load_then_write(monkeypatch, path, versions)
     assert await reload(client.app, reason="test") is False
-    assert client.app[LIVE].runtime is before
+    assert client.app.live.runtime is before
     failed = [r for r in logs.records() if r["event"] == "config_reload_failed"]
     assert len(failed) == 1 and failed[0]["reason"] == "test"
     assert any("changed while it was read" in problem for problem in failed[0]["problems"]), failed[0]

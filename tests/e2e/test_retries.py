@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs
 from tests.gateway_proc import free_port
 from tests.resilience_vendor import RECORDER, Recorder, resilience_vendor
@@ -82,7 +81,7 @@ async def test_post_with_forwarded_key_is_retried_with_the_same_key_and_body(
     assert [c.body for c in rec.calls] == [b'{"amount": 5}'] * 3
     access = logs.access()[-1]
     assert access["attempts"] == 3 and access["status"] == 200
-    sent = client.app[SERVICES].retries.sent
+    sent = client.app.services.retries.sent
     assert sent[("v", "503")] == 2
 
 
@@ -106,7 +105,7 @@ retry = {{ base_delay_seconds = 0.01, max_delay_seconds = 0.02 }}
     assert resp.status == 502
     assert "unreachable" in (await resp.json())["detail"]
     assert logs.access()[-1]["attempts"] == 3
-    assert client.app[SERVICES].retries.sent[("dead", "connection")] == 2
+    assert client.app.services.retries.sent[("dead", "connection")] == 2
 
 
 async def test_retry_on_and_attempts_are_configurable(gateway: Any, vendor: Any) -> None:
@@ -195,7 +194,7 @@ async def test_budget_limits_retries_under_a_vendor_that_always_fails(gateway: A
     print(f"100 requests to a vendor failing every call: {calls} calls ({calls / requests - 1:.0%} extra)")
     # Without a budget: 300 calls. With it: at most 20% more than the requests, and retries did happen.
     assert requests + 10 <= calls <= requests * 1.2 + 1
-    retries = client.app[SERVICES].retries
+    retries = client.app.services.retries
     assert retries.withheld[("v", "budget")] > 0
     assert sum(n for (v, _), n in retries.sent.items() if v == "v") == calls - requests
 

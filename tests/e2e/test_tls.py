@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.http.app import CONFIG
-
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
 
@@ -77,5 +75,5 @@ async def test_tls_is_verified_with_an_optional_ca_bundle(
     oauth = await client.get("/oauth/hello")
     assert await oauth.json() == {"auth": "Bearer tls-token"}
     assert (await client.get("/careless/hello")).status == 200
-    warnings = client.server.app[CONFIG].warnings
+    warnings = client.app.config.warnings
     assert [w.key for w in warnings] == ["vendors.careless.tls.verify"]

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.http.app import SERVICES
 from tests.conftest import CapturedLogs, vendor_block
 
 
@@ -119,7 +118,7 @@ async def test_deprecation_headers_are_logged_once_counted_and_shown(
     shown = page["deprecations"][1]
     assert shown["deprecated_at"] == "2025-01-01T00:00:00Z" and shown["sunset_at"] == "2025-12-31T23:59:59Z"
     assert shown["example"] == "GET /legacy/1"
-    counts = client.server.app[SERVICES].deprecations.counts()
+    counts = client.app.services.deprecations.counts()
     assert counts == {("acme", "/legacy/*"): 3, ("acme", "*"): 2}
 
 

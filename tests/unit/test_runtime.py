@@ -102,12 +102,12 @@ def test_a_built_runtime_changes_shared_limits_only_when_committed(write_config:
 async def test_a_reload_that_fails_half_way_leaves_the_running_limits(
     write_config: Callable[..., Path], monkeypatch: Any, gateway: Any
 ) -> None:
-    from gateway.http.app import LIVE, SERVICES, reload
+    from gateway.http.app import reload
 
     client = await gateway(config_text(10), ROUTES)
     app = client.app
-    svc = app[SERVICES]
-    limiter = svc.ratelimits.vendor(app[LIVE].runtime.config.vendors["a"])
+    svc = app.services
+    limiter = svc.ratelimits.vendor(app.live.runtime.config.vendors["a"])
     svc.discard()
     write_config(config_text(40), ROUTES)
     calls = []
