@@ -155,6 +155,11 @@ class Breaker:
             return
         if outcome == "success":
             self._successes += 1
+            # Successes alone are counted here and reported once per bucket (or with the next failure):
+            # a passing call costs an increment. A success opens a breaker only when enough failures
+            # are in already, so that decision may come up to one bucket later; a failure's, never.
+            if not self._shared and time.monotonic() - self._reported_at < self.settings.bucket_seconds:
+                return
         else:
             self._failures += 1
         if not self._shared:
