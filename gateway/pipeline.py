@@ -89,6 +89,10 @@ class Exchange:
 
 
 class Stage(Protocol):
+    """A step of a route's pipeline. A stage that only acts on some methods may say which in a
+    ``methods`` attribute (a frozenset, or None for all): ``compose`` then passes other requests
+    straight on, without entering the stage at all."""
+
     async def __call__(self, exchange: Exchange, call_next: Handler, /) -> Answer: ...
 
 
@@ -104,13 +108,16 @@ class _Bound:
     """``stage`` with its ``call_next``. Not a coroutine function: calling it returns the stage's own
     coroutine, so a stage costs no extra coroutine frame per request."""
 
-    __slots__ = ("call_next", "stage")
+    __slots__ = ("call_next", "methods", "stage")
 
     def __init__(self, stage: Stage, call_next: Handler) -> None:
         self.stage = stage
         self.call_next = call_next
+        self.methods: frozenset[str] | None = getattr(stage, "methods", None)
 
     def __call__(self, exchange: Exchange) -> Awaitable[Answer]:
+        if self.methods is not None and exchange.method not in self.methods:
+            return self.call_next(exchange)
         return self.stage(exchange, self.call_next)
 
     def __repr__(self) -> str:

@@ -159,7 +159,8 @@ def _now() -> str:
     second = int(t)
     if second != _second[0]:
         _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))]
-    return _second[1] + _MILLIS[int((t - second) * 1000)]
+    text: str = _second[1]
+    return text + _MILLIS[int((t - second) * 1000)]
 
 
 class _RandomHex:

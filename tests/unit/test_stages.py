@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -146,3 +147,26 @@ async def test_a_streamed_answer_holds_its_concurrency_slot_until_it_is_done(
     whole = await stage(exchange(vendor), Vendorless(Answer(status=200, body=b"ok")))
     assert whole.body == b"ok" and limiter.in_flight == 0
     services.ratelimits.close()
+
+
+async def test_compose_passes_methods_a_stage_does_not_take_straight_on(
+    write_config: Callable[..., Path],
+) -> None:
+    from gateway.pipeline import compose
+
+    _, vendor, _ = setup(write_config, "")
+    entered: list[str] = []
+
+    class PostOnly:
+        methods = frozenset({"POST"})
+
+        async def __call__(self, ex: Exchange, call_next: Any) -> Answer:
+            entered.append(ex.method)
+            answer: Answer = await call_next(ex)
+            return answer
+
+    endpoint = Vendorless(Answer(status=200), Answer(status=201))
+    handler = compose([PostOnly()], endpoint)
+    assert (await handler(exchange(vendor, "GET"))).status == 200
+    assert (await handler(exchange(vendor, "POST"))).status == 201
+    assert entered == ["POST"] and endpoint.calls == 2
