@@ -60,6 +60,9 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     upstream_seconds: float = 0.0
     attempts: int = 0
+    # The kind of fault the fault stage injected ("abort", "delay", "reset"; the last one), for the
+    # access record. None: none was.
+    fault: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
 

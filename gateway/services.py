@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .features.circuit.policy import CircuitBreakers
 from .features.delivery.queue import Deliveries
 from .features.deprecation.tracker import DeprecationTracker
+from .features.faults.policy import fault_counts
 from .features.idempotency.store import outcome_counts
 from .features.payload.schemas import schema_failure_counts
 from .features.ratelimit.policy import RateLimits
@@ -42,6 +43,8 @@ class Services:
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     # (vendor, route) -> vendor answers that failed their response schema in report mode.
     response_schema_failures: Counts = field(default_factory=schema_failure_counts)
+    # (vendor, kind) -> faults injected: gateway_faults_injected_total{vendor,kind}.
+    faults: Counts = field(default_factory=fault_counts)
     # OAuth2 tokens per vendor; kept across config reloads (keyed by the vendor's auth settings).
     tokens: TokenManager = field(init=False)
     # Deprecation/Sunset notices per (vendor, route): gateway_vendor_deprecations_total.
@@ -67,6 +70,7 @@ class Services:
             self.retries,
             self.circuits,
             self.deliveries,
+            self.faults,
         )
 
     def commit(self, vendors: frozenset[str]) -> None:

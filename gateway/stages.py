@@ -1,11 +1,11 @@
 """Stages: one file per stage. ``route_stages`` decides, once per route at load, which ones run.
 
 Execution order (DESIGN.md): client auth -> idempotency -> validate request -> transform request
--> async delivery (202 and done) -> retry -> circuit breaker -> rate limit -> [forward] -> validate
-response -> transform response. The retry stage loops over the vendor-facing ones, so every attempt
-asks the breaker, takes a rate-limit turn and obeys vendor pauses. Response-side work lives in
-the same stages as their request side, after ``call_next``. A route that asks for nothing gets no
-stages at all, so a plain pass-through costs nothing but the forwarder.
+-> async delivery (202 and done) -> retry -> circuit breaker -> rate limit -> [faults] -> [forward]
+-> validate response -> transform response. The retry stage loops over the vendor-facing ones, so every
+attempt asks the breaker, takes a rate-limit turn and obeys vendor pauses (an injected fault too).
+Response-side work lives in the same stages as their request side, after ``call_next``. A route that
+asks for nothing gets no stages at all, so a plain pass-through costs nothing but the forwarder.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .config import Config, Route, Vendor
 from .features.circuit.stage import circuit_stage
 from .features.client_auth.stage import ClientAuth
 from .features.delivery.stage import delivery_stage
+from .features.faults.stage import fault_stage
 from .features.idempotency.stage import idempotency_stage
 from .features.payload.stage import RequestPayload, ResponsePayload
 from .features.ratelimit.stage import ratelimit_stage
@@ -45,8 +46,11 @@ def route_stages(config: Config, vendor: Vendor, route: Route | None, services: 
     # refuse it has passed, and the vendor's answer (429 + Retry-After) is seen before response stages.
     if (ratelimit := ratelimit_stage(config, vendor, route, services)) is not None:
         stages.append(ratelimit)
-    if services.tracing is not None:  # innermost: one client span per vendor call
+    if services.tracing is not None:  # one client span per vendor call
         stages.append(VendorCallSpan(services.tracing))
+    # Innermost: an injected fault meets every stage a vendor's own would (retry, breaker, rate limit).
+    if (faults := fault_stage(vendor, route, services)) is not None:
+        stages.append(faults)
     return stages
 
 
@@ -58,4 +62,6 @@ def delivery_stages(config: Config, vendor: Vendor, route: Route | None, service
         stages.append(circuit)
     if (ratelimit := ratelimit_stage(config, vendor, route, services)) is not None:
         stages.append(ratelimit)
+    if (faults := fault_stage(vendor, route, services)) is not None:
+        stages.append(faults)
     return stages

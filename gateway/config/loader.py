@@ -36,6 +36,7 @@ from .model import (
     Config,
     ConfigError,
     DeliverySettings,
+    Faults,
     GatewaySettings,
     Idempotency,
     Listen,
@@ -285,6 +286,7 @@ def _parse_route(t: _Table, assets: _Assets) -> Route | None:
     response_transform = assets.transform(t, "response_transform")
     rate_limit = _parse_rate_limit(rt) if (rt := t.table("rate_limit")) is not None else None
     delivery = t.string("delivery", "sync", choices=DELIVERY_MODES)
+    faults = _parse_faults(ft) if (ft := t.table("faults")) is not None else None
     t.done()
     if method is None or segments is None:
         return None
@@ -301,6 +303,7 @@ def _parse_route(t: _Table, assets: _Assets) -> Route | None:
         response_transform=response_transform,
         rate_limit=rate_limit,
         delivery="async" if delivery == "async" else "prefer" if delivery == "prefer" else "sync",
+        faults=faults,
     )
 
 
@@ -355,6 +358,7 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
     concurrency = t.integer("concurrency", None)
     retry = _parse_retry(rt) if (rt := t.table("retry")) is not None else Retry()
     circuit = _parse_circuit(ct) if (ct := t.table("circuit")) is not None else Circuit()
+    faults = _parse_faults(ft) if (ft := t.table("faults")) is not None else None
     t.done()
     if base_url is None:
         return None
@@ -371,6 +375,7 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
         concurrency=concurrency,
         retry=retry,
         circuit=circuit,
+        faults=faults,
     )
 
 
@@ -420,6 +425,62 @@ def _parse_circuit(t: _Table) -> Circuit:
     )
     t.done()
     return circuit
+
+
+def _parse_faults(t: _Table) -> Faults:
+    """``faults = { abort = { percent, status }, delay = { percent, seconds }, reset = { percent } }``
+    (SPEC section 19)."""
+    values: dict[str, Any] = {}
+    for kind in ("abort", "delay", "reset"):
+        if (kt := t.table(kind)) is None:
+            continue
+        percent = kt.number("percent", positive=False)
+        if isinstance(percent, float) and percent > 100:
+            kt.problem("percent", f"must be from 0 to 100, not {percent:g}")
+            percent = None
+        values[f"{kind}_percent"] = percent
+        if kind == "abort":
+            status = kt.integer("status", None, minimum=400)
+            if isinstance(status, int) and status > 599:
+                kt.problem("status", f"must be a 4xx or 5xx status code, not {status}")
+                status = None
+            values["abort_status"] = status
+        elif kind == "delay":
+            values["delay_seconds"] = kt.number("seconds")
+        kt.done()
+    faults = _given(Faults, **values)
+    if faults.abort_percent + faults.reset_percent > 100:
+        t.problem(
+            "reset.percent",
+            f"abort and reset exclude each other, so their percents add up to at most 100, not "
+            f"{faults.abort_percent:g} + {faults.reset_percent:g}",
+        )
+    t.done()
+    return faults
+
+
+def _fault_warnings(config_file: str, vendors: Mapping[str, Vendor]) -> tuple[Problem, ...]:
+    """Faults are for tests: say so wherever they are on, so they never reach production unnoticed."""
+    found: list[Problem] = []
+
+    def describe(faults: Faults) -> str:
+        parts = []
+        if faults.abort_percent:
+            parts.append(f"{faults.abort_percent:g}% answered {faults.abort_status}")
+        if faults.delay_percent:
+            parts.append(f"{faults.delay_percent:g}% delayed {faults.delay_seconds:g}s")
+        if faults.reset_percent:
+            parts.append(f"{faults.reset_percent:g}% reset")
+        return "fault injection is on (" + "; ".join(parts) + "): vendor calls fail on purpose"
+
+    for name, vendor in vendors.items():
+        if vendor.faults is not None and vendor.faults.enabled:
+            found.append(Problem(config_file, f"vendors.{name}.faults", describe(vendor.faults)))
+        for route in vendor.routes:
+            if route.faults is not None and route.faults.enabled:
+                file, _, where = route.source.partition(": ")
+                found.append(Problem(file, f"{where}.faults", describe(route.faults)))
+    return tuple(found)
 
 
 def _parse_delivery(t: _Table) -> DeliverySettings:
@@ -815,7 +876,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         delivery=delivery,
         warnings=_warnings(display, vendors)
         + _rate_warnings(display, settings.store, vendors, clients)
-        + _delivery_warnings(settings.store, vendors),
+        + _delivery_warnings(settings.store, vendors)
+        + _fault_warnings(display, vendors),
     )
 
 

@@ -46,6 +46,7 @@ DEFAULT_DELIVERY_WORKERS = 8
 DEFAULT_DELIVERY_MAX_ATTEMPTS = 10
 DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS = 30.0
 DEFAULT_DELIVERY_KEEP_SECONDS = 86_400.0
+DEFAULT_FAULT_ABORT_STATUS = 503  # fault injection (SPEC section 19): what an injected abort answers
 RATE_SCOPES = ("local", "global")
 IDEMPOTENCY_MODES = ("required", "optional", "off")
 # Methods that get idempotency "optional" when their route says nothing (SPEC section 8).
@@ -280,6 +281,29 @@ class DeliverySettings:
     keep_seconds: float = DEFAULT_DELIVERY_KEEP_SECONDS
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Faults:
+    """``faults = {...}`` on a vendor, or on a route (which then replaces the vendor's): injected faults
+    for chaos tests (SPEC section 19), each drawn per vendor call (per attempt) and independently.
+
+    ``delay_percent`` of calls wait ``delay_seconds`` first (as a slow vendor: the wait counts against
+    the vendor's timeout); then ``abort_percent`` are answered with ``abort_status`` as if the vendor
+    had, or ``reset_percent`` are cut as a connection error (abort and reset exclude each other, so
+    together they are at most 100).
+    """
+
+    abort_percent: float = 0.0
+    abort_status: int = DEFAULT_FAULT_ABORT_STATUS
+    delay_percent: float = 0.0
+    delay_seconds: float = 0.0
+    reset_percent: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything can be injected (a table with nothing in it is as good as none)."""
+        return bool(self.abort_percent or self.delay_percent or self.reset_percent)
+
+
 IdempotencyMode = Literal["required", "optional", "off"]
 # "sync": answered by the vendor; "async": 202 and a durable queue; "prefer": async when the caller
 # sends ``Prefer: respond-async`` (RFC 7240), else sync.
@@ -327,6 +351,7 @@ class Route:
     response_transform: TransformSpec | None = None
     rate_limit: RateLimit | None = None  # on top of the vendor's: requests matching this route only
     delivery: DeliveryMode = "sync"
+    faults: Faults | None = None  # replaces the vendor's faults for requests matching this route
 
     def matches(self, method: str, segments: tuple[str, ...]) -> bool:
         if self.method != "*" and self.method != method and not (self.method == "GET" and method == "HEAD"):
@@ -356,6 +381,7 @@ class Vendor:
     concurrency: int | None = None  # at most this many requests in flight to the vendor (per process)
     retry: Retry = field(default_factory=Retry)
     circuit: Circuit = field(default_factory=Circuit)
+    faults: Faults | None = None  # off unless configured: [vendors.NAME.faults]
     expose: Literal["all", "declared"] = "all"
     routes: tuple[Route, ...] = ()
 

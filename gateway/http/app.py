@@ -249,6 +249,7 @@ class Gateway:
                 attempts=ex.attempts if ex else 0,
                 bytes_in=bytes_in,
                 bytes_out=bytes_out,
+                **({"fault": ex.fault} if ex is not None and ex.fault is not None else {}),
             )
 
     # -- /_gateway/...
