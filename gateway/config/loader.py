@@ -428,8 +428,8 @@ def _parse_circuit(t: _Table) -> Circuit:
 
 
 def _parse_faults(t: _Table) -> Faults:
-    """``faults = { abort = { percent, status }, delay = { percent, seconds }, reset = { percent } }``
-    (SPEC section 19)."""
+    """``faults = { abort = { percent, status }, delay = { percent, seconds }, reset = { percent },
+    header_control }`` (SPEC section 19)."""
     values: dict[str, Any] = {}
     for kind in ("abort", "delay", "reset"):
         if (kt := t.table(kind)) is None:
@@ -448,6 +448,7 @@ def _parse_faults(t: _Table) -> Faults:
         elif kind == "delay":
             values["delay_seconds"] = kt.number("seconds")
         kt.done()
+    values["header_control"] = t.boolean("header_control", None)
     faults = _given(Faults, **values)
     if faults.abort_percent + faults.reset_percent > 100:
         t.problem(
@@ -471,6 +472,8 @@ def _fault_warnings(config_file: str, vendors: Mapping[str, Vendor]) -> tuple[Pr
             parts.append(f"{faults.delay_percent:g}% delayed {faults.delay_seconds:g}s")
         if faults.reset_percent:
             parts.append(f"{faults.reset_percent:g}% reset")
+        if faults.header_control:
+            parts.append("callers may ask for faults with X-Gateway-Fault")
         return "fault injection is on (" + "; ".join(parts) + "): vendor calls fail on purpose"
 
     for name, vendor in vendors.items():

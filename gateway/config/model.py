@@ -289,7 +289,8 @@ class Faults:
     ``delay_percent`` of calls wait ``delay_seconds`` first (as a slow vendor: the wait counts against
     the vendor's timeout); then ``abort_percent`` are answered with ``abort_status`` as if the vendor
     had, or ``reset_percent`` are cut as a connection error (abort and reset exclude each other, so
-    together they are at most 100).
+    together they are at most 100). ``header_control``: a caller may ask for a fault on its own request
+    with ``X-Gateway-Fault`` (instead of the drawn ones).
     """
 
     abort_percent: float = 0.0
@@ -297,11 +298,12 @@ class Faults:
     delay_percent: float = 0.0
     delay_seconds: float = 0.0
     reset_percent: float = 0.0
+    header_control: bool = False
 
     @property
     def enabled(self) -> bool:
         """Whether anything can be injected (a table with nothing in it is as good as none)."""
-        return bool(self.abort_percent or self.delay_percent or self.reset_percent)
+        return bool(self.abort_percent or self.delay_percent or self.reset_percent or self.header_control)
 
 
 IdempotencyMode = Literal["required", "optional", "off"]

@@ -71,6 +71,7 @@ REQUEST_DROP = HOP_BY_HOP | frozenset(
         "forwarded",
         "via",
         "x-gateway-key",
+        "x-gateway-fault",  # the fault stage's (features/faults): for the gateway, never the vendor
         "x-real-ip",
     )
 )

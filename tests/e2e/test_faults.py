@@ -63,6 +63,26 @@ def access(client: Any, logs: CapturedLogs) -> list[dict[str, Any]]:
     return logs.access()
 
 
+async def test_faults_are_off_unless_configured_and_the_header_never_reaches_the_vendor(
+    gateway: Any, vendor: Any, logs: CapturedLogs
+) -> None:
+    client, rec = await start(gateway, vendor)
+    for value in ("abort=503", "reset", "delay=5"):
+        status, _, _ = await call(client, "/v/x", headers={"X-Gateway-Fault": value})
+        assert status == 200
+    assert len(rec.calls) == 3 and all("X-Gateway-Fault" not in c.headers for c in rec.calls)
+    assert all("fault" not in r for r in access(client, logs))
+    text = await (await client.get("/_gateway/metrics")).text()
+    assert metric(text, "gateway_faults_injected_total") == {}
+
+
+async def test_without_header_control_the_header_is_ignored(gateway: Any, vendor: Any) -> None:
+    client, rec = await start(gateway, vendor, "[vendors.v.faults]\ndelay = { percent = 0, seconds = 1 }")
+    status, _, _ = await call(client, "/v/x", headers={"X-Gateway-Fault": "abort=503"})
+    assert status == 200 and len(rec.calls) == 1
+    assert "X-Gateway-Fault" not in rec.calls[0].headers
+
+
 async def test_configured_shares_hold_over_1000_requests(
     gateway: Any, vendor: Any, logs: CapturedLogs
 ) -> None:
@@ -181,6 +201,78 @@ abort = {{ percent = 50.0, status = 503 }}
         assert (status, content_type) == (503, "application/problem+json")
     assert len(rec.calls) == calls
     assert client.app.services.faults[("v", "abort")] == len(injected)
+
+
+async def test_header_control_asks_for_a_fault_on_one_request(
+    gateway: Any, vendor: Any, logs: CapturedLogs
+) -> None:
+    faults = "[vendors.v.faults]\nheader_control = true"
+    retry = "retry = { attempts = 2, base_delay_seconds = 0.001, max_delay_seconds = 0.002 }"
+    server = await vendor(resilience_vendor())
+    rec = server.app[RECORDER]
+    client = await gateway(
+        f'[vendors.v]\nbase_url = "{server.make_url("/")}"\n{retry}\ncircuit = {{ enabled = false }}\n{faults}\n'
+    )
+    # No header: nothing is drawn (every share is 0).
+    assert (await call(client, "/v/plain"))[0] == 200
+
+    status, content_type, body = await call(client, "/v/a", headers={"X-Gateway-Fault": "abort=418"})
+    assert (status, content_type) == (418, "application/json") and b"injected_fault" in body
+    status, content_type, body = await call(client, "/v/r", headers={"X-Gateway-Fault": "reset"})
+    assert (status, content_type) == (502, "application/problem+json") and b"connection reset" in body
+    started = time.monotonic()
+    status, _, _ = await call(client, "/v/d", headers={"X-Gateway-Fault": "delay=0.3"})
+    assert status == 200 and time.monotonic() - started >= 0.3
+    status, _, _ = await call(client, "/v/da", headers={"X-Gateway-Fault": "delay=0.05, abort=503"})
+    assert status == 503
+    assert [c.path for c in rec.calls] == ["/plain", "/d"]  # the others never reached the vendor
+    assert "X-Gateway-Fault" not in rec.calls[1].headers
+
+    records = {r["path"]: r for r in access(client, logs)}
+    assert "fault" not in records["/v/plain"]
+    assert records["/v/a"]["fault"] == "abort" and records["/v/a"]["attempts"] == 1  # 418 is not retried
+    assert records["/v/r"]["fault"] == "reset" and records["/v/r"]["attempts"] == 2  # a reset is
+    assert records["/v/d"]["fault"] == "delay" and records["/v/d"]["upstream_ms"] >= 300
+    assert records["/v/da"]["fault"] == "abort" and records["/v/da"]["attempts"] == 2
+    assert client.app.services.retries.sent[("v", "connection")] == 1
+    assert client.app.services.faults == {("v", "abort"): 3, ("v", "reset"): 2, ("v", "delay"): 3}
+
+
+async def test_an_injected_delay_past_the_vendors_timeout_is_a_timeout(
+    gateway: Any, vendor: Any, logs: CapturedLogs
+) -> None:
+    client, rec = await start(
+        gateway,
+        vendor,
+        "[vendors.v.faults]\nheader_control = true",
+        "timeout = { total_seconds = 0.4 }",
+    )
+    started = time.monotonic()
+    status, content_type, body = await call(client, "/v/x", headers={"X-Gateway-Fault": "delay=30"})
+    elapsed = time.monotonic() - started
+    assert (status, content_type) == (504, "application/problem+json") and b"within 0.4s" in body
+    assert 0.4 <= elapsed < 5.0
+    assert rec.calls == []
+    (record,) = [r for r in access(client, logs) if r["path"] == "/v/x"]
+    assert record["fault"] == "delay" and record["attempts"] == 1
+
+
+async def test_a_bad_fault_header_is_a_400_naming_it(gateway: Any, vendor: Any) -> None:
+    client, rec = await start(gateway, vendor, "[vendors.v.faults]\nheader_control = true")
+    for value in (
+        "abort=200",
+        "abort",
+        "delay=-1",
+        "delay=nan",
+        "explode",
+        "abort=503, reset",
+        "reset=1",
+        ",",
+    ):
+        status, content_type, body = await call(client, "/v/x", headers={"X-Gateway-Fault": value})
+        assert (status, content_type) == (400, "application/problem+json"), value
+        assert b"X-Gateway-Fault" in body, (value, body)
+    assert rec.calls == []
 
 
 async def test_a_routes_faults_replace_the_vendors(gateway: Any, vendor: Any) -> None:

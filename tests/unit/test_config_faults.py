@@ -1,5 +1,5 @@
 """Config for fault injection (SPEC section 19): off unless present, values, every problem with its file
-and key, the warning ``gateway check`` prints,"""
+and key, the warning ``gateway check`` prints, and the caller's X-Gateway-Fault header."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, Faults, load_config
+from gateway.errors import BadRequest
+from gateway.features.faults.policy import Plan, parse_fault_header
 
 VENDOR = '[vendors.sandbox]\nbase_url = "http://127.0.0.1:8081"\n'
 
@@ -35,6 +37,7 @@ def test_values_load_and_warn(write_config: Callable[..., Path]) -> None:
 abort = { percent = 10.0, status = 503 }
 delay = { percent = 20, seconds = 0.5 }
 reset = { percent = 0.0 }
+header_control = true
 """,
         routes={
             "sandbox": """
@@ -57,6 +60,7 @@ reset = { percent = 0.0 }
         delay_percent=20.0,
         delay_seconds=0.5,
         reset_percent=0.0,
+        header_control=True,
     )
     calm, cut = sandbox.routes
     assert calm.faults == Faults() and not calm.faults.enabled
@@ -65,7 +69,8 @@ reset = { percent = 0.0 }
     assert [(w.key, w.message) for w in config.warnings] == [
         (
             "vendors.sandbox.faults",
-            "fault injection is on (10% answered 503; 20% delayed 0.5s): vendor calls fail on purpose",
+            "fault injection is on (10% answered 503; 20% delayed 0.5s; callers may ask for faults "
+            "with X-Gateway-Fault): vendor calls fail on purpose",
         ),
         ("route[2].faults", "fault injection is on (5% reset): vendor calls fail on purpose"),
     ]
@@ -81,6 +86,7 @@ def test_every_problem_names_its_key(write_config: Callable[..., Path]) -> None:
 abort = { percent = 101, status = 200 }
 delay = { percent = -1 }
 reset = { percent = "5", extra = 1 }
+header_control = "yes"
 typo = 1
 
 [vendors.other]
@@ -96,6 +102,7 @@ faults = { abort = { percent = 60 }, reset = { percent = 50 } }
         "vendors.sandbox.faults.delay.seconds: is required",
         "vendors.sandbox.faults.reset.percent: must be a number, not a string",
         "vendors.sandbox.faults.reset.extra: unknown key",
+        "vendors.sandbox.faults.header_control: must be true or false, not a string",
         "vendors.sandbox.faults.typo: unknown key",
         "vendors.other.faults.reset.percent: abort and reset exclude each other, so their percents add up "
         "to at most 100, not 60 + 50",
@@ -129,3 +136,37 @@ def test_gateway_check_prints_the_warning(write_config: Callable[..., Path]) -> 
         "warning: vendors.sandbox.faults: fault injection is on (10% answered 503): vendor calls fail on purpose"
         in result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "plan"),
+    [
+        (["abort=503"], Plan(abort_status=503)),
+        (["delay=0.2"], Plan(delay_seconds=0.2)),
+        (["reset"], Plan(reset=True)),
+        ([" Delay = 1.5 ,abort=429"], Plan(delay_seconds=1.5, abort_status=429)),
+        (["delay=0.1", "reset"], Plan(delay_seconds=0.1, reset=True)),  # two fields, one request
+    ],
+)
+def test_the_fault_header(values: list[str], plan: Plan) -> None:
+    assert parse_fault_header(values) == plan
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("abort=200", "abort needs a 4xx or 5xx status"),
+        ("abort=5x3", "abort needs a 4xx or 5xx status"),
+        ("delay=0", "delay needs seconds greater than 0"),
+        ("delay=inf", "delay needs seconds greater than 0"),
+        ("reset=yes", "unknown fault 'reset=yes'"),
+        ("drop", "unknown fault 'drop'"),
+        ("abort=503, reset", "abort and reset exclude each other"),
+        ("delay=1, delay=2", "delay is given twice"),
+        (" , ", "is empty"),
+    ],
+)
+def test_a_bad_fault_header(value: str, says: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_fault_header([value])
+    assert info.value.detail.startswith("X-Gateway-Fault: ") and says in info.value.detail

@@ -10,6 +10,10 @@ deadline of all attempts together); one longer than what is left waits that long
 timeout would (504, retried as a timeout, a breaker failure). The kind injected is left in
 ``Exchange.fault`` for the access record (the last one of the request: after a delay, an abort or
 reset that followed), and counted in ``gateway_faults_injected_total{vendor,kind}``.
+
+With ``header_control``, a request carrying ``X-Gateway-Fault`` gets what it asks for on every attempt
+instead of the draws (a malformed one is a 400). The forwarder never sends that field to a vendor,
+whether or not faults are on.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from ...messages import Answer
 from ...observability.metrics import Counts
 from ...pipeline import Exchange, Handler
 from ...services import Services
-from .policy import Draws
+from .policy import FAULT_HEADER, Draws, Plan, parse_fault_header
 
 
 class FaultStage:
     def __init__(self, vendor: Vendor, faults: Faults, counts: Counts) -> None:
         self.vendor = vendor.name
         self.total_seconds = vendor.timeout.total_seconds
+        self.header_control = faults.header_control
         self.draws = Draws(
             delay=faults.delay_percent / 100.0,
             delay_seconds=faults.delay_seconds,
@@ -43,7 +48,11 @@ class FaultStage:
         self.counts = counts
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
-        plan = self.draws.draw()
+        plan: Plan
+        if self.header_control and FAULT_HEADER in ex.request.headers:
+            plan = parse_fault_header(ex.request.headers.getall(FAULT_HEADER))
+        else:
+            plan = self.draws.draw()
         if plan.delay_seconds:
             await self._delay(ex, plan.delay_seconds)
         if plan.abort_status is not None:
