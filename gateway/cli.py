@@ -1,4 +1,4 @@
-"""``gateway run|check|transform|sandbox|dlq``: the operator's commands (SPEC section 1)."""
+"""``gateway run|check|transform|sandbox|dlq|contract``: the operator's commands (SPEC sections 1, 19)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .features.delivery.dlq import add_parser as add_dlq_parser
 
     add_dlq_parser(sub)
+    from .features.contract.cli import add_parser as add_contract_parser
+
+    add_contract_parser(sub)
     return parser
 
 

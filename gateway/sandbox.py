@@ -3,8 +3,10 @@
 The shipped config, the README quickstart and the test-suite point the gateway at it. Besides plain
 customer CRUD it has endpoints that misbehave on purpose (rate limits, 503s, slow and huge answers,
 deprecation headers, OAuth2 tokens that can be revoked) so every gateway feature has something real to
-talk to. Every call to a vendor endpoint is counted in `app[SANDBOX_STATE].calls`, keyed
-"METHOD /route/template" (e.g. "GET /v1/customers/{id}"); `/_sandbox/*` calls are not counted.
+talk to; ``POST /_sandbox/drift`` changes the shape of its customers, as a vendor changing its API
+under its callers would (for contract checks). Every call to a vendor endpoint is counted in
+`app[SANDBOX_STATE].calls`, keyed "METHOD /route/template" (e.g. "GET /v1/customers/{id}");
+`/_sandbox/*` calls are not counted.
 
 Run it with `gateway sandbox --listen HOST:PORT`, `python -m gateway.sandbox [HOST:PORT]`, or in-process
 with `runner = await start(host, port)` / `await runner.cleanup()`.
@@ -64,9 +66,14 @@ class SandboxState:
     window_start: float = 0.0
     window_count: int = 0
     tokens: dict[str, tuple[float, str]] = field(default_factory=dict)  # token -> (expires, scope)
+    # How customers are shown from now on (POST /_sandbox/drift): {"rename": {old: new}, "drop": [...],
+    # "set": {field: value}}; empty: as stored.
+    drift: JSON = field(default_factory=dict)
 
     def reset(self) -> None:
-        """Forget counters, flaky attempts and the rate-limit window; customers and tokens stay."""
+        """Forget counters, flaky attempts, the rate-limit window and any drift; customers and tokens
+        stay."""
+        self.drift = {}
         self.calls.clear()
         self.tokens_issued = 0
         self.flaky.clear()
@@ -78,6 +85,17 @@ class SandboxState:
         customer = {"id": customer_id, "object": "customer", **fields, "created": created}
         self.customers[customer_id] = customer
         return customer
+
+    def shown(self, customer: JSON) -> JSON:
+        """A customer as the sandbox answers with it: drifted, if it was asked to drift."""
+        if not self.drift:
+            return customer
+        renamed: dict[str, str] = self.drift.get("rename", {})
+        set_values: JSON = self.drift.get("set", {})
+        out = {renamed.get(key, key): value for key, value in customer.items()}
+        for key in self.drift.get("drop", []):
+            out.pop(key, None)
+        return out | set_values
 
 
 SANDBOX_STATE = web.AppKey("sandbox_state", SandboxState)
@@ -164,7 +182,7 @@ async def create_customer(request: web.Request) -> web.Response:
         fields = _customer_fields(body)
     except _BadRequest as exc:  # validation failures are not stored, as with Stripe
         return _error(400, str(exc))
-    payload = orjson.dumps(state.add_customer(fields, int(time.time())))
+    payload = orjson.dumps(state.shown(state.add_customer(fields, int(time.time()))))
     if key is None:
         return _raw_json(payload, 201)
     state.idempotency[key] = (fingerprint, 201, payload)
@@ -185,7 +203,7 @@ def _customer_page(request: web.Request, url: str, headers: dict[str, str] | Non
         if after not in state.customers:
             return _error(400, f"Invalid starting_after: no such customer: {after!r}")
         start = next(i for i, c in enumerate(customers) if c["id"] == after) + 1
-    page = customers[start : start + limit]
+    page = [state.shown(customer) for customer in customers[start : start + limit]]
     body = {"object": "list", "data": page, "has_more": start + limit < len(customers), "url": url}
     return _json(body, headers=headers)
 
@@ -200,10 +218,11 @@ async def legacy_list_customers(request: web.Request) -> web.Response:
 
 async def get_customer(request: web.Request) -> web.Response:
     customer_id = request.match_info["id"]
-    customer = request.app[SANDBOX_STATE].customers.get(customer_id)
+    state = request.app[SANDBOX_STATE]
+    customer = state.customers.get(customer_id)
     if customer is None:
         return _error(404, f"No such customer: {customer_id!r}")
-    return _json(customer)
+    return _json(state.shown(customer))
 
 
 async def delete_customer(request: web.Request) -> web.Response:
@@ -368,6 +387,29 @@ async def reset(request: web.Request) -> web.Response:
     return _json({"reset": True})
 
 
+async def drift(request: web.Request) -> web.Response:
+    """``{"rename": {"email": "email_address"}, "drop": ["address"], "set": {"created": "today"}}``:
+    every customer answered from now on has that shape (``{}`` or /_sandbox/reset: as stored again)."""
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        return _error(400, "Request body must be a JSON object")
+    if not isinstance(body, dict):
+        body = {"": body}  # refused below
+    rename, drop, values = body.get("rename", {}), body.get("drop", []), body.get("set", {})
+    if (
+        set(body) - {"rename", "drop", "set"}
+        or not isinstance(rename, dict)
+        or not all(isinstance(v, str) for v in rename.values())
+        or not isinstance(drop, list)
+        or not all(isinstance(v, str) for v in drop)
+        or not isinstance(values, dict)
+    ):
+        return _error(400, 'Drift is {"rename": {"old": "new"}, "drop": ["field"], "set": {"field": value}}')
+    request.app[SANDBOX_STATE].drift = body
+    return _json({"drift": body})
+
+
 async def revoke(request: web.Request) -> web.Response:
     tokens = request.app[SANDBOX_STATE].tokens
     revoked = len(tokens)
@@ -439,6 +481,7 @@ def create_app(
     app.router.add_get("/_sandbox/stats", stats)
     app.router.add_post("/_sandbox/reset", reset)
     app.router.add_post("/_sandbox/revoke", revoke)
+    app.router.add_post("/_sandbox/drift", drift)
     return app
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 from yarl import URL
 
+from ..features.contract.examples import Example, ExampleError, load_example
 from ..features.payload.schemas import CompiledSchema, SchemaFileError, SchemaRegistry
 from ..transform import TransformSpec, TransformSpecError, load_spec
 from ..transform.spec import toml_type
@@ -232,6 +233,7 @@ class _Assets:
         self.transforms_dir = transforms_dir
         self.schemas = SchemaRegistry(transforms_dir)
         self.specs: dict[str, TransformSpec | TransformSpecError] = {}
+        self.examples: dict[str, Example | ExampleError] = {}
 
     def schema(self, t: _Table, key: str) -> CompiledSchema | None:
         name = t.string(key, None)
@@ -262,6 +264,39 @@ class _Assets:
             return None
         return spec
 
+    def example_list(self, t: _Table) -> tuple[Example, ...]:
+        """A route's ``examples``: files under the transforms folder, each loaded once per load."""
+        raw = t.raw("examples")
+        if raw is _MISSING:
+            return ()
+        if not isinstance(raw, list):
+            t.problem("examples", f"must be an array of file names under transforms/, not {toml_type(raw)}")
+            return ()
+        found: list[Example] = []
+        for i, name in enumerate(raw, start=1):
+            key = f"examples[{i}]"
+            if not isinstance(name, str) or not name:
+                t.problem(key, f"must be a file name under transforms/, not {toml_type(name)}")
+                continue
+            if name not in self.examples:
+                try:
+                    self.examples[name] = load_example(self.transforms_dir, name, HTTP_METHODS)
+                except ExampleError as exc:
+                    self.examples[name] = exc
+            example = self.examples[name]
+            if isinstance(example, ExampleError):
+                display = _display(self.transforms_dir / name)
+                keyed = [(where, message) for where, message in example.problems if where]
+                if keyed:
+                    t.problem(key, f"{name} has {len(keyed)} problem(s), listed under its own file")
+                    t._problems.extend(Problem(display, where, message) for where, message in keyed)
+                for where, message in example.problems:
+                    if not where:
+                        t.problem(key, message)
+                continue
+            found.append(example)
+        return tuple(found)
+
 
 def _parse_route(t: _Table, assets: _Assets) -> Route | None:
     method = t.string("method", "*")
@@ -287,6 +322,7 @@ def _parse_route(t: _Table, assets: _Assets) -> Route | None:
     rate_limit = _parse_rate_limit(rt) if (rt := t.table("rate_limit")) is not None else None
     delivery = t.string("delivery", "sync", choices=DELIVERY_MODES)
     faults = _parse_faults(ft) if (ft := t.table("faults")) is not None else None
+    examples = assets.example_list(t)
     t.done()
     if method is None or segments is None:
         return None
@@ -304,6 +340,7 @@ def _parse_route(t: _Table, assets: _Assets) -> Route | None:
         rate_limit=rate_limit,
         delivery="async" if delivery == "async" else "prefer" if delivery == "prefer" else "sync",
         faults=faults,
+        examples=examples,
     )
 
 
@@ -956,5 +993,24 @@ def _load_routes(
         if name in expose:
             exposed: Literal["all", "declared"] = "all" if expose[name][0] == "all" else "declared"
             vendor = replace(vendor, expose=exposed, routes=tuple(routes[name]))
+            _check_examples(vendor, problems)
         result[name] = vendor
     return result
+
+
+def _check_examples(vendor: Vendor, problems: list[Problem]) -> None:
+    """Each example must reach the route that lists it: routes match in order, so an earlier route
+    that matches it too would take it."""
+    for route in vendor.routes:
+        file, _, where = route.source.partition(": ")
+        for i, example in enumerate(route.examples, start=1):
+            found = vendor.find_route(example.method, example.segments)
+            if found is route:
+                continue
+            sends = f"{example.name} sends {example.method} {example.path}"
+            if found is None or not route.matches(example.method, example.segments):
+                message = f"{sends}, which this route ({route.method} {route.path}) does not match"
+            else:
+                earlier = found.source.partition(": ")[2]
+                message = f"{sends}, which the earlier {earlier} ({found.method} {found.path}) takes"
+            problems.append(Problem(file, f"{where}.examples[{i}]", message))

@@ -13,6 +13,7 @@ from typing import Literal
 
 from yarl import URL
 
+from ..features.contract.examples import Example
 from ..features.payload.schemas import CompiledSchema
 from ..transform import TransformSpec
 
@@ -354,6 +355,8 @@ class Route:
     rate_limit: RateLimit | None = None  # on top of the vendor's: requests matching this route only
     delivery: DeliveryMode = "sync"
     faults: Faults | None = None  # replaces the vendor's faults for requests matching this route
+    # Requests that `gateway contract check` sends through this route (files under transforms/).
+    examples: tuple[Example, ...] = ()
 
     def matches(self, method: str, segments: tuple[str, ...]) -> bool:
         if self.method != "*" and self.method != method and not (self.method == "GET" and method == "HEAD"):
