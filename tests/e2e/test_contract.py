@@ -294,3 +294,61 @@ async def test_the_sandbox_drifts_every_customer_answer_until_reset(vendor: Any)
         assert (await send("POST", "/_sandbox/reset"))[0] == 200
         _, one = await send("GET", "/v1/customers/cus_0001")
         assert isinstance(one["created"], int) and "email" in one and "address" in one
+
+
+async def test_recorded_answers_are_verified_offline_against_the_schemas_as_they_are_now(
+    vendor: Any, tmp_path: Path
+) -> None:
+    server = await vendor(create_app())
+    config = str(shipped(tmp_path, str(server.make_url("/"))))
+    fixtures = tmp_path / "fixtures"
+    code, lines, err = await contract("check", "--config", config, "--record", str(fixtures))
+    assert code == 0, (lines, err)
+    kept = fixtures / "billing" / "billing" / "examples" / "customer.json"
+    assert sorted(p.relative_to(fixtures).as_posix() for p in fixtures.rglob("*.json")) == [
+        "billing/billing/examples/customer.json"  # the skipped POST was not sent, so not recorded
+    ]
+    recorded = orjson.loads(kept.read_bytes())
+    assert recorded["request"] == {"method": "GET", "target": "/v1/customers/cus_0001"}
+    assert recorded["route"] == {"method": "GET", "path": "/v1/customers/*"}
+    assert recorded["status"] == 200 and recorded["body"]["id"] == "cus_0001"
+    await server.close()  # verify never calls the vendor
+
+    code, lines, err = await contract("verify", "--config", config, "--fixtures", str(fixtures))
+    assert code == 0, (lines, err)
+    assert lines[0].startswith(f"SKIP {CREATE}: no recorded answer in ")
+    assert lines[1:] == [f"PASS {CUSTOMER}"]
+
+    # The schema changes (a field the vendor never sends becomes required, a type changes): CI catches it.
+    schema_file = tmp_path / "transforms" / "billing" / "customer.schema.json"
+    schema = orjson.loads(schema_file.read_bytes())
+    schema["required"].append("phone")
+    schema["properties"]["created"] = {"type": "string"}
+    schema_file.write_bytes(orjson.dumps(schema))
+    code, lines, _ = await contract(
+        "verify", "--config", config, "--fixtures", str(fixtures), "--vendor", "billing"
+    )
+    assert code == 1
+    assert lines[1:] == [
+        f'FAIL {CUSTOMER}: (root): "phone" is a required property',
+        f'FAIL {CUSTOMER}: /created: {recorded["body"]["created"]} is not of type "string"',
+    ]
+
+    # An example that now sends another request must be recorded again.
+    example_file = tmp_path / "transforms" / "billing" / "examples" / "customer.json"
+    example_file.write_text(example_file.read_text().replace("cus_0001", "cus_0002"))
+    code, lines, _ = await contract("verify", "--config", config, "--fixtures", str(fixtures))
+    assert code == 1 and lines[1] == (
+        f"FAIL {CUSTOMER}: recorded for GET /v1/customers/cus_0001, but the example now sends "
+        "GET /v1/customers/cus_0002: record it again"
+    )
+    kept.write_text("{")
+    code, lines, _ = await contract("verify", "--config", config, "--fixtures", str(fixtures))
+    assert code == 1 and lines[1].startswith(f"FAIL {CUSTOMER}: ") and "is not valid JSON" in lines[1]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, lines, err = await contract("verify", "--config", config, "--fixtures", str(empty))
+    assert code == 1 and all(line.startswith("SKIP ") for line in lines) and "nothing to verify" in err
+    code, _, err = await contract("verify", "--config", config, "--fixtures", str(tmp_path / "nope"))
+    assert code == 2 and "is not a folder" in err
