@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from gateway.config import Config, load_config
 from gateway.observability.logging import Logger
 from tests.gateway_client import GatewayClient
+from tests.nats_server import NatsServer, nats_required, nats_server_binary
 from tests.redis_server import RedisServer, redis_required, redis_server_binary
 
 
@@ -109,6 +110,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
             pytest.fail(reason + "; CI=true or GATEWAY_REQUIRE_REDIS=1 requires it")
         pytest.skip(reason)
     server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A private ``nats-server -js`` (own port, own folder for its JetStream storage), stopped after
+    the test. Skipped loudly without nats-server on PATH, failed under CI=true or
+    GATEWAY_REQUIRE_NATS=1, where skipping would hide that the NATS bus went untested."""
+    binary = nats_server_binary()
+    if binary is None:
+        reason = "nats-server is not on PATH, so the NATS bus is NOT TESTED (apt-get install nats-server)"
+        if nats_required():
+            pytest.fail(reason + "; CI=true or GATEWAY_REQUIRE_NATS=1 requires it")
+        pytest.skip(reason)
+    server = NatsServer(binary, tmp_path_factory.mktemp("nats"))
     server.start()
     yield server
     server.stop()
