@@ -68,6 +68,10 @@ def secret_values(config: Config) -> set[str]:
             secrets += [auth.client_id, auth.client_secret]
             basic = f"{quote_plus(auth.client_id.reveal())}:{quote_plus(auth.client_secret.reveal())}"
             extra.add(base64.b64encode(basic.encode()).decode("ascii"))
+    for webhook in config.webhooks.values():
+        secrets += webhook.verify.secrets
+    if config.bus.nats_token is not None:
+        secrets.append(config.bus.nats_token)
     values: set[str] = set(extra)
     for secret in secrets:
         raw = secret.reveal()

@@ -6,6 +6,8 @@ Config objects are immutable; secrets are resolved at load and hidden from ``rep
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import math
 import os
@@ -19,8 +21,10 @@ from typing import Any, Literal, TypeVar
 from yarl import URL
 
 from ..features.contract.examples import Example, ExampleError, load_example
+from ..bus.subjects import parse_template
 from ..features.payload.schemas import CompiledSchema, SchemaFileError, SchemaRegistry
 from ..transform import TransformSpec, TransformSpecError, load_spec
+from ..transform.pointer import PointerSyntaxError, compile_pointer
 from ..transform.spec import toml_type
 from .model import (
     _HEADER_NAME,
@@ -30,20 +34,27 @@ from .model import (
     HTTP_METHODS,
     IDEMPOTENCY_MODES,
     RATE_SCOPES,
+    TYPE_POINTER,
+    WEBHOOK_DEFAULT_ID,
+    WEBHOOK_DEFAULT_TYPE,
+    WEBHOOK_SCHEMES,
     AllowRule,
     Auth,
+    BusSettings,
     Circuit,
     Client,
     Config,
     ConfigError,
     DeliverySettings,
     Faults,
+    EventField,
     GatewaySettings,
     Idempotency,
     Listen,
     OAuth2ClientCredentials,
     PathSegment,
     Problem,
+    Publish,
     RateLimit,
     Retry,
     Route,
@@ -53,6 +64,8 @@ from .model import (
     TracingSettings,
     Vendor,
     VersionPin,
+    Webhook,
+    WebhookVerify,
 )
 from .secrets import resolve_secret
 
@@ -530,6 +543,7 @@ def _parse_delivery(t: _Table) -> DeliverySettings:
         max_attempts=t.integer("max_attempts", None),
         claim_after_seconds=t.number("claim_after_seconds", None),
         keep_seconds=t.number("keep_seconds", None),
+        publish=_parse_publish(pt, DELIVERY_PLACEHOLDERS) if (pt := t.table("publish")) is not None else None,
     )
     t.done()
     return settings
@@ -896,14 +910,24 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         clients = _parse_clients(ct, base_dir, set(vt.data) if vt else set())
     tracing = _parse_tracing(tt) if (tt := root.table("tracing")) is not None else TracingSettings()
     delivery = _parse_delivery(dt) if (dt := root.table("delivery")) is not None else DeliverySettings()
+    bus = _parse_bus(bt, base_dir) if (bt := root.table("bus")) is not None else BusSettings()
+    assets = _Assets(settings.transforms_dir)
+    webhooks: dict[str, Webhook] = {}
+    if (wt := root.table("webhooks")) is not None:
+        for name in wt.data:
+            if (hook_table := wt.table(name)) is not None and (
+                hook := _parse_webhook(hook_table, name, base_dir, assets)
+            ):
+                webhooks[name] = hook
     root.done()
+    problems += _bus_problems(display, settings.store, bus, webhooks, delivery)
 
     vendors = _load_routes(
         settings.routes_dir,
         vendors,
         problems,
         known=set(vt.data) if vt else set(),
-        assets=_Assets(settings.transforms_dir),
+        assets=assets,
     )
     if problems:
         raise ConfigError(problems)
@@ -914,6 +938,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         clients=clients,
         tracing=tracing,
         delivery=delivery,
+        webhooks=webhooks,
+        bus=bus,
         warnings=_warnings(display, vendors)
         + _rate_warnings(display, settings.store, vendors, clients)
         + _delivery_warnings(settings.store, vendors)
@@ -1014,3 +1040,211 @@ def _check_examples(vendor: Vendor, problems: list[Problem]) -> None:
                 earlier = found.source.partition(": ")[2]
                 message = f"{sends}, which the earlier {earlier} ({found.method} {found.path}) takes"
             problems.append(Problem(file, f"{where}.examples[{i}]", message))
+# -- [bus] and [webhooks.NAME] (SPEC section 18) ------------------------------------------------------
+
+_NATS_STREAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+WEBHOOK_PLACEHOLDERS = ("type", "id", "webhook")
+DELIVERY_PLACEHOLDERS = ("state", "vendor")
+
+
+def _parse_bus(t: _Table, base_dir: Path) -> BusSettings:
+    url = t.string("nats_url", None)
+    if isinstance(url, str):
+        parsed: URL | None = None
+        try:
+            parsed = URL(url)
+        except ValueError as exc:
+            t.problem("nats_url", f"is not a valid URL: {exc}")
+        if parsed is not None and (parsed.scheme not in ("nats", "tls") or not parsed.host):
+            t.problem("nats_url", f"must be a nats:// or tls:// URL with a host, not {url!r}")
+            url = None
+        elif parsed is not None and (parsed.user or parsed.password):
+            t.problem("nats_url", "must not carry credentials; use nats_token")
+            url = None
+    stream = t.string("nats_stream", None)
+    if isinstance(stream, str) and not _NATS_STREAM.match(stream):
+        t.problem("nats_stream", f"must be letters, digits, '-' and '_' (a stream name), not {stream!r}")
+        stream = None
+    settings = _given(
+        BusSettings,
+        nats_url=url,
+        nats_token=t.secret("nats_token", base_dir, None),
+        nats_stream=stream,
+        publish_timeout_seconds=t.number("publish_timeout_seconds", None),
+    )
+    t.done()
+    return settings
+
+
+def _parse_publish(t: _Table, allowed: tuple[str, ...]) -> Publish | None:
+    bus = t.string("bus", choices=("nats", "redis"))
+    key = "stream" if bus == "redis" else "subject"
+    other = "subject" if key == "stream" else "stream"
+    if t.has(other):
+        t.raw(other)
+        t.problem(other, f'is not used with bus = "{bus}" (it takes {key})')
+    text = t.string(key)
+    max_length = t.integer("max_length", None)
+    if max_length is not None and bus != "redis":
+        t.problem("max_length", 'only a bus = "redis" stream is trimmed')
+    t.done()
+    if bus is None or not isinstance(text, str):
+        return None
+    template = parse_template(text, allowed, nats=bus == "nats")
+    if isinstance(template, str):
+        t.problem(key, template)
+        return None
+    return Publish(bus="redis" if bus == "redis" else "nats", subject=template, max_length=max_length)
+
+
+def _parse_event_field(t: _Table, key: str) -> EventField | None:
+    """``"/json/pointer"`` into the body, or ``"header:NAME"``."""
+    text = t.string(key, None)
+    if not isinstance(text, str):
+        return None
+    if text.startswith("header:"):
+        name = text[len("header:") :]
+        if not _HEADER_NAME.match(name):
+            t.problem(key, f"is not a valid header name: {name!r}")
+            return None
+        return EventField(kind="header", name=name)
+    try:
+        tokens = compile_pointer(text)
+    except PointerSyntaxError as exc:
+        t.problem(key, f'{exc}; or "header:NAME" for a request header')
+        return None
+    if not tokens:
+        t.problem(key, 'must point into the body ("/id"), not be the whole body')
+        return None
+    return EventField(kind="pointer", name=text, tokens=tokens)
+
+
+def _parse_secret_list(
+    t: _Table, key: str, base_dir: Path, check: Callable[[str], str | None] | None = None
+) -> tuple[Secret, ...]:
+    """A secret reference, or a list of them (every one is accepted: a secret being rotated);
+    ``check`` says what is wrong with a resolved value, if anything (never echoing it)."""
+    raw = t.raw(key)
+    if raw is _MISSING:
+        t.problem(key, "is required")
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        t.problem(key, "must name at least one secret")
+    found: list[Secret] = []
+    for i, item in enumerate(items, start=1):
+        where = f"{key}[{i}]" if isinstance(raw, list) else key
+        if not isinstance(item, str):
+            t.problem(where, f"must be a secret reference string, not {toml_type(item)}")
+            continue
+        secret = resolve_secret(item, base_dir, lambda msg, where=where: t.problem(where, msg))
+        if secret is not None and check is not None and (message := check(secret.reveal())) is not None:
+            t.problem(where, message)
+            secret = None
+        if secret is not None:
+            found.append(secret)
+    return tuple(found)
+
+
+def standard_webhook_key(secret: str) -> bytes | None:
+    """A Standard Webhooks secret (``whsec_`` and base64) as its key bytes; None if it is not one."""
+    text = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return key or None
+
+
+def _check_standard_secret(value: str) -> str | None:
+    if standard_webhook_key(value) is None:
+        return "is not a Standard Webhooks secret (whsec_ followed by base64)"
+    return None
+
+
+def _parse_verify(t: _Table, base_dir: Path) -> WebhookVerify | None:
+    scheme = t.string("scheme", choices=WEBHOOK_SCHEMES)
+    secrets = _parse_secret_list(
+        t, "secret", base_dir, _check_standard_secret if scheme == "standard" else None
+    )
+    tolerance = t.number("tolerance_seconds", None)
+    if tolerance is not None and scheme not in ("stripe", "standard"):
+        t.problem("tolerance_seconds", "only the stripe and standard schemes sign a timestamp")
+    header = prefix = encoding = None
+    if scheme == "hmac-sha256":
+        header = t.string("header")
+        if isinstance(header, str) and not _HEADER_NAME.match(header):
+            t.problem("header", f"is not a valid header name: {header!r}")
+            header = None
+        prefix = t.string("prefix", None)
+        encoding = t.string("encoding", None, choices=("hex", "base64"))
+    else:
+        for key in ("header", "prefix", "encoding"):
+            if t.has(key):
+                t.raw(key)
+                t.problem(key, f'only scheme = "hmac-sha256" takes {key} (scheme {scheme!r} fixes it)')
+    t.done()
+    if scheme is None or not secrets or (scheme == "hmac-sha256" and header is None):
+        return None
+    return _given(
+        WebhookVerify,
+        scheme=scheme,
+        secrets=secrets,
+        tolerance_seconds=tolerance,
+        header=header,
+        prefix=prefix,
+        encoding=encoding,
+    )
+
+
+def _parse_webhook(t: _Table, name: str, base_dir: Path, assets: _Assets) -> Webhook | None:
+    if not _VENDOR_NAME.match(name):
+        t.problem("", "webhook names are lowercase letters, digits, '-' and '_' (they are URL segments)")
+    verify = _parse_verify(vt, base_dir) if (vt := t.table("verify", required=True)) is not None else None
+    scheme = verify.scheme if verify is not None else None
+    event_id = _parse_event_field(t, "event_id")
+    if event_id is None and not t.has("event_id") and scheme is not None:
+        event_id = WEBHOOK_DEFAULT_ID.get(scheme)
+        if event_id is None:
+            t.problem("event_id", f'is required with scheme {scheme!r}: a JSON Pointer or "header:NAME"')
+    event_type = _parse_event_field(t, "event_type")
+    if event_type is None and not t.has("event_type") and scheme is not None:
+        event_type = WEBHOOK_DEFAULT_TYPE.get(scheme, TYPE_POINTER)
+    dedupe = t.number("dedupe_seconds", None)
+    publish = _parse_publish(pt, WEBHOOK_PLACEHOLDERS) if (pt := t.table("publish", required=True)) else None
+    request_schema = assets.schema(t, "request_schema")
+    request_transform = assets.transform(t, "request_transform")
+    t.done()
+    if verify is None or event_id is None or event_type is None or publish is None:
+        return None
+    return _given(
+        Webhook,
+        name=name,
+        verify=verify,
+        event_id=event_id,
+        event_type=event_type,
+        publish=publish,
+        dedupe_seconds=dedupe,
+        request_schema=request_schema,
+        request_transform=request_transform,
+    )
+
+
+def _bus_problems(
+    file: str, store: str, bus: BusSettings, webhooks: Mapping[str, Webhook], delivery: DeliverySettings
+) -> list[Problem]:
+    """Each publish names a bus that is configured: NATS needs [bus] nats_url, Redis a redis:// store."""
+    found: list[Problem] = []
+    targets = [(f"webhooks.{name}.publish.bus", hook.publish) for name, hook in webhooks.items()]
+    if delivery.publish is not None:
+        targets.append(("delivery.publish.bus", delivery.publish))
+    for key, publish in targets:
+        if publish.bus == "nats" and bus.nats_url is None:
+            found.append(Problem(file, key, 'is "nats" but [bus] has no nats_url'))
+        if publish.bus == "redis" and store == "memory://":
+            found.append(
+                Problem(
+                    file, key, 'is "redis" but the store is memory://: set [gateway] store = "redis://..."'
+                )
+            )
+    return found

@@ -14,8 +14,10 @@ from typing import Literal
 from yarl import URL
 
 from ..features.contract.examples import Example
+from ..bus.subjects import Template
 from ..features.payload.schemas import CompiledSchema
 from ..transform import TransformSpec
+from ..transform.pointer import Tokens, compile_pointer
 
 DEFAULT_STORE = "memory://"
 DEFAULT_MAX_BODY_BYTES = 1_048_576
@@ -280,6 +282,8 @@ class DeliverySettings:
     max_attempts: int = DEFAULT_DELIVERY_MAX_ATTEMPTS
     claim_after_seconds: float = DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS
     keep_seconds: float = DEFAULT_DELIVERY_KEEP_SECONDS
+    # Each delivery that ends delivered or dead is published here, as its status JSON (SPEC section 18).
+    publish: Publish | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -414,6 +418,97 @@ class TracingSettings:
     service_name: str = "egress-gateway"
 
 
+# -- Webhooks in, events out (SPEC section 18) -------------------------------------------------------
+
+DEFAULT_WEBHOOK_TOLERANCE_SECONDS = 300.0
+DEFAULT_WEBHOOK_DEDUPE_SECONDS = 259_200.0  # 72 h: longer than the vendors' own retry schedules
+DEFAULT_BUS_PUBLISH_TIMEOUT_SECONDS = 5.0
+DEFAULT_NATS_STREAM = "GATEWAY"
+WEBHOOK_SCHEMES = ("stripe", "github", "shopify", "standard", "hmac-sha256")
+WebhookScheme = Literal["stripe", "github", "shopify", "standard", "hmac-sha256"]
+BusKind = Literal["nats", "redis"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookVerify:
+    """``verify = {...}`` of a webhook: how a vendor's signature is checked.
+
+    ``secrets``: every secret accepted (several while one is rotated). ``tolerance_seconds``: how far a
+    signed timestamp (stripe, standard) may be from now, either way. ``header``, ``prefix`` and
+    ``encoding``: the generic ``hmac-sha256`` scheme's signature field, what stands before the
+    signature in it ("sha256="), and how the digest is written.
+    """
+
+    scheme: WebhookScheme
+    secrets: tuple[Secret, ...]
+    tolerance_seconds: float = DEFAULT_WEBHOOK_TOLERANCE_SECONDS
+    header: str = ""
+    prefix: str = ""
+    encoding: Literal["hex", "base64"] = "hex"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventField:
+    """Where an event's id or type is read: a request header, or a JSON Pointer into the body."""
+
+    kind: Literal["header", "pointer"]
+    name: str  # the header's name, or the pointer ("/id")
+    tokens: Tokens = ()  # the pointer, compiled
+
+
+# Where each scheme's vendor puts the event's id and type when the config names none.
+WEBHOOK_DEFAULT_ID: Mapping[str, EventField] = {
+    "stripe": EventField(kind="pointer", name="/id", tokens=compile_pointer("/id")),
+    "github": EventField(kind="header", name="X-GitHub-Delivery"),
+    "shopify": EventField(kind="header", name="X-Shopify-Webhook-Id"),
+    "standard": EventField(kind="header", name="webhook-id"),
+}
+WEBHOOK_DEFAULT_TYPE: Mapping[str, EventField] = {
+    "github": EventField(kind="header", name="X-GitHub-Event"),
+    "shopify": EventField(kind="header", name="X-Shopify-Topic"),
+}
+TYPE_POINTER = EventField(kind="pointer", name="/type", tokens=compile_pointer("/type"))  # every other scheme
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Publish:
+    """``publish = {...}``: where an event goes. ``subject`` is the NATS subject (bus "nats") or the
+    Redis stream's key (bus "redis"), a template: ``{type}``, ``{id}`` and ``{webhook}`` for a webhook,
+    ``{state}`` and ``{vendor}`` for a delivery. ``max_length``: a Redis stream is trimmed to about
+    this many entries (None: never)."""
+
+    bus: BusKind
+    subject: Template
+    max_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Webhook:
+    """``[webhooks.NAME]``: what ``POST /_webhooks/NAME`` checks and where it publishes."""
+
+    name: str
+    verify: WebhookVerify
+    event_id: EventField
+    event_type: EventField
+    publish: Publish
+    dedupe_seconds: float = DEFAULT_WEBHOOK_DEDUPE_SECONDS
+    request_schema: CompiledSchema | None = None
+    request_transform: TransformSpec | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusSettings:
+    """``[bus]``: the message bus events are published to. ``nats_url`` (None: no NATS; the Redis store's
+    streams may still be used), ``nats_token`` (a secret), ``nats_stream``: the JetStream stream made at
+    start if missing, capturing every configured subject. ``publish_timeout_seconds``: how long a
+    publish may wait for the bus's acknowledgement before the vendor gets 503."""
+
+    nats_url: str | None = None
+    nats_token: Secret | None = None
+    nats_stream: str = DEFAULT_NATS_STREAM
+    publish_timeout_seconds: float = DEFAULT_BUS_PUBLISH_TIMEOUT_SECONDS
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     path: Path
@@ -425,3 +520,5 @@ class Config:
     clients: Mapping[str, Client] = field(default_factory=dict)
     # Accepted but risky settings (``tls.verify = false``...): printed by ``check``, logged at start.
     warnings: tuple[Problem, ...] = ()
+    webhooks: Mapping[str, Webhook] = field(default_factory=dict)  # [webhooks.NAME]
+    bus: BusSettings = field(default_factory=BusSettings)
