@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..bus.base import StreamOps
 from ..features.circuit.store import CircuitOps
 from ..features.delivery.store import DeliveryOps
 from ..features.idempotency.store import IdempotencyOps
 from ..features.ratelimit.store import RateLimitOps
+from ..features.webhooks.store import WebhookOps
 
 
 class StoreUnavailable(Exception):
@@ -39,6 +41,14 @@ class Store(Protocol):
 
     @property
     def deliveries(self) -> DeliveryOps: ...
+
+    @property
+    def webhooks(self) -> WebhookOps: ...
+
+    @property
+    def streams(self) -> StreamOps | None:
+        """Redis Streams to publish events on (``bus = "redis"``); None: this store has none (memory)."""
+        ...
 
     @property
     def url(self) -> str: ...

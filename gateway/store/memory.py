@@ -10,6 +10,7 @@ from ..features.circuit.store import MemoryCircuits
 from ..features.delivery.store import MemoryDeliveries
 from ..features.idempotency.store import MemoryIdempotency
 from ..features.ratelimit.store import MemoryRates
+from ..features.webhooks.store import MemoryWebhooks
 
 
 class MemoryStore:
@@ -23,6 +24,8 @@ class MemoryStore:
         self.rates = MemoryRates()
         self.circuits = MemoryCircuits()
         self.deliveries = MemoryDeliveries()
+        self.webhooks = MemoryWebhooks()
+        self.streams = None  # nobody else could read a stream in this process's memory
 
     @property
     def url(self) -> str:
@@ -33,3 +36,4 @@ class MemoryStore:
 
     async def close(self) -> None:
         self.idempotency.clear()
+        self.webhooks.clear()

@@ -10,10 +10,12 @@ Invariants (each feature's ``redis_store.py`` keeps them):
 
 from __future__ import annotations
 
+from ..bus.redis_streams import RedisStreams
 from ..features.circuit.redis_store import RedisCircuits
 from ..features.delivery.redis_store import RedisDeliveries
 from ..features.idempotency.redis_store import RedisIdempotency
 from ..features.ratelimit.redis_store import RedisRates
+from ..features.webhooks.redis_store import RedisWebhooks
 from .connection import RedisConnection
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
@@ -39,6 +41,8 @@ class RedisStore:
         self.rates = RedisRates(self.connection)
         self.circuits = RedisCircuits(self.connection)
         self.deliveries = RedisDeliveries(self.connection)
+        self.webhooks = RedisWebhooks(self.connection)
+        self.streams: RedisStreams | None = RedisStreams(self.connection)
 
     @property
     def url(self) -> str:
