@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .bus.registry import Buses
 from .features.circuit.policy import CircuitBreakers
 from .features.delivery.queue import Deliveries
 from .features.deprecation.tracker import DeprecationTracker
@@ -18,6 +19,7 @@ from .features.idempotency.store import outcome_counts
 from .features.payload.schemas import schema_failure_counts
 from .features.ratelimit.policy import RateLimits
 from .features.retry.policy import Retries
+from .features.webhooks.store import webhook_counts
 from .observability.logging import Logger
 from .observability.metrics import Counts, Reporter, RequestMetrics
 from .observability.tracing import Tracing
@@ -58,6 +60,10 @@ class Services:
     circuits: CircuitBreakers = field(init=False)
     # The async delivery queue: accepting, and the figures (gateway_dlq_depth{vendor}: dead).
     deliveries: Deliveries = field(init=False)
+    # (webhook, outcome) -> count: gateway_webhooks_total.
+    webhook_outcomes: Counts = field(default_factory=webhook_counts)
+    # The message buses events are published to ([bus]; the Redis store's streams), started with the app.
+    bus: Buses = field(init=False)
 
     def reporters(self) -> tuple[Reporter, ...]:
         """Everything that owns metrics, in the order /_gateway/metrics lists them."""
@@ -71,6 +77,8 @@ class Services:
             self.circuits,
             self.deliveries,
             self.faults,
+            self.webhook_outcomes,
+            self.bus,
         )
 
     def commit(self, vendors: frozenset[str]) -> None:
@@ -92,3 +100,4 @@ class Services:
         self.retries = Retries()
         self.circuits = CircuitBreakers(self.store, self.logger)
         self.deliveries = Deliveries(self.store, self.logger)
+        self.bus = Buses(self.store, self.logger)

@@ -1149,8 +1149,8 @@ def _parse_secret_list(
 def standard_webhook_key(secret: str) -> bytes | None:
     """A Standard Webhooks secret (``whsec_`` and base64) as its key bytes; None if it is not one."""
     text = secret.removeprefix("whsec_")
-    try:
-        key = base64.b64decode(text, validate=True)
+    try:  # padding optional, as the standardwebhooks libraries take it
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (ValueError, binascii.Error):
         return None
     return key or None
