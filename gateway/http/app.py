@@ -24,6 +24,7 @@ from ..errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailabl
 from ..features.delivery.queue import record_json, valid_id
 from ..features.delivery.workers import DeliveryWorkers
 from ..features.deprecation.tracker import UNROUTED
+from ..features.webhooks.receiver import WEBHOOK_PREFIX, WebhookReceiver
 from ..messages import Answer, json_answer, problem_answer
 from ..observability.collector import registry_for, render
 from ..observability.dashboard import render_dashboard
@@ -109,8 +110,10 @@ class Gateway:
             DELIVERIES: self.delivery,
         }
         self.server: Server | None = None  # set by serve(); its connection figures feed metrics
+        self.webhooks = WebhookReceiver(self.services)  # POST /_webhooks/NAME
 
     async def start(self) -> None:
+        self.services.bus.start(self.config)
         self.workers.start()
 
     async def close(self) -> None:
@@ -118,6 +121,7 @@ class Gateway:
         # on meanwhile), then go back to the queue.
         services = self.services
         await self.workers.stop(self.drain.remaining())
+        await services.bus.close()
         services.circuits.close()
         services.ratelimits.close()
         await services.tokens.close()
@@ -130,6 +134,15 @@ class Gateway:
     async def __call__(self, request: ServerRequest) -> None:
         if request.target.startswith(ADMIN_PREFIX):
             await request.respond(await self._admin(request))
+        elif request.target.startswith(WEBHOOK_PREFIX):
+            answer = await self.webhooks(
+                self.live.runtime.config,
+                request.method,
+                request.target,
+                request.as_request(),
+                _request_id(request.headers),
+            )
+            await request.respond(answer)
         elif self.tracing is None:
             await self._proxy(request, None)
         else:
@@ -282,7 +295,10 @@ class Gateway:
         except StoreUnavailable as exc:
             raise ServiceUnavailable(f"the store is unreachable: {exc}") from None
         vendors = sorted(self.live.runtime.config.vendors)
-        return json_answer({"status": "ready", "vendors": vendors, "store": store.url})
+        ready: dict[str, object] = {"status": "ready", "vendors": vendors, "store": store.url}
+        if buses := self.services.bus.state():
+            ready["bus"] = buses  # shown, not required: only webhooks and events need a bus
+        return json_answer(ready)
 
     async def metrics_page(self, request: ServerRequest, _: str) -> Answer:
         headers = CIMultiDict({"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
@@ -348,6 +364,7 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
             logger.exception("config_reload_failed", exc, reason=reason, config=str(old.path))
             return False
         commit(runtime, services, live)
+        services.bus.update(config)
         if gateway.server is not None:  # new connections get the new limits
             gateway.server.limits = Limits.of(config.gateway)
         needs_restart = [
@@ -361,6 +378,7 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
                     config.gateway.shutdown_timeout_seconds,
                 ),
                 ("tracing", old.tracing, config.tracing),
+                ("bus", old.bus, config.bus),
             )
             if before != after
         ]
