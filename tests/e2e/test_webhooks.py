@@ -135,6 +135,8 @@ class Subscriber:
         """Every message the JetStream stream holds, in order."""
         js = self.nc.jetstream()
         info = await js.stream_info(stream)
+        if not info.state.messages:
+            return []
         return [await js.get_msg(stream, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
 
 
@@ -460,3 +462,103 @@ publish = {{ bus = "redis", stream = "vendors.billing.{{type}}" }}
     redis_server.kill()  # the store is the bus: down, it is a 503 for the vendor
     other = stripe_event("evt_r2")
     assert (await client.post("/_webhooks/billing", data=other, headers=stripe_headers(other))).status == 503
+
+
+async def test_delivered_and_dead_lettered_deliveries_appear_on_the_bus(
+    gateway: Any, vendor: Any, nats_server: NatsServer, subscriber: Subscriber
+) -> None:
+    from tests.resilience_vendor import resilience_vendor
+
+    server = await vendor(resilience_vendor())
+    text = f"""
+[bus]
+nats_url = "{nats_server.url}"
+
+[delivery]
+publish = {{ bus = "nats", subject = "gateway.deliveries.{{state}}" }}
+
+[vendors.v]
+base_url = "{server.make_url("/")}"
+retry = {{ base_delay_seconds = 0.01, max_delay_seconds = 0.02 }}
+"""
+    routes = {
+        "v": 'vendor = "v"\nexpose = "all"\n\n[[route]]\nmethod = "*"\npath = "/status/**"\ndelivery = "async"\n'
+    }
+    client = await gateway(text, routes=routes)
+    await bus_connected(client)
+    locations = {}
+    for name, path in (("delivered", "/v/status/200"), ("dead", "/v/status/404")):
+        resp = await client.put(path, data=b'{"amount": 1}')
+        assert resp.status == 202, await resp.text()
+        locations[name] = resp.headers["Location"]
+    deadline = time.monotonic() + 20
+    while len(await subscriber.settled()) < 2:
+        assert time.monotonic() < deadline, "no delivery events"
+        await asyncio.sleep(0.05)
+    events = {m.subject: m for m in await subscriber.settled()}
+    assert sorted(events) == ["gateway.deliveries.dead", "gateway.deliveries.delivered"]
+    for state, location in locations.items():
+        event = orjson.loads(events[f"gateway.deliveries.{state}"].data)
+        # The event is the delivery's status JSON, as GET /_gateway/deliveries/ID shows it then.
+        shown = await (await client.get(location)).json()
+        assert event["state"] == shown["state"] == state
+        assert {k: event[k] for k in ("id", "vendor", "path", "attempts", "last_error")} == {
+            k: shown[k] for k in ("id", "vendor", "path", "attempts", "last_error")
+        }
+        assert event["response"]["status"] == shown["response"]["status"]
+        headers = events[f"gateway.deliveries.{state}"].headers
+        assert headers["Gateway-Delivery-Id"] == event["id"]
+        assert headers["Nats-Msg-Id"] == f"{event['id']}:{state}"
+    assert "not retried" in orjson.loads(events["gateway.deliveries.dead"].data)["last_error"]
+    stored = await subscriber.stored()
+    assert sorted(m.subject for m in stored) == ["gateway.deliveries.dead", "gateway.deliveries.delivered"]
+    counts = dict(client.app.services.deliveries.events)
+    assert counts == {("delivered", "published"): 1, ("dead", "published"): 1}
+
+
+async def test_a_delivery_event_waits_out_a_short_bus_outage(
+    gateway: Any, vendor: Any, nats_server: NatsServer
+) -> None:
+    from tests.resilience_vendor import resilience_vendor
+
+    server = await vendor(resilience_vendor())
+    text = f"""
+[bus]
+nats_url = "{nats_server.url}"
+publish_timeout_seconds = 0.5
+
+[delivery]
+publish = {{ bus = "nats", subject = "gateway.deliveries.{{state}}" }}
+
+[vendors.v]
+base_url = "{server.make_url("/")}"
+"""
+    routes = {
+        "v": 'vendor = "v"\nexpose = "all"\n\n[[route]]\nmethod = "*"\npath = "/status/**"\ndelivery = "async"\n'
+    }
+    client = await gateway(text, routes=routes)
+    await bus_connected(client)
+    nats_server.stop()
+    resp = await client.put("/v/status/200", data=b"{}")
+    assert resp.status == 202
+    location = resp.headers["Location"]
+    deadline = time.monotonic() + 20
+    while (await (await client.get(location)).json())["state"] != "delivered":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    nats_server.start()
+    nc = await nats.connect(nats_server.url)
+    try:
+        reader = Subscriber(nc)
+        while True:
+            try:
+                stored = await reader.stored()
+            except nats.js.errors.NotFoundError:  # the stream is made once the gateway is back
+                stored = []
+            if stored:
+                break
+            assert time.monotonic() < deadline, "the delivery event was never published"
+            await asyncio.sleep(0.1)
+        assert [orjson.loads(m.data)["id"] for m in stored] == [location.rsplit("/", 1)[1]]
+    finally:
+        await nc.close()

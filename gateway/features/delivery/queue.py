@@ -53,6 +53,8 @@ class Deliveries:
         self.pending = 0
         self.dead: dict[str, int] = {}
         self.vendors: frozenset[str] = frozenset()  # the configured vendors: each has a DLQ depth, 0 or more
+        # (state, outcome) -> delivery events ([delivery] publish): published, or failed after retries.
+        self.events: Counter[tuple[str, str]] = Counter()
 
     async def enqueue(self, delivery_id: str, request: DeliveryRequest) -> None:
         """Store the request durably (``new_delivery_id()``); raises StoreUnavailable."""
@@ -88,6 +90,13 @@ class Deliveries:
             "counter",
             ("vendor", "outcome"),
             outcomes,
+        )
+        yield Family(
+            "gateway_delivery_events",
+            "Deliveries that ended (state delivered or dead) published to the bus, or failed to be.",
+            "counter",
+            ("state", "outcome"),
+            self.events,
         )
         yield Family(
             "gateway_delivery_queue_depth",

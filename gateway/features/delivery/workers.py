@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -43,6 +43,7 @@ from ...store import StoreUnavailable
 from ...upstream.forwarder import COOKIE_FIELDS
 from ..ratelimit.policy import parse_retry_after
 from ..retry.policy import backoff, retry_reason, safe_to_repeat
+from .events import DeliveryEvents
 from .store import DeliveryRecord, DeliveryResponse, Lease
 
 # Not kept with a delivery's answer: the id is the delivery attempt's, the cookies the vendor's own.
@@ -130,6 +131,7 @@ class DeliveryWorkers:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._next_store_warning = 0.0
+        self.events = DeliveryEvents(services, config)  # [delivery] publish
 
     @property
     def settings(self) -> DeliverySettings:
@@ -145,6 +147,7 @@ class DeliveryWorkers:
 
     async def stop(self, drain_seconds: float) -> None:
         """Stop taking work; let running deliveries finish for ``drain_seconds``; give back the rest."""
+        deadline = time.monotonic() + drain_seconds
         self.stop_taking()
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -157,6 +160,7 @@ class DeliveryWorkers:
         for _, lease in unfinished:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.deliveries.delivery_release(lease)
+        await self.events.stop(max(0.0, deadline - time.monotonic()))
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -263,6 +267,16 @@ class DeliveryWorkers:
                 lease, attempts=attempts, response=outcome.response, keep_seconds=self.settings.keep_seconds
             )
             self.deliveries.delivered[req.vendor] += 1
+            self.events.announce(
+                replace(
+                    record,
+                    state="delivered",
+                    attempts=attempts,
+                    response=outcome.response,
+                    next_attempt=None,
+                    updated=time.time(),
+                )
+            )
             self.logger.event(
                 "delivery_delivered",
                 delivery_id=record.id,
@@ -309,6 +323,17 @@ class DeliveryWorkers:
         )
         self.deliveries.dead_lettered[req.vendor] += 1
         self.deliveries.dead[req.vendor] = self.deliveries.dead.get(req.vendor, 0) + 1
+        self.events.announce(
+            replace(
+                record,
+                state="dead",
+                attempts=attempts,
+                last_error=error,
+                response=outcome.response,
+                next_attempt=None,
+                updated=time.time(),
+            )
+        )
         self.logger.event(
             "delivery_dead_lettered",
             level="warning",
