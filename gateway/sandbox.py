@@ -7,6 +7,9 @@ talk to; ``POST /_sandbox/drift`` changes the shape of its customers, as a vendo
 under its callers would (for contract checks). Every call to a vendor endpoint is counted in
 `app[SANDBOX_STATE].calls`, keyed "METHOD /route/template" (e.g. "GET /v1/customers/{id}");
 `/_sandbox/*` calls are not counted.
+talk to, and it sends Stripe-signed webhooks on demand (``POST /_sandbox/webhooks/stripe``). Every call
+to a vendor endpoint is counted in `app[SANDBOX_STATE].calls`, keyed "METHOD /route/template" (e.g.
+"GET /v1/customers/{id}"); `/_sandbox/*` calls are not counted.
 
 Run it with `gateway sandbox --listen HOST:PORT`, `python -m gateway.sandbox [HOST:PORT]`, or in-process
 with `runner = await start(host, port)` / `await runner.cleanup()`.
@@ -18,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import hmac
 import math
 import secrets
 import signal
@@ -27,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import BasicAuth, hdrs, web
 
@@ -49,6 +54,8 @@ class SandboxConfig:
     token_ttl_seconds: int = 3600
     rate_limit_requests: int = 5
     rate_limit_window_seconds: float = 1.0
+    # What POST /_sandbox/webhooks/stripe signs with, unless the request names another secret.
+    webhook_secret: str = "whsec_sandbox"
 
 
 @dataclass
@@ -417,6 +424,78 @@ async def revoke(request: web.Request) -> web.Response:
     return _json({"revoked": revoked})
 
 
+# --- signed webhooks, sent on demand -------------------------------------------------------------
+
+WEBHOOK_TARGET = "http://127.0.0.1:8080/_webhooks/stripe"
+MAX_WEBHOOK_SENDS = 10
+
+
+def stripe_signature(payload: bytes, secret: str, timestamp: int) -> str:
+    """A ``Stripe-Signature`` value as Stripe makes it: HMAC-SHA256 of ``TIMESTAMP.PAYLOAD``, hex."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+async def send_stripe_webhook(request: web.Request) -> web.Response:
+    """Send a Stripe-shaped, Stripe-signed event to ``url`` (the gateway's /_webhooks/NAME), ``times``
+    times with the same id (as Stripe retrying); answer what each send got back.
+
+    Body (JSON, every field optional): ``url``, ``type`` ("customer.created"), ``id`` (a new
+    ``evt_...``), ``times`` (1, at most 10), ``secret`` (the sandbox's ``whsec_sandbox``),
+    ``age_seconds`` (sign a timestamp that old: a replay), ``tamper`` (change the body after signing).
+    """
+    config = request.app[SANDBOX_STATE].config
+    raw = await request.read()
+    try:
+        options = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        return _error(400, "Request body must be a JSON object")
+    if not isinstance(options, dict):
+        return _error(400, "Request body must be a JSON object")
+    url = options.get("url", WEBHOOK_TARGET)
+    kind = options.get("type", "customer.created")
+    event_id = options.get("id", f"evt_{secrets.token_hex(12)}")
+    secret = options.get("secret", config.webhook_secret)
+    times, age = options.get("times", 1), options.get("age_seconds", 0)
+    strings = (url, kind, event_id, secret)
+    if not all(isinstance(v, str) and v for v in strings) or not str(url).startswith(("http://", "https://")):
+        return _error(400, "url (http:// or https://), type, id and secret must be non-empty strings")
+    if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= MAX_WEBHOOK_SENDS:
+        return _error(400, f"times must be an integer from 1 to {MAX_WEBHOOK_SENDS}")
+    if not isinstance(age, int) or isinstance(age, bool) or age < 0:
+        return _error(400, "age_seconds must be a non-negative integer")
+    created = int(time.time())
+    event = {
+        "id": event_id,
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": created,
+        "type": kind,
+        "livemode": False,
+        "data": {"object": next(iter(request.app[SANDBOX_STATE].customers.values()), {})},
+    }
+    payload = orjson.dumps(event)
+    headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "Stripe/1.0 (+sandbox)"}
+    headers["Stripe-Signature"] = stripe_signature(payload, secret, created - age)
+    if options.get("tamper") is True:
+        payload = payload.replace(b'"livemode":false', b'"livemode":true')
+    sent: list[JSON] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for _ in range(times):
+            try:
+                async with session.post(url, data=payload, headers=headers) as resp:
+                    text = await resp.text()
+                    try:
+                        answer: Any = orjson.loads(text)
+                    except orjson.JSONDecodeError:
+                        answer = text
+                    sent.append({"status": resp.status, "body": answer})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                sent.append({"status": None, "error": str(exc) or type(exc).__name__})
+    return _json({"id": event_id, "type": kind, "url": url, "sent": sent})
+
+
 @web.middleware
 async def _count_and_render_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     resource = request.match_info.route.resource
@@ -482,6 +561,7 @@ def create_app(
     app.router.add_post("/_sandbox/reset", reset)
     app.router.add_post("/_sandbox/revoke", revoke)
     app.router.add_post("/_sandbox/drift", drift)
+    app.router.add_post("/_sandbox/webhooks/stripe", send_stripe_webhook)
     return app
 
 

@@ -562,3 +562,44 @@ base_url = "{server.make_url("/")}"
         assert [orjson.loads(m.data)["id"] for m in stored] == [location.rsplit("/", 1)[1]]
     finally:
         await nc.close()
+
+
+async def test_the_sandbox_sends_signed_stripe_webhooks_on_demand(
+    gateway: Any,
+    vendor: Any,
+    nats_server: NatsServer,
+    subscriber: Subscriber,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.sandbox import create_app
+
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_sandbox")  # the sandbox's default secret
+    sandbox = await vendor(create_app())
+    client = await gateway(config(nats_server.url), files=FILES)
+    await bus_connected(client)
+    target = str(client.make_url("/_webhooks/stripe"))
+
+    async def send(**options: Any) -> dict[str, Any]:
+        async with client.session.post(
+            sandbox.make_url("/_sandbox/webhooks/stripe"), json={"url": target, **options}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            return dict(await resp.json())
+
+    sent = await send(times=3, type="payment_intent.succeeded")
+    assert [(s["status"], s["body"]["status"]) for s in sent["sent"]] == [
+        (200, "published"),
+        (200, "duplicate"),
+        (200, "duplicate"),
+    ]
+    published = await subscriber.settled()
+    assert [m.subject for m in published] == ["vendors.stripe.payment_intent.succeeded"]
+    # What the sandbox signs, Stripe's own library accepts.
+    header = stripe_headers(published[0].data, "whsec_sandbox")["Stripe-Signature"]
+    assert stripe.Webhook.construct_event(published[0].data, header, "whsec_sandbox")["id"] == sent["id"]
+    assert [s["status"] for s in (await send(tamper=True))["sent"]] == [401]
+    assert [s["status"] for s in (await send(age_seconds=600))["sent"]] == [401]
+    assert [s["status"] for s in (await send(secret="whsec_other"))["sent"]] == [401]
+    assert len(await subscriber.settled()) == 1
+    async with client.session.post(sandbox.make_url("/_sandbox/webhooks/stripe"), json={"times": 99}) as resp:
+        assert resp.status == 400
