@@ -4,12 +4,10 @@ The shipped config, the README quickstart and the test-suite point the gateway a
 customer CRUD it has endpoints that misbehave on purpose (rate limits, 503s, slow and huge answers,
 deprecation headers, OAuth2 tokens that can be revoked) so every gateway feature has something real to
 talk to; ``POST /_sandbox/drift`` changes the shape of its customers, as a vendor changing its API
-under its callers would (for contract checks). Every call to a vendor endpoint is counted in
+under its callers would (for contract checks), and it sends Stripe-signed webhooks on demand
+(``POST /_sandbox/webhooks/stripe``). Every call to a vendor endpoint is counted in
 `app[SANDBOX_STATE].calls`, keyed "METHOD /route/template" (e.g. "GET /v1/customers/{id}");
 `/_sandbox/*` calls are not counted.
-talk to, and it sends Stripe-signed webhooks on demand (``POST /_sandbox/webhooks/stripe``). Every call
-to a vendor endpoint is counted in `app[SANDBOX_STATE].calls`, keyed "METHOD /route/template" (e.g.
-"GET /v1/customers/{id}"); `/_sandbox/*` calls are not counted.
 
 Run it with `gateway sandbox --listen HOST:PORT`, `python -m gateway.sandbox [HOST:PORT]`, or in-process
 with `runner = await start(host, port)` / `await runner.cleanup()`.

@@ -20,8 +20,8 @@ from typing import Any, Literal, TypeVar
 
 from yarl import URL
 
-from ..features.contract.examples import Example, ExampleError, load_example
 from ..bus.subjects import parse_template
+from ..features.contract.examples import Example, ExampleError, load_example
 from ..features.payload.schemas import CompiledSchema, SchemaFileError, SchemaRegistry
 from ..transform import TransformSpec, TransformSpecError, load_spec
 from ..transform.pointer import PointerSyntaxError, compile_pointer
@@ -46,8 +46,8 @@ from .model import (
     Config,
     ConfigError,
     DeliverySettings,
-    Faults,
     EventField,
+    Faults,
     GatewaySettings,
     Idempotency,
     Listen,
@@ -1040,6 +1040,8 @@ def _check_examples(vendor: Vendor, problems: list[Problem]) -> None:
                 earlier = found.source.partition(": ")[2]
                 message = f"{sends}, which the earlier {earlier} ({found.method} {found.path}) takes"
             problems.append(Problem(file, f"{where}.examples[{i}]", message))
+
+
 # -- [bus] and [webhooks.NAME] (SPEC section 18) ------------------------------------------------------
 
 _NATS_STREAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

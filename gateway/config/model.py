@@ -13,8 +13,8 @@ from typing import Literal
 
 from yarl import URL
 
-from ..features.contract.examples import Example
 from ..bus.subjects import Template
+from ..features.contract.examples import Example
 from ..features.payload.schemas import CompiledSchema
 from ..transform import TransformSpec
 from ..transform.pointer import Tokens, compile_pointer
