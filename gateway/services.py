@@ -20,6 +20,8 @@ from .features.payload.schemas import schema_failure_counts
 from .features.ratelimit.policy import RateLimits
 from .features.retry.policy import Retries
 from .features.webhooks.store import webhook_counts
+from .observability.alerts import Alerts
+from .observability.history import History
 from .observability.logging import Logger
 from .observability.metrics import Counts, Reporter, RequestMetrics
 from .observability.tracing import Tracing
@@ -64,6 +66,10 @@ class Services:
     webhook_outcomes: Counts = field(default_factory=webhook_counts)
     # The message buses events are published to ([bus]; the Redis store's streams), started with the app.
     bus: Buses = field(init=False)
+    # The last hour per vendor, read by the alerts and the dashboard (kept by observability.monitor).
+    history: History = field(default_factory=History)
+    # [alerts] rules' state per vendor; gateway_alert_active{vendor,alert}.
+    alerts: Alerts = field(init=False)
 
     def reporters(self) -> tuple[Reporter, ...]:
         """Everything that owns metrics, in the order /_gateway/metrics lists them."""
@@ -79,6 +85,7 @@ class Services:
             self.faults,
             self.webhook_outcomes,
             self.bus,
+            self.alerts,
         )
 
     def commit(self, vendors: frozenset[str]) -> None:
@@ -101,3 +108,4 @@ class Services:
         self.circuits = CircuitBreakers(self.store, self.logger)
         self.deliveries = Deliveries(self.store, self.logger)
         self.bus = Buses(self.store, self.logger)
+        self.alerts = Alerts(self.logger)

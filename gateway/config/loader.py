@@ -29,6 +29,8 @@ from ..transform.spec import toml_type
 from .model import (
     _HEADER_NAME,
     _VENDOR_NAME,
+    ALERT_KINDS,
+    ALERT_MAX_WINDOW_SECONDS,
     AUTH_TYPES,
     DELIVERY_MODES,
     HTTP_METHODS,
@@ -38,6 +40,8 @@ from .model import (
     WEBHOOK_DEFAULT_ID,
     WEBHOOK_DEFAULT_TYPE,
     WEBHOOK_SCHEMES,
+    AlertRule,
+    AlertSettings,
     AllowRule,
     Auth,
     BusSettings,
@@ -549,6 +553,106 @@ def _parse_delivery(t: _Table) -> DeliverySettings:
     return settings
 
 
+_ALERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_RATIO_KINDS = ("error_ratio", "rejected_ratio")
+_GAUGE_KINDS = ("dlq_depth", "circuit_open")  # read as they are now: no window
+
+
+def _parse_alerts(t: _Table, base_dir: Path, vendors: Collection[str]) -> AlertSettings:
+    webhook_url = None
+    text = t.string("webhook_url", None)
+    if isinstance(text, str) and text.startswith(("env:", "file:")):
+        # A webhook URL often carries its own credential (a token in the path): it may be a reference.
+        secret = resolve_secret(text, base_dir, lambda msg: t.problem("webhook_url", msg))
+        text = secret.reveal() if secret is not None else None
+    if isinstance(text, str):
+        try:
+            url = URL(text, encoded=True)
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.raw_host or url.raw_fragment:
+            # Not echoed: it may have come from a secret reference.
+            t.problem("webhook_url", "must be an absolute http:// or https:// URL with no fragment")
+        else:
+            webhook_url = url
+    rules: list[AlertRule] = []
+    names: set[str] = set()
+    for rt in t.tables("rule"):
+        rule = _parse_alert_rule(rt, vendors)
+        if rule is None:
+            continue
+        if rule.name in names:
+            rt.problem("name", f"{rule.name!r} is already the name of another rule; each needs its own")
+            continue
+        names.add(rule.name)
+        rules.append(rule)
+    evaluate = t.number("evaluate_seconds", None)
+    if isinstance(evaluate, float) and evaluate < 1:
+        t.problem("evaluate_seconds", f"must be at least 1, not {evaluate:g}")
+        evaluate = None
+    settings = _given(
+        AlertSettings,
+        evaluate_seconds=evaluate,
+        webhook_url=webhook_url,
+        webhook_timeout_seconds=t.number("webhook_timeout_seconds", None),
+        webhook_attempts=t.integer("webhook_attempts", None),
+        rules=tuple(rules),
+    )
+    t.done()
+    return settings
+
+
+def _parse_alert_rule(t: _Table, vendors: Collection[str]) -> AlertRule | None:
+    name = t.string("name")
+    if isinstance(name, str) and not _ALERT_NAME.match(name):
+        t.problem("name", "rule names are letters, digits, '.', '-' and '_' (they are metric labels)")
+        name = None
+    vendor = t.string("vendor")
+    if isinstance(vendor, str) and vendor != "*" and vendor not in vendors:
+        t.problem("vendor", f'no [vendors.{vendor}] in the config (or "*" for every vendor)')
+        vendor = None
+    kind = t.string("kind", choices=ALERT_KINDS)
+    threshold = None
+    if kind == "circuit_open":
+        if t.has("threshold"):
+            t.raw("threshold")
+            t.problem("threshold", "is not used with kind 'circuit_open' (it fires while open)")
+    elif kind is not None:
+        threshold = t.number("threshold", positive=kind == "p99_latency")
+        if isinstance(threshold, float) and kind in _RATIO_KINDS and threshold >= 1:
+            t.problem("threshold", f"is a ratio: at least 0 and below 1, not {threshold:g}")
+            threshold = None
+    window = None
+    if kind in _GAUGE_KINDS and t.has("window_seconds"):
+        t.raw("window_seconds")
+        t.problem("window_seconds", f"is not used with kind {kind!r}: it is read as it is now")
+    else:
+        window = t.number("window_seconds", None)
+        if isinstance(window, float) and not 1 <= window <= ALERT_MAX_WINDOW_SECONDS:
+            t.problem("window_seconds", f"must be from 1 to {ALERT_MAX_WINDOW_SECONDS:g}, not {window:g}")
+            window = None
+    min_requests = None
+    if kind is not None and kind not in _RATIO_KINDS and t.has("min_requests"):
+        t.raw("min_requests")
+        t.problem("min_requests", "is used only by kinds 'error_ratio' and 'rejected_ratio'")
+    else:
+        min_requests = t.integer("min_requests", None, minimum=0)
+    for_seconds = t.number("for_seconds", None, positive=False)
+    t.done()
+    if name is None or vendor is None or kind is None or (threshold is None and kind != "circuit_open"):
+        return None
+    return _given(
+        AlertRule,
+        name=name,
+        vendor=vendor,
+        kind=kind,
+        threshold=threshold,
+        window_seconds=window,
+        for_seconds=for_seconds,
+        min_requests=min_requests,
+    )
+
+
 def _parse_rate_limit(t: _Table, *, vendor: bool = False) -> RateLimit | None:
     """A ``rate_limit`` table; ``vendor``: a vendor's, the only one that takes ``max_pause_seconds``."""
     requests = t.integer("requests")
@@ -919,6 +1023,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                 hook := _parse_webhook(hook_table, name, base_dir, assets)
             ):
                 webhooks[name] = hook
+    at = root.table("alerts")
+    alerts = _parse_alerts(at, base_dir, set(vt.data) if vt else set()) if at else AlertSettings()
     root.done()
     problems += _bus_problems(display, settings.store, bus, webhooks, delivery)
 
@@ -940,6 +1046,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         delivery=delivery,
         webhooks=webhooks,
         bus=bus,
+        alerts=alerts,
         warnings=_warnings(display, vendors)
         + _rate_warnings(display, settings.store, vendors, clients)
         + _delivery_warnings(settings.store, vendors)

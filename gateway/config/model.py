@@ -50,6 +50,16 @@ DEFAULT_DELIVERY_MAX_ATTEMPTS = 10
 DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS = 30.0
 DEFAULT_DELIVERY_KEEP_SECONDS = 86_400.0
 DEFAULT_FAULT_ABORT_STATUS = 503  # fault injection (SPEC section 19): what an injected abort answers
+# Alerts (SPEC section 16).
+DEFAULT_ALERT_EVALUATE_SECONDS = 5.0
+DEFAULT_ALERT_WINDOW_SECONDS = 60.0
+DEFAULT_ALERT_FOR_SECONDS = 0.0
+DEFAULT_ALERT_MIN_REQUESTS = 20
+DEFAULT_ALERT_WEBHOOK_TIMEOUT_SECONDS = 5.0
+DEFAULT_ALERT_WEBHOOK_ATTEMPTS = 5
+# The longest window a rule may look at: the gateway keeps this much history in memory.
+ALERT_MAX_WINDOW_SECONDS = 3600.0
+ALERT_KINDS = ("error_ratio", "p99_latency", "dlq_depth", "circuit_open", "rejected_ratio")
 RATE_SCOPES = ("local", "global")
 IDEMPOTENCY_MODES = ("required", "optional", "off")
 # Methods that get idempotency "optional" when their route says nothing (SPEC section 8).
@@ -509,6 +519,42 @@ class BusSettings:
     publish_timeout_seconds: float = DEFAULT_BUS_PUBLISH_TIMEOUT_SECONDS
 
 
+AlertKind = Literal["error_ratio", "p99_latency", "dlq_depth", "circuit_open", "rejected_ratio"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRule:
+    """One ``[[alerts.rule]]``: fires for a vendor while its ``kind`` of figure is above ``threshold``.
+
+    ``vendor``: a vendor's name, or "*" for one alert per configured vendor. ``error_ratio``: answers
+    with status >= 500 over all answers in the last ``window_seconds``; ``rejected_ratio``: the
+    gateway's own 429s over all; both stay quiet below ``min_requests`` answers in the window.
+    ``p99_latency``: the whole request's 99th percentile in the window, in seconds. ``dlq_depth``: dead
+    letters now; ``circuit_open``: 1 while the breaker is open or half-open (its threshold is 0).
+    The condition must hold ``for_seconds`` before the alert fires (Prometheus' ``for``).
+    """
+
+    name: str
+    vendor: str
+    kind: AlertKind
+    threshold: float = 0.0
+    window_seconds: float = DEFAULT_ALERT_WINDOW_SECONDS
+    for_seconds: float = DEFAULT_ALERT_FOR_SECONDS
+    min_requests: int = DEFAULT_ALERT_MIN_REQUESTS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertSettings:
+    """``[alerts]``: rules evaluated every ``evaluate_seconds``; each firing and resolved notice is POSTed
+    to ``webhook_url`` when set (``webhook_timeout_seconds`` per try, up to ``webhook_attempts`` tries)."""
+
+    evaluate_seconds: float = DEFAULT_ALERT_EVALUATE_SECONDS
+    webhook_url: URL | None = None
+    webhook_timeout_seconds: float = DEFAULT_ALERT_WEBHOOK_TIMEOUT_SECONDS
+    webhook_attempts: int = DEFAULT_ALERT_WEBHOOK_ATTEMPTS
+    rules: tuple[AlertRule, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     path: Path
@@ -522,3 +568,4 @@ class Config:
     warnings: tuple[Problem, ...] = ()
     webhooks: Mapping[str, Webhook] = field(default_factory=dict)  # [webhooks.NAME]
     bus: BusSettings = field(default_factory=BusSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)

@@ -30,6 +30,7 @@ from ..observability.collector import registry_for, render
 from ..observability.dashboard import render_dashboard
 from ..observability.logging import Logger, capture_library_logs, new_request_id
 from ..observability.metrics import UNKNOWN_VENDOR
+from ..observability.monitor import Monitor
 from ..observability.tracing import Tracing, finish_server_span
 from ..pipeline import Exchange
 from ..reload import read_config
@@ -101,6 +102,8 @@ class Gateway:
         self.workers = DeliveryWorkers(
             self.services, lambda: live.runtime.config, lambda *key: live.runtime.delivery_handler(*key)
         )
+        # The history and the alerts (observability.monitor): one task from start to close.
+        self.monitor = Monitor(self.services, lambda: live.runtime.config)
         self.admin: dict[str, AdminHandler] = {
             "health": self.health,
             "ready": self.ready,
@@ -115,6 +118,7 @@ class Gateway:
     async def start(self) -> None:
         self.services.bus.start(self.config)
         self.workers.start()
+        self.monitor.start()
 
     async def close(self) -> None:
         # Requests have drained by now: deliveries in progress get what is left of the drain (they ran
@@ -122,6 +126,7 @@ class Gateway:
         services = self.services
         await self.workers.stop(self.drain.remaining())
         await services.bus.close()
+        await self.monitor.stop()
         services.circuits.close()
         services.ratelimits.close()
         await services.tokens.close()

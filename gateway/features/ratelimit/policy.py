@@ -591,6 +591,11 @@ class RateLimits:
         """Requests waiting in any limiter's queue right now."""
         return sum(limiter.depth for limiter in self._limiters.values())
 
+    def queued_for(self, vendor: str) -> int:
+        """Requests waiting in the vendor's own queue and its routes' right now (the dashboard's)."""
+        limiters = self._limiters.items()
+        return sum(limiter.depth for key, limiter in limiters if key[0] != "client" and key[1] == vendor)
+
     def observe_wait(self, vendor: str, seconds: float) -> None:
         histogram = self.wait_seconds.get(vendor)
         if histogram is None:
