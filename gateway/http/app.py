@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from multidict import CIMultiDict
 from opentelemetry.trace import Span
@@ -20,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .. import __version__
 from ..config import Config, ConfigError
-from ..errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
+from ..errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
 from ..features.delivery.queue import record_json, valid_id
 from ..features.delivery.workers import DeliveryWorkers
 from ..features.deprecation.tracker import UNROUTED
@@ -31,6 +32,7 @@ from ..observability.dashboard import render_dashboard
 from ..observability.logging import Logger, capture_library_logs, new_request_id
 from ..observability.metrics import UNKNOWN_VENDOR
 from ..observability.monitor import Monitor
+from ..observability.status import parse_window, status
 from ..observability.tracing import Tracing, finish_server_span
 from ..pipeline import Exchange
 from ..reload import read_config
@@ -110,6 +112,8 @@ class Gateway:
             "deprecations": self.deprecations,
             "metrics": self.metrics_page,
             "dashboard": self.dashboard,
+            "status": self.status,
+            "alerts": self.alerts,
             DELIVERIES: self.delivery,
         }
         self.server: Server | None = None  # set by serve(); its connection figures feed metrics
@@ -313,6 +317,26 @@ class Gateway:
         html = render_dashboard(self.live.runtime.config, self.services)
         headers = CIMultiDict({"Content-Type": "text/html; charset=utf-8"})
         return Answer(status=200, headers=headers, body=html.encode())
+
+    async def status(self, request: ServerRequest, _: str) -> Answer:
+        """What the dashboard draws, as JSON: ``?window=5m`` (the default), ``1h`` or seconds."""
+        query = request.target.partition("?")[2]
+        try:
+            params = parse_qsl(query, keep_blank_values=True, max_num_fields=10) if query else []
+        except ValueError:
+            raise BadRequest("too many query parameters: status takes window") from None
+        for key, _value in params:
+            if key != "window":
+                raise BadRequest(f"unknown query parameter {key[:40]!r}: {ADMIN_PREFIX}status takes window")
+        if len(params) > 1:
+            raise BadRequest("window is given more than once")
+        window = parse_window(params[0][1] if params else None)
+        data = status(self.live.runtime.config, self.services, window)
+        return json_answer(data, headers={"Cache-Control": "no-store"})
+
+    async def alerts(self, request: ServerRequest, _: str) -> Answer:
+        """The firing alerts (SPEC section 16), each as its webhook notice."""
+        return json_answer({"alerts": self.services.alerts.firing()}, headers={"Cache-Control": "no-store"})
 
     async def delivery(self, request: ServerRequest, delivery_id: str) -> Answer:
         """``GET /_gateway/deliveries/ID``: a queued delivery's state and, once done, the vendor's answer."""
