@@ -3,7 +3,7 @@ evaluates the alerts.
 
 Every ``SAMPLE_SECONDS`` it reads each configured vendor's figures from what the features count
 (``readings``) into ``Services.history``, and every ``[alerts] evaluate_seconds`` it evaluates the rules
-(``Services.alerts``). The time comes from ``clock`` (the
+(``Services.alerts``), whose notices go to the webhook notifier. The time comes from ``clock`` (the
 rate limiters' ``Clock``: ``now()`` and ``timeout()``), so a test moves it instead of sleeping.
 """
 
@@ -19,6 +19,7 @@ from ..features.ratelimit.policy import MONOTONIC, Clock
 from ..services import Services
 from .history import Reading
 from .metrics import DURATION_BUCKETS
+from .notifier import WebhookNotifier
 
 SAMPLE_SECONDS = 1.0
 
@@ -65,6 +66,8 @@ class Monitor:
         self.services = services
         self.config = config  # the config in force (a reload's rules apply from the next tick)
         self.clock = clock  # read at every tick, so a test may swap it before starting
+        self.notifier = WebhookNotifier(services.pool, lambda: config().alerts, services.logger)
+        services.alerts.notify = self.notifier.post
         current = config()
         # Every alert's series exists (at 0) from the start, before the first evaluation.
         services.alerts.configure(current.alerts.rules, frozenset(current.vendors))
@@ -96,6 +99,7 @@ class Monitor:
         if self._task is not None:
             return
         self.tick()
+        self.notifier.start()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -122,3 +126,4 @@ class Monitor:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.notifier.stop()
