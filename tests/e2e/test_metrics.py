@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -107,14 +108,25 @@ async def test_metrics_count_what_callers_saw(gateway: Any, vendor: Any) -> None
 
 
 async def test_dashboard_is_a_page_for_people(gateway: Any, vendor: Any) -> None:
-    server = await vendor(vendor_app())
+    async def sneaky(request: web.Request) -> web.Response:
+        return web.Response(text="ok", headers={"Deprecation": "@1735689600", "Sunset": "</script><b>x"})
+
+    app = vendor_app()
+    app.router.add_get("/sneaky", sneaky)
+    server = await vendor(app)
     client = await gateway(f'[vendors.acme]\nbase_url = "{server.make_url("/")}"\n')
     await client.get("/acme/ok")
-    await client.get("/acme/boom")
+    await client.get("/acme/sneaky")
     resp = await client.get("/_gateway/dashboard")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/html")
     page = await resp.text()
-    assert "<td>acme</td><td>2</td>" in page  # two requests
-    assert '<span class="bad">1</span>' in page  # one 5xx
-    assert "2025-01-01" in page  # the deprecation notice with its date
+    # One self-contained page: no external script, style or image; the figures inside as JSON.
+    assert "src=" not in page and "<link" not in page and "@import" not in page
+    initial = page.split('<script id="initial" type="application/json">')[1].split("</script>")[0]
+    data = orjson.loads(initial)
+    assert [v["name"] for v in data["vendors"]] == ["acme"]
+    assert "2025-01-01" in str(data["deprecations"])  # the deprecation notice with its date
+    # A vendor's header cannot close the script element: every "<" in the JSON is escaped.
+    assert "</script><b>" not in page and "\\u003c/script>\\u003cb>x" in initial
+    assert any(n.get("sunset") == "</script><b>x" for n in data["deprecations"])
