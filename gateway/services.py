@@ -15,7 +15,7 @@ from .features.circuit.policy import CircuitBreakers
 from .features.delivery.queue import Deliveries
 from .features.deprecation.tracker import DeprecationTracker
 from .features.faults.policy import fault_counts
-from .features.idempotency.store import outcome_counts
+from .features.idempotency.store import IDEMPOTENCY_OUTCOMES, outcome_counts
 from .features.payload.schemas import schema_failure_counts
 from .features.ratelimit.policy import RateLimits
 from .features.retry.policy import Retries
@@ -94,6 +94,11 @@ class Services:
         self.ratelimits.commit()
         self.circuits.commit()
         self.deliveries.vendors = vendors
+        self.metrics.start_series(vendors)
+        for vendor in vendors:  # the documented outcomes and refusals exist at zero from the start
+            self.ratelimits.rejected[vendor] += 0
+            for outcome in IDEMPOTENCY_OUTCOMES:
+                self.idempotency_outcomes[(vendor, outcome)] += 0
 
     def discard(self) -> None:
         """A Runtime was built but will not serve: drop the reconfigurations it prepared."""

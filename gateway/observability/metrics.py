@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple, Protocol
 
 # Whole-request and upstream latency buckets (seconds, upper bounds; one more count for +Inf).
@@ -93,6 +93,15 @@ class RequestMetrics:
         self.upstream: dict[str, Histogram] = {}
         self.bytes_in: Counter[str] = Counter()
         self.bytes_out: Counter[str] = Counter()
+
+    def start_series(self, vendors: Iterable[str]) -> None:
+        """Each vendor's series exist from the start, at zero: a documented metric can be found (and
+        alerted on) before its first request."""
+        for vendor in vendors:
+            self.duration.setdefault(vendor, Histogram(DURATION_BUCKETS))
+            self.upstream.setdefault(vendor, Histogram(DURATION_BUCKETS))
+            self.bytes_in[vendor] += 0
+            self.bytes_out[vendor] += 0
 
     def families(self) -> Iterator[Family]:
         yield Family(

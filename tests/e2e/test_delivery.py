@@ -427,3 +427,17 @@ async def test_metrics_and_dashboard_show_retries_circuits_and_dead_letters(
     status = await (await client.get("/_gateway/status")).json()  # what the dashboard draws
     (v,) = [entry for entry in status["vendors"] if entry["name"] == "v"]
     assert v["dead_letters"] == 1 and v["circuit"] == "closed"
+
+
+async def test_each_delivery_attempt_gets_an_access_record_with_its_delivery_id(
+    gateway: Any, vendor: Any, logs: CapturedLogs
+) -> None:
+    client, _ = await start(gateway, vendor, "memory://")
+    location = await accept(client, "/v/fail/2/logged")  # 503, 503, then 200
+    record = await settled(client, location)
+    assert record["state"] == "delivered"
+    deliveries = [r for r in logs.access() if r.get("delivery_id") == record["id"]]
+    assert [r["status"] for r in deliveries] == [503, 503, 200]
+    assert {(r["vendor"], r["method"], r["path"]) for r in deliveries} == {("v", "POST", "/v/fail/2/logged")}
+    (accepted,) = [r for r in logs.access() if "delivery_id" not in r]
+    assert accepted["status"] == 202

@@ -130,3 +130,20 @@ async def test_dashboard_is_a_page_for_people(gateway: Any, vendor: Any) -> None
     # A vendor's header cannot close the script element: every "<" in the JSON is escaped.
     assert "</script><b>" not in page and "\\u003c/script>\\u003cb>x" in initial
     assert any(n.get("sunset") == "</script><b>x" for n in data["deprecations"])
+
+
+async def test_each_vendors_series_exist_at_zero_before_its_first_request(gateway: Any, vendor: Any) -> None:
+    server = await vendor(vendor_app())
+    client = await gateway(f'[vendors.v]\nbase_url = "{server.make_url("/")}"\n')
+    got = samples(await (await client.get("/_gateway/metrics")).text())
+    v = (("vendor", "v"),)
+    for name in (
+        "gateway_request_bytes_total",
+        "gateway_response_bytes_total",
+        "gateway_ratelimit_rejected_total",
+    ):
+        assert got[(name, v)] == 0.0, name
+    assert got[("gateway_request_duration_seconds_count", v)] == 0.0
+    assert got[("gateway_upstream_duration_seconds_count", v)] == 0.0
+    for outcome in ("stored", "replayed", "in_flight", "mismatch"):
+        assert got[("gateway_idempotency_total", (("outcome", outcome), ("vendor", "v")))] == 0.0

@@ -259,6 +259,7 @@ class DeliveryWorkers:
             response = await handler(ex)
         except GatewayError as exc:
             error = exc
+        self._access(record, ex, response.status if response is not None else error.status if error else 500)
         attempts = record.attempts + ex.attempts
         outcome = classify(vendor, record, response, error, called=ex.attempts > 0)
         if outcome.kind == "delivered":
@@ -304,6 +305,26 @@ class DeliveryWorkers:
             await self._retry(lease, record, attempts, outcome, delay)
             return
         await self._dead(lease, record, attempts, outcome)
+
+    def _access(self, record: DeliveryRecord, ex: Exchange, status: int) -> None:
+        """An access record per delivery attempt, as a caller's request gets, with its delivery id."""
+        req = record.request
+        seconds = time.perf_counter() - ex.started
+        self.logger.access(
+            request_id=req.request_id,
+            client=req.client,
+            vendor=req.vendor,
+            route=ex.route.path if ex.route else None,
+            method=req.method,
+            path=f"/{req.vendor}{req.path}",
+            status=status,
+            duration_ms=round(seconds * 1000, 3),
+            upstream_ms=round(ex.upstream_seconds * 1000, 3),
+            attempts=ex.attempts,
+            bytes_in=ex.bytes_in,
+            bytes_out=ex.bytes_out,
+            delivery_id=record.id,
+        )
 
     async def _retry(
         self, lease: Lease, record: DeliveryRecord, attempts: int, outcome: Outcome, delay: float

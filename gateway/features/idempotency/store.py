@@ -85,6 +85,9 @@ class IdempotencyOps(Protocol):
     async def get(self, key: IdempotencyKey) -> IdempotencyRecord | None: ...
 
 
+IDEMPOTENCY_OUTCOMES = ("stored", "replayed", "in_flight", "mismatch")  # the documented ones (there are more)
+
+
 def outcome_counts() -> Counts:
     """(vendor, outcome) -> count, kept by the stage: gateway_idempotency_total."""
     return Counts(
