@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -36,6 +37,7 @@ from .model import (
     HTTP_METHODS,
     IDEMPOTENCY_MODES,
     RATE_SCOPES,
+    TLS_VERSIONS,
     TYPE_POINTER,
     WEBHOOK_DEFAULT_ID,
     WEBHOOK_DEFAULT_TYPE,
@@ -72,6 +74,7 @@ from .model import (
     WebhookVerify,
 )
 from .secrets import resolve_secret
+from .tls import ca_file_problem, key_pair_problem
 
 # --------------------------------------------------------------------------------------------
 # Reading: a cursor over one TOML table that knows its file and key path and collects problems.
@@ -383,21 +386,7 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
             read_idle_seconds=tt.number("read_idle_seconds", None),
         )
         tt.done()
-    tls = Tls()
-    if (tl := t.table("tls")) is not None:
-        verify = tl.boolean("verify", True)
-        ca_text = tl.string("ca_file", None)
-        ca_file = None
-        if isinstance(ca_text, str):
-            ca_file = Path(ca_text)
-            if not ca_file.is_absolute():
-                ca_file = base_dir / ca_file
-            if not ca_file.is_file():
-                tl.problem("ca_file", f"file not found: {ca_file}")
-            if verify is False:
-                tl.problem("ca_file", "is never used with verify = false; drop one of them")
-        tls = Tls(verify=bool(verify) if verify is not None else True, ca_file=ca_file)
-        tl.done()
+    tls = _parse_vendor_tls(tl, base_dir) if (tl := t.table("tls")) is not None else Tls()
     auth = None
     if (at := t.table("auth")) is not None:
         auth = _parse_auth(at, base_dir)
@@ -413,9 +402,13 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
     retry = _parse_retry(rt) if (rt := t.table("retry")) is not None else Retry()
     circuit = _parse_circuit(ct) if (ct := t.table("circuit")) is not None else Circuit()
     faults = _parse_faults(ft) if (ft := t.table("faults")) is not None else None
+    allow_plaintext = t.boolean("allow_plaintext", False) is True
     t.done()
     if base_url is None:
         return None
+    _refuse_plaintext(t, "base_url", base_url, allow_plaintext)
+    if isinstance(auth, OAuth2ClientCredentials):
+        _refuse_plaintext(t, "auth.token_url", auth.token_url, allow_plaintext)
     return Vendor(
         name=name,
         base_url=base_url,
@@ -430,6 +423,56 @@ def _parse_vendor(t: _Table, name: str, default_max_body: int, base_dir: Path) -
         retry=retry,
         circuit=circuit,
         faults=faults,
+        allow_plaintext=allow_plaintext,
+    )
+
+
+def _refuse_plaintext(t: _Table, key: str, url: URL, allowed: bool) -> None:
+    """Plain http:// leaves this machine only when the vendor says ``allow_plaintext = true`` (and then
+    with a warning, see ``_warnings``)."""
+    if url.scheme == "http" and not is_loopback(url.raw_host or "") and not allowed:
+        t.problem(
+            key,
+            f"is plain http:// to {url.raw_host}, which is not this machine: requests, answers and "
+            "credentials would cross the network unencrypted; use https://, or set allow_plaintext = true",
+        )
+
+
+def _tls_file(t: _Table, key: str, base_dir: Path) -> Path | None:
+    text = t.string(key, None)
+    if not isinstance(text, str):
+        return None
+    path = Path(text)
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        t.problem(key, f"file not found: {path}")
+        return None
+    return path
+
+
+def _parse_vendor_tls(t: _Table, base_dir: Path) -> Tls:
+    verify = t.boolean("verify", True)
+    ca_file = _tls_file(t, "ca_file", base_dir)
+    if t.has("ca_file") and verify is False:
+        t.problem("ca_file", "is never used with verify = false; drop one of them")
+    elif ca_file is not None and (why := ca_file_problem(ca_file)) is not None:
+        t.problem("ca_file", why)
+    cert_file = _tls_file(t, "cert_file", base_dir)
+    key_file = _tls_file(t, "key_file", base_dir)
+    for given, missing in (("cert_file", "key_file"), ("key_file", "cert_file")):
+        if t.has(given) and not t.has(missing):
+            t.problem(missing, f"is required with {given} (the client certificate and its key)")
+    if cert_file is not None and key_file is not None and (why := key_pair_problem(cert_file, key_file)):
+        t.problem("cert_file", why)
+    min_version = t.string("min_version", "1.2", choices=TLS_VERSIONS)
+    t.done()
+    return _given(
+        Tls,
+        verify=verify is not False,
+        ca_file=ca_file,
+        cert_file=cert_file if key_file is not None else None,
+        key_file=key_file if cert_file is not None else None,
+        min_version=min_version,
     )
 
 
@@ -820,8 +863,14 @@ def _auth_sets(auth: Auth | OAuth2ClientCredentials | None) -> set[tuple[str, st
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address, IPv6 without brackets) is this machine."""
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """Whether ``host`` (a name or an address, IPv6 without brackets) is this machine. A name is
+    loopback only when it is ``localhost`` (RFC 6761): ``127.example.com`` is somebody else's."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -897,19 +946,18 @@ def _warnings(config_file: str, vendors: Mapping[str, Vendor]) -> tuple[Problem,
                     "read and change this traffic, credentials included",
                 )
             )
-        auth = vendor.auth
-        if (
-            isinstance(auth, OAuth2ClientCredentials)
-            and auth.token_url.scheme == "http"
-            and not is_loopback(auth.token_url.raw_host or "")
-        ):
-            found.append(
-                Problem(
-                    config_file,
-                    f"vendors.{name}.auth.token_url",
-                    "is plain http: the client secret and tokens cross the network unencrypted",
+        urls = [("base_url", vendor.base_url, "requests, answers and credentials")]
+        if isinstance(auth := vendor.auth, OAuth2ClientCredentials):
+            urls.append(("auth.token_url", auth.token_url, "the client secret and tokens"))
+        for key, url, what in urls:
+            if url.scheme == "http" and not is_loopback(url.raw_host or ""):  # allow_plaintext said so
+                found.append(
+                    Problem(
+                        config_file,
+                        f"vendors.{name}.{key}",
+                        f"is plain http (allow_plaintext = true): {what} cross the network unencrypted",
+                    )
                 )
-            )
     return tuple(found)
 
 

@@ -130,10 +130,20 @@ class Timeout:
     read_idle_seconds: float = DEFAULT_READ_IDLE_SECONDS
 
 
+TLS_VERSIONS = ("1.2", "1.3")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tls:
+    """A vendor's ``tls = {...}`` (SPEC section 17): how its certificate is checked (``verify``, against
+    ``ca_file`` instead of the system's CAs when given), the client certificate the gateway presents
+    (``cert_file`` and ``key_file``, for vendors that demand mTLS) and the oldest TLS version accepted."""
+
     verify: bool = True
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -403,6 +413,8 @@ class Vendor:
     faults: Faults | None = None  # off unless configured: [vendors.NAME.faults]
     expose: Literal["all", "declared"] = "all"
     routes: tuple[Route, ...] = ()
+    # A plain http:// base_url or token_url off loopback is refused unless the vendor says so.
+    allow_plaintext: bool = False
 
     @property
     def base_path(self) -> str:

@@ -42,6 +42,7 @@ from .pool import (
     Transport,
     VendorRequest,
 )
+from .tls import client_context
 
 # RFC 9110 section 7.6.1: fields that describe one connection, never forwarded either way.
 HOP_BY_HOP = frozenset(
@@ -100,11 +101,7 @@ class VendorTransport:
 def vendor_transport(vendor: Vendor) -> VendorTransport:
     url = vendor.base_url
     path_prefix = vendor.base_path
-    ssl_param: ssl.SSLContext | bool = True
-    if not vendor.tls.verify:
-        ssl_param = False
-    elif vendor.tls.ca_file is not None:
-        ssl_param = ssl.create_default_context(cafile=str(vendor.tls.ca_file))
+    ssl_param = client_context(vendor.tls)
     limits = vendor.timeout
     timeout = Timeouts(
         total=limits.total_seconds, connect=limits.connect_seconds, read_idle=limits.read_idle_seconds

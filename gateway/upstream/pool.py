@@ -186,10 +186,12 @@ class Pool:
         if endpoint.ssl:
             if self._verified is None:
                 self._verified = ssl.create_default_context()
+                self._verified.minimum_version = ssl.TLSVersion.TLSv1_2  # SPEC 17: never older
                 self._verified.set_alpn_protocols(("http/1.1",))
             return self._verified
         if self._unverified is None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             context.set_alpn_protocols(("http/1.1",))
@@ -392,7 +394,9 @@ class Origin:
                 raise ConnectError(f"cannot connect to {self._where} ({_describe(exc)})") from None
             raise Timeout(f"cannot connect to {self._where} within {max(limit, 0):g}s") from None
         except OSError as exc:
-            raise ConnectError(f"cannot connect to {self._where} ({exc.strerror or exc})") from None
+            raise ConnectError(
+                f"cannot connect to {self._where} ({exc.strerror or _describe(exc)})"
+            ) from None
         return conn
 
     def _drop_waiter(self, waiter: asyncio.Future[None]) -> None:

@@ -72,19 +72,52 @@ def test_oauth2_problems(write_config: Callable[..., Path]) -> None:
     ]
 
 
-def test_plain_http_token_url_off_loopback_is_a_warning(write_config: Callable[..., Path]) -> None:
-    config = load_config(
-        write_config(
-            """
-            [vendors.a]
-            base_url = "https://x.com"
-            auth = { type = "oauth2_client_credentials", token_url = "http://login.x.com/t", client_id = "env:GW_C_ID", client_secret = "env:GW_C_SECRET" }
-            """
-        )
-    )
-    assert [f"{w.key}: {w.message}" for w in config.warnings] == [
-        "vendors.a.auth.token_url: is plain http: the client secret and tokens cross the network unencrypted"
+def test_plain_http_off_loopback_is_refused_unless_the_vendor_allows_it(
+    write_config: Callable[..., Path],
+) -> None:
+    vendor = """
+        [vendors.a]
+        base_url = "http://api.x.com"
+        auth = { type = "oauth2_client_credentials", token_url = "http://login.x.com/t", client_id = "env:HOME", client_secret = "env:HOME" }
+        """
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(vendor))
+    assert [str(p) for p in info.value.problems] == [
+        "config.toml: vendors.a.base_url: is plain http:// to api.x.com, which is not this machine: requests, "
+        "answers and credentials would cross the network unencrypted; use https://, or set allow_plaintext = true",
+        "config.toml: vendors.a.auth.token_url: is plain http:// to login.x.com, which is not this machine: "
+        "requests, answers and credentials would cross the network unencrypted; use https://, or set "
+        "allow_plaintext = true",
     ]
+    config = load_config(write_config(vendor + "allow_plaintext = true\n"))
+    assert config.vendors["a"].allow_plaintext
+    assert [f"{w.key}: {w.message}" for w in config.warnings] == [
+        "vendors.a.base_url: is plain http (allow_plaintext = true): requests, answers and credentials cross "
+        "the network unencrypted",
+        "vendors.a.auth.token_url: is plain http (allow_plaintext = true): the client secret and tokens cross "
+        "the network unencrypted",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.4.5", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("127.example.com", False),  # a name that merely starts like a loopback address
+        ("localhost.example.com", False),
+        ("10.0.0.1", False),
+    ],
+)
+def test_only_this_machine_is_loopback(write_config: Callable[..., Path], host: str, loopback: bool) -> None:
+    path = write_config(f'[vendors.a]\nbase_url = "http://{host}:8081"\n')
+    if loopback:
+        assert load_config(path).warnings == ()
+    else:
+        with pytest.raises(ConfigError, match=r"vendors\.a\.base_url: is plain http://"):
+            load_config(path)
 
 
 @pytest.mark.parametrize(
