@@ -42,6 +42,9 @@ class Request:
     # the caller is still sending it, or neither (no body).
     body: bytes | None = None
     source: BodySource | None = None
+    # The subject of the certificate the caller presented over TLS ((OpenSSL name, value) pairs), when
+    # the listener asks for one ([gateway] tls.client_ca_file); None otherwise.
+    client_cert: frozenset[tuple[str, str]] | None = None
 
     @property
     def has_body(self) -> bool:

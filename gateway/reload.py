@@ -6,10 +6,12 @@ config when the new one is invalid. The folders watched follow the config in for
 moves ``routes_dir`` watches the new one.
 
 What is watched: the folder holding config.toml (not recursively: it is often a repository root),
-``routes_dir`` and ``transforms_dir`` (recursively). Watching folders rather than files survives
-editors and deploy tools that rename a new file over the old one, and Kubernetes ConfigMap volumes,
-which swap a ``..data`` symlink. Because a folder sees unrelated changes too, a burst of events reloads
-only when the contents of config.toml, ``routes/*.toml`` or the transforms tree changed (a digest).
+``routes_dir`` and ``transforms_dir`` (recursively), and the folders of the certificate files the
+config names (``[gateway] tls`` and vendors' ``tls``: a rotated certificate is read by a reload).
+Watching folders rather than files survives editors and deploy tools that rename a new file over the
+old one, and Kubernetes ConfigMap and Secret volumes, which swap a ``..data`` symlink. Because a folder
+sees unrelated changes too, a burst of events reloads only when the contents of config.toml,
+``routes/*.toml``, the transforms tree or those certificate files changed (a digest).
 
 A file is often seen mid-write: ``: > config.toml``, or an editor or ``>`` truncating before it writes.
 So the watcher reloads only once that digest holds still across a short re-read (``SETTLE_SECONDS``),
@@ -47,6 +49,7 @@ class Watched:
     config_file: Path
     routes_dir: Path
     transforms_dir: Path
+    tls_files: tuple[Path, ...] = ()  # certificates, keys and CA bundles the config names
 
     @classmethod
     def of(cls, config: Config) -> Watched:
@@ -54,12 +57,16 @@ class Watched:
             config_file=config.path,
             routes_dir=config.gateway.routes_dir,
             transforms_dir=config.gateway.transforms_dir,
+            tls_files=tls_files(config),
         )
 
     def covers(self, path: Path) -> bool:
         """Whether a changed path is one of the config's own files (for the reload's reason)."""
         return (
-            path == self.config_file or self.routes_dir in path.parents or self.transforms_dir in path.parents
+            path == self.config_file
+            or self.routes_dir in path.parents
+            or self.transforms_dir in path.parents
+            or path in self.tls_files
         )
 
     def digest(self) -> str:
@@ -70,6 +77,7 @@ class Watched:
             files += sorted(self.routes_dir.glob("*.toml"))
         if self.transforms_dir.is_dir():
             files += sorted(p for p in self.transforms_dir.rglob("*") if not p.name.startswith("."))
+        files += self.tls_files
         for file in files:
             h.update(str(file).encode() + b"\0")
             try:
@@ -78,6 +86,14 @@ class Watched:
             except OSError as exc:
                 h.update(f"unreadable: {exc.errno}".encode())
         return h.hexdigest()
+
+
+def tls_files(config: Config) -> tuple[Path, ...]:
+    listener = config.gateway.tls
+    found = [listener.cert_file, listener.key_file, listener.client_ca_file] if listener else []
+    for vendor in config.vendors.values():
+        found += [vendor.tls.ca_file, vendor.tls.cert_file, vendor.tls.key_file]
+    return tuple(sorted({path for path in found if path is not None}))
 
 
 def read_config(current: Config) -> Config:
@@ -159,6 +175,8 @@ async def watch_files(
             ([watched.config_file.parent], False),
             ([watched.routes_dir, watched.transforms_dir], True),
         ]
+        if watched.tls_files:  # a Kubernetes Secret volume swaps its ..data link: its folder is watched
+            groups.append((sorted({path.parent for path in watched.tls_files}), False))
         feeds = [
             asyncio.create_task(_feed(folders, recursive, changes, restart, logger))
             for folders, recursive in groups

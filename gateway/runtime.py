@@ -47,11 +47,17 @@ class Runtime:
     delivery_passthrough: dict[str, Handler] = field(default_factory=dict)
     delivery_route_handlers: dict[int, Handler] = field(default_factory=dict)
 
-    def resolve(self, method: str, target: Target, fields: CIMultiDictProxy[str]) -> Resolved:
+    def resolve(
+        self,
+        method: str,
+        target: Target,
+        fields: CIMultiDictProxy[str],
+        client_cert: frozenset[tuple[str, str]] | None = None,
+    ) -> Resolved:
         """The vendor, route and handler for a caller's request, or 404 (after identifying the caller)."""
         vendor = self.config.vendors.get(target.vendor)
         if vendor is None:
-            self._identify(fields)
+            self._identify(fields, client_cert)
             raise NotFound(f"no vendor named {target.vendor!r}")
         if vendor.version is not None and vendor.version.kind == "path_prefix":
             target = unversioned(target, vendor.version)
@@ -59,13 +65,15 @@ class Runtime:
         if route is not None:
             return Resolved(vendor, route, self.route_handlers[id(route)], target)
         if vendor.expose == "declared":
-            self._identify(fields)
+            self._identify(fields, client_cert)
             raise NotFound(f"vendor {vendor.name!r} exposes no route for {method} {target.path or '/'}")
         return Resolved(vendor, None, self.passthrough[vendor.name], target)
 
-    def _identify(self, fields: CIMultiDictProxy[str]) -> None:
+    def _identify(
+        self, fields: CIMultiDictProxy[str], client_cert: frozenset[tuple[str, str]] | None
+    ) -> None:
         if self.authenticator is not None:
-            self.authenticator.identify(fields)  # 401 for an unknown caller, before any 404
+            self.authenticator.identify(fields, client_cert)  # 401 for an unknown caller, before any 404
 
     def delivery_handler(
         self, vendor_name: str, method: str, segments: tuple[str, ...]

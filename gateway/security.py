@@ -1,7 +1,8 @@
 """The gateway's security posture at start, and the values its logs must never show.
 
-``startup_notes`` says whether callers are authenticated and repeats every risky setting the config
-accepted (``tls.verify = false``, plain-http token endpoints) as warning events. ``secret_values``
+``startup_notes`` says whether callers are authenticated (by key, by certificate), whether the listener
+speaks TLS (a warning when it listens off loopback without), and repeats every risky setting the config
+accepted (``tls.verify = false``, ``allow_plaintext``) as warning events. ``secret_values``
 lists every configured secret, in the forms it could take on the wire, for ``Logger.redact``: the code
 never logs a secret on purpose, and the redaction is the net under that rule (an exception message
 that quoted a URL with an API key in its query, say).
@@ -27,7 +28,15 @@ Note = tuple[str, str, dict[str, Any]]  # (event, level, fields)
 def startup_notes(config: Config, listen_host: str) -> list[Note]:
     notes: list[Note] = []
     if config.clients:
-        notes.append(("client_auth", "info", {"mode": "key", "clients": sorted(config.clients)}))
+        modes = [
+            mode
+            for mode, used in (
+                ("key", any(c.key is not None for c in config.clients.values())),
+                ("certificate", any(c.cert_subject is not None for c in config.clients.values())),
+            )
+            if used
+        ]
+        notes.append(("client_auth", "info", {"mode": ",".join(modes), "clients": sorted(config.clients)}))
     else:
         loopback = is_loopback(listen_host)
         notes.append(
@@ -42,6 +51,17 @@ def startup_notes(config: Config, listen_host: str) -> list[Note]:
                 },
             )
         )
+    tls = config.gateway.tls
+    if tls is not None:
+        notes.append(
+            ("listener", "info", {"tls": True, "client_certificates": tls.client_ca_file is not None})
+        )
+    elif not is_loopback(listen_host):
+        detail = (
+            f"it listens on {listen_host} without [gateway] tls: requests, answers and gateway keys cross "
+            "the network unencrypted"
+        )
+        notes.append(("listener", "warning", {"tls": False, "detail": detail}))
     for warning in config.warnings:
         notes.append(
             (
@@ -55,7 +75,7 @@ def startup_notes(config: Config, listen_host: str) -> list[Note]:
 
 def secret_values(config: Config) -> set[str]:
     """Every configured secret, raw and as it appears in headers, query strings and JSON."""
-    secrets: list[Secret] = [client.key for client in config.clients.values()]
+    secrets: list[Secret] = [client.key for client in config.clients.values() if client.key is not None]
     extra: set[str] = set()
     for vendor in config.vendors.values():
         auth = vendor.auth

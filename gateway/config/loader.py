@@ -37,6 +37,7 @@ from .model import (
     HTTP_METHODS,
     IDEMPOTENCY_MODES,
     RATE_SCOPES,
+    SUBJECT_ATTRIBUTES,
     TLS_VERSIONS,
     TYPE_POINTER,
     WEBHOOK_DEFAULT_ID,
@@ -47,6 +48,7 @@ from .model import (
     AllowRule,
     Auth,
     BusSettings,
+    CertSubject,
     Circuit,
     Client,
     Config,
@@ -57,6 +59,7 @@ from .model import (
     GatewaySettings,
     Idempotency,
     Listen,
+    ListenerTls,
     OAuth2ClientCredentials,
     PathSegment,
     Problem,
@@ -438,8 +441,8 @@ def _refuse_plaintext(t: _Table, key: str, url: URL, allowed: bool) -> None:
         )
 
 
-def _tls_file(t: _Table, key: str, base_dir: Path) -> Path | None:
-    text = t.string(key, None)
+def _tls_file(t: _Table, key: str, base_dir: Path, *, required: bool = False) -> Path | None:
+    text = t.string(key, _MISSING if required else None)
     if not isinstance(text, str):
         return None
     path = Path(text)
@@ -876,18 +879,39 @@ def is_loopback(host: str) -> bool:
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-def _parse_clients(t: _Table, base_dir: Path, vendors: Collection[str]) -> dict[str, Client]:
+def _parse_clients(
+    t: _Table, base_dir: Path, vendors: Collection[str], client_certs: bool
+) -> dict[str, Client]:
+    """``client_certs``: callers present certificates ([gateway] tls.client_ca_file), so a client may
+    be known by its certificate's subject instead of (or as well as) a key."""
     clients: dict[str, Client] = {}
     if not t.data:
         t.problem("", "has no clients; remove [clients] to run without caller authentication")
     seen_keys: dict[str, str] = {}  # key value -> client name, to refuse two clients with one key
+    subjects: dict[str, CertSubject] = {}
     for name in t.data:
         ct = t.table(name)
         if ct is None:
             continue
         if not _CLIENT_NAME.match(name):
             ct.problem("", "client names are letters, digits, '.', '-' and '_'")
-        key = ct.secret("key", base_dir)
+        subject = _parse_cert_subject(ct, client_certs)
+        if subject is not None:
+            for other, known in subjects.items():
+                if known.attributes <= subject.attributes or subject.attributes <= known.attributes:
+                    ct.problem(
+                        "cert_subject",
+                        f"cannot be told apart from clients.{other}.cert_subject ({known.text!r}): a "
+                        "certificate could match both",
+                    )
+            subjects[name] = subject
+        if not ct.has("key") and not ct.has("cert_subject"):
+            ct.problem(
+                "key",
+                'is required: a gateway key ("env:NAME" or "file:/path"), or a cert_subject when callers '
+                "present certificates ([gateway] tls.client_ca_file)",
+            )
+        key = ct.secret("key", base_dir, None)
         rules: list[AllowRule] = []
         allow = ct.raw("allow")
         if allow is _MISSING:
@@ -906,8 +930,54 @@ def _parse_clients(t: _Table, base_dir: Path, vendors: Collection[str]) -> dict[
             if other != name:
                 ct.problem("key", f"is the same key as clients.{other}; each client needs its own")
                 continue
-            clients[name] = Client(name=name, key=key, allow=tuple(rules), rate_limit=rate_limit)
+        if isinstance(key, Secret) or subject is not None:
+            clients[name] = Client(
+                name=name,
+                key=key if isinstance(key, Secret) else None,
+                cert_subject=subject,
+                allow=tuple(rules),
+                rate_limit=rate_limit,
+            )
     return clients
+
+
+def _parse_cert_subject(ct: _Table, client_certs: bool) -> CertSubject | None:
+    text = ct.string("cert_subject", None)
+    if not isinstance(text, str):
+        return None
+    if not client_certs:
+        ct.problem(
+            "cert_subject",
+            "needs [gateway] tls with client_ca_file: only then do callers present certificates",
+        )
+        return None
+    attributes: set[tuple[str, str]] = set()
+    for part in text.split(","):
+        name, sep, value = (piece.strip() for piece in part.partition("="))
+        if not sep or not value or name not in SUBJECT_ATTRIBUTES:
+            known = ", ".join(SUBJECT_ATTRIBUTES)
+            ct.problem(
+                "cert_subject",
+                f'must be ATTRIBUTE=value pairs separated by commas, like "CN=billing,O=Acme" ({known}); '
+                f"{part.strip()!r} is not one",
+            )
+            return None
+        attributes.add((SUBJECT_ATTRIBUTES[name], value))
+    return CertSubject(text=text, attributes=frozenset(attributes))
+
+
+def _parse_listener_tls(t: _Table, base_dir: Path) -> ListenerTls | None:
+    cert_file = _tls_file(t, "cert_file", base_dir, required=True)
+    key_file = _tls_file(t, "key_file", base_dir, required=True)
+    client_ca_file = _tls_file(t, "client_ca_file", base_dir)
+    t.done()
+    if cert_file is not None and key_file is not None and (why := key_pair_problem(cert_file, key_file)):
+        t.problem("cert_file", why)
+    if client_ca_file is not None and (why := ca_file_problem(client_ca_file)):
+        t.problem("client_ca_file", why)
+    if cert_file is None or key_file is None:
+        return None
+    return ListenerTls(cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file)
 
 
 def _parse_allow(ct: _Table, where: str, entry: object, vendors: Collection[str]) -> AllowRule | None:
@@ -1047,6 +1117,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         max_url_bytes=g.integer("max_url_bytes", None, minimum=256),
         max_header_bytes=g.integer("max_header_bytes", None, minimum=1024),
         max_connections=g.integer("max_connections", None),
+        tls=_parse_listener_tls(gt, base_dir) if (gt := g.table("tls")) is not None else None,
     )
     g.done()
     max_body = settings.max_body_bytes
@@ -1059,7 +1130,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                 vendors[name] = vendor
     clients: dict[str, Client] = {}
     if (ct := root.table("clients")) is not None:
-        clients = _parse_clients(ct, base_dir, set(vt.data) if vt else set())
+        client_certs = settings.tls is not None and settings.tls.client_ca_file is not None
+        clients = _parse_clients(ct, base_dir, set(vt.data) if vt else set(), client_certs)
     tracing = _parse_tracing(tt) if (tt := root.table("tracing")) is not None else TracingSettings()
     delivery = _parse_delivery(dt) if (dt := root.table("delivery")) is not None else DeliverySettings()
     bus = _parse_bus(bt, base_dir) if (bt := root.table("bus")) is not None else BusSettings()

@@ -147,6 +147,43 @@ class Tls:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerTls:
+    """``[gateway] tls = {...}``: the listener serves HTTPS with ``cert_file`` and ``key_file``; with
+    ``client_ca_file`` every caller must present a certificate that CA signed (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+# cert_subject's attribute names -> the names OpenSSL gives them in a peer certificate's subject.
+SUBJECT_ATTRIBUTES = {
+    "CN": "commonName",
+    "O": "organizationName",
+    "OU": "organizationalUnitName",
+    "C": "countryName",
+    "ST": "stateOrProvinceName",
+    "L": "localityName",
+    "DC": "domainComponent",
+    "UID": "userId",
+    "emailAddress": "emailAddress",
+    "serialNumber": "serialNumber",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CertSubject:
+    """A client's ``cert_subject = "CN=billing,O=Acme"``: a certificate is the client's when its
+    subject holds every one of these attributes with these values (others are not compared)."""
+
+    text: str  # as configured, for messages
+    attributes: frozenset[tuple[str, str]]  # (OpenSSL's name, value): ("commonName", "billing")
+
+    def matches(self, presented: frozenset[tuple[str, str]]) -> bool:
+        return self.attributes <= presented
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Auth:
     """Credentials injected into every vendor request; what the caller sent there is replaced.
 
@@ -228,10 +265,12 @@ class AllowRule:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Client:
-    """``[clients.NAME]``: an internal caller, its gateway key and what it may reach."""
+    """``[clients.NAME]``: an internal caller, its gateway key or certificate subject (at least one),
+    and what it may reach."""
 
     name: str
-    key: Secret
+    key: Secret | None = None
+    cert_subject: CertSubject | None = None  # with [gateway] tls.client_ca_file only
     allow: tuple[AllowRule, ...] = ()
     rate_limit: RateLimit | None = None  # this caller's quota over every vendor together
 
@@ -357,6 +396,7 @@ class GatewaySettings:
     max_url_bytes: int = 8192  # the request target
     max_header_bytes: int = 32768  # all request header fields together (names and values)
     max_connections: int = 10000  # past this, new connections wait in the kernel's backlog
+    tls: ListenerTls | None = None  # None: plain HTTP (a sidecar on loopback)
 
 
 PathSegment = str  # a literal segment, "*" (one segment) or "**" (the rest)

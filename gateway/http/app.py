@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,7 +21,7 @@ from opentelemetry.trace import Span
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .. import __version__
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, Problem
 from ..errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
 from ..features.delivery.queue import record_json, valid_id
 from ..features.delivery.workers import DeliveryWorkers
@@ -44,6 +45,7 @@ from ..target import parse_target
 from ..upstream.forwarder import request_headers
 from ..upstream.pool import Pool
 from .server import Limits, Server, ServerRequest, StreamAborted
+from .tls import server_context
 
 USER_AGENT = f"egress-gateway/{__version__}"
 ADMIN_PREFIX = "/_gateway/"
@@ -193,7 +195,9 @@ class Gateway:
                 target = parse_target(request.target)
                 vendor_name = target.vendor
                 method = request.method
-                vendor, route, handler, target = runtime.resolve(method, target, request.headers)
+                vendor, route, handler, target = runtime.resolve(
+                    method, target, request.headers, request.client_cert
+                )
                 ex = Exchange(
                     request=request.as_request(),
                     request_id=request_id,
@@ -343,7 +347,11 @@ class Gateway:
         authenticator = self.live.runtime.authenticator
         store = self.services.deliveries.store
         # With [clients] only the client that sent it may look: 401 without a known key, else 404.
-        client = authenticator.identify(request.headers)[0] if authenticator is not None else None
+        client = (
+            authenticator.identify(request.headers, request.client_cert)[0]
+            if authenticator is not None
+            else None
+        )
         try:
             record = await store.deliveries.delivery_get(delivery_id) if valid_id(delivery_id) else None
         except StoreUnavailable as exc:
@@ -358,6 +366,20 @@ class Gateway:
         """What vendors said is deprecated or sunsetting, per vendor and route, with dates and counts."""
         notices = self.services.deprecations.notices()
         return json_answer({"deprecations": [notice.as_dict() for notice in notices]})
+
+
+def listener_context(config: Config) -> ssl.SSLContext | None:
+    """The listener's context for a reloaded config (certificates re-read when their files changed);
+    a file that became unusable since the load is a ``ConfigError`` naming its key."""
+    tls = config.gateway.tls
+    if tls is None:
+        return None
+    try:
+        return server_context(tls)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(
+            [Problem(str(config.path), "gateway.tls", f"cannot load the certificate: {exc}")]
+        ) from None
 
 
 async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
@@ -378,6 +400,7 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
             config = await asyncio.to_thread(read_config, old)
             logger.redact(secret_values(config))
             runtime = build_runtime(config, services)
+            listener_tls = listener_context(config)
         except ConfigError as exc:
             services.discard()
             logger.event(
@@ -394,8 +417,10 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
             return False
         commit(runtime, services, live)
         services.bus.update(config)
-        if gateway.server is not None:  # new connections get the new limits
+        if gateway.server is not None:  # new connections get the new limits (and certificates)
             gateway.server.limits = Limits.of(config.gateway)
+            if gateway.server.ssl is not None and listener_tls is not None:
+                gateway.server.ssl = listener_tls
         needs_restart = [
             key
             for key, before, after in (
@@ -408,6 +433,7 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
                 ),
                 ("tracing", old.tracing, config.tracing),
                 ("bus", old.bus, config.bus),
+                ("gateway.tls", old.gateway.tls is None, config.gateway.tls is None),  # HTTP <-> HTTPS
             )
             if before != after
         ]
@@ -447,12 +473,16 @@ async def serve(
     ``library_log`` events of ``logger``, so every line of output is the gateway's own format.
     """
     capture_library_logs(logger)
+    try:
+        tls = listener_context(config)
+    except ConfigError as exc:
+        raise SystemExit("\n".join(str(problem) for problem in exc.problems)) from None
     gateway = Gateway(config, logger=logger)
     await gateway.start()
     server = gateway.server = Server(gateway, Limits.of(config.gateway), logger)
     stop_extra = await extra() if extra is not None else None
     try:
-        await server.listen(listen_host, listen_port, reuse_port=reuse_port)
+        await server.listen(listen_host, listen_port, reuse_port=reuse_port, ssl=tls)
     except OSError as exc:
         await gateway.close()
         if stop_extra is not None:

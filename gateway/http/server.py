@@ -21,7 +21,10 @@ forwarding is lost) and writes without backpressure. This server owns:
 - a caller that leaves: its request task is cancelled at once (the idempotency stage shields what must
   finish), and a body being read raises ``ClientClosedRequest``;
 - the drain: ``Server.shutdown`` stops accepting, closes idle connections, lets requests in flight
-  finish (their answers say ``Connection: close``) until the deadline, then cancels them.
+  finish (their answers say ``Connection: close``) until the deadline, then cancels them;
+- HTTPS when ``Server.ssl`` is set (``[gateway] tls``, see ``http/tls.py``): each accepted connection's
+  handshake runs in a task of its own, bounded by the head timeout, so a slow or broken handshake holds
+  up nobody else; ``ssl`` may be replaced at any time (a reload) and only new connections see it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import errno
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +57,7 @@ from ..errors import (
 from ..messages import Answer, Request, problem_answer
 from ..observability.logging import Logger, new_request_id
 from ..upstream.pool import head_bytes
+from .tls import client_subject
 
 BODY_HIGH_WATER = 256 * 1024  # request-body bytes buffered unread before reading from the socket pauses
 LINGER_SECONDS = 2.0  # after an answer sent before its request's body was in: how long to read and drop
@@ -215,10 +220,19 @@ class ServerRequest:
         self.body = body
         self.responded = False
 
+    @property
+    def client_cert(self) -> frozenset[tuple[str, str]] | None:
+        """The subject of the certificate the caller's connection presented (HTTPS with client CAs)."""
+        return self._conn.client_cert
+
     def as_request(self) -> Request:
         """The gateway's own view of it, for the pipeline."""
         return Request(
-            method=self.method, headers=self.headers, content_length=self.content_length, source=self.body
+            method=self.method,
+            headers=self.headers,
+            content_length=self.content_length,
+            source=self.body,
+            client_cert=self._conn.client_cert,
         )
 
     async def respond(self, answer: Answer) -> None:
@@ -251,11 +265,13 @@ class HttpConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._ignoring = False  # past a refusal or an answer to an unread body: what comes in is dropped
+        self.client_cert: frozenset[tuple[str, str]] | None = None
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         self.server.connections.add(self)
+        self.client_cert = client_subject(transport.get_extra_info("peercert"))  # after the TLS handshake
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -573,6 +589,9 @@ class Server:
         self.refused = 0  # connections the kernel handed over that could not be taken (no descriptors)
         self._sockets: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
+        # HTTPS: the context new connections get (``listen`` sets it; a reload may replace it).
+        self.ssl: ssl.SSLContext | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
         self._date = ""
@@ -585,8 +604,18 @@ class Server:
             self._date = formatdate(now, usegmt=True)
         return self._date
 
-    async def listen(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> int:
-        """Bind and start accepting; returns the port (useful with port 0)."""
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+        ssl: ssl.SSLContext | None = None,
+    ) -> int:
+        """Bind and start accepting (HTTPS with ``ssl``); returns the port (useful with port 0)."""
+        if ssl is not None:
+            self.ssl = ssl
         infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
@@ -621,18 +650,40 @@ class Server:
                 continue
             protocol = HttpConnection(self)
             self.connections.add(protocol)  # counted at once: the limit holds before the transport exists
+            if self.ssl is not None:
+                task = loop.create_task(self._handshake(protocol, conn, self.ssl))
+                self._handshakes.add(task)
+                task.add_done_callback(self._handshakes.discard)
+                continue
             try:
                 await loop.connect_accepted_socket(lambda p=protocol: p, conn)  # type: ignore[misc]
             except OSError:
                 self.connections.discard(protocol)
                 conn.close()
 
+    async def _handshake(
+        self, protocol: HttpConnection, conn: socket.socket, context: ssl.SSLContext
+    ) -> None:
+        """One HTTPS connection's TLS handshake; the protocol sees the connection once it is done."""
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=context, ssl_handshake_timeout=self.limits.header_timeout
+            )
+        except BaseException as exc:
+            # No connection_made, so no connection_lost either: it is uncounted here.
+            self.connections.discard(protocol)
+            conn.close()
+            self.connection_closed()
+            if not isinstance(exc, Exception):
+                raise  # cancelled by the drain
+            self.logger.event("tls_handshake_failed", level="info", error=_tls_reason(exc))
+
     def connection_closed(self) -> None:
         if len(self.connections) < self.limits.max_connections:
             self._room.set()
 
     def stop_accepting(self) -> None:
-        for task in self._acceptors:
+        for task in (*self._acceptors, *self._handshakes):
             task.cancel()
         for sock in self._sockets:
             sock.close()
@@ -667,6 +718,13 @@ def _problem_head(error: GatewayError, request_id: str, date: str) -> bytes:
     lines.extend(map(": ".join, answer.headers.items()))
     lines += [f"Date: {date}", f"Content-Length: {len(body)}", "Connection: close"]
     return head_bytes(lines) + body
+
+
+def _tls_reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)  # "PEER_DID_NOT_RETURN_A_CERTIFICATE", "HTTP_REQUEST", ...
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
 
 
 def _parser_reason(exc: Exception) -> str:

@@ -241,7 +241,8 @@ def test_client_problems(write_config: Callable[..., Path]) -> None:
         "config.toml: clients.a.allow[5]: path '**' may only be the last segment",
         "config.toml: clients.a.allow[6]: must be a string, not an integer",
         "config.toml: clients.b.key: is the same key as clients.a; each client needs its own",
-        "config.toml: clients.c.key: is required",
+        'config.toml: clients.c.key: is required: a gateway key ("env:NAME" or "file:/path"), or a cert_subject '
+        "when callers present certificates ([gateway] tls.client_ca_file)",
         "config.toml: clients.c.allow: must be an array of strings, not a string",
         "config.toml: clients.bad name: client names are letters, digits, '.', '-' and '_'",
     ]
@@ -287,7 +288,12 @@ def test_startup_notes_say_whether_callers_are_authenticated(write_config: Calla
     ((event, level, fields),) = startup_notes(open_config, "127.0.0.1")
     assert (event, level, fields["mode"]) == ("client_auth", "info", "off")
     assert "not authenticated" in fields["detail"]
-    ((_, level, fields),) = startup_notes(open_config, "0.0.0.0")
+    ((_, level, fields), plain) = startup_notes(open_config, "0.0.0.0")
     assert level == "warning" and "0.0.0.0, not loopback" in fields["detail"]
+    assert plain[:2] == ("listener", "warning") and "without [gateway] tls" in plain[2]["detail"]
     keyed = load_config(write_config(VENDORS + '[clients.x]\nkey = "env:GW_C_KEY1"\nallow = ["stripe"]\n'))
-    assert startup_notes(keyed, "0.0.0.0") == [("client_auth", "info", {"mode": "key", "clients": ["x"]})]
+    assert startup_notes(keyed, "0.0.0.0") == [
+        ("client_auth", "info", {"mode": "key", "clients": ["x"]}),
+        plain,
+    ]
+    assert startup_notes(keyed, "127.0.0.1") == [("client_auth", "info", {"mode": "key", "clients": ["x"]})]

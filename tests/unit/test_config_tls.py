@@ -125,3 +125,77 @@ def test_gateway_check_refuses_plain_http_to_a_remote_vendor_and_warns_when_allo
     assert (
         "config.toml: warning: vendors.crm.base_url: is plain http (allow_plaintext = true)" in allowed.stderr
     )
+
+
+def test_the_listener_tls_and_client_subjects_load(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = issue(ca, tmp_path, "server", "127.0.0.1")
+    write_ca(ca, tmp_path / "callers.pem")
+    config = load_config(
+        write_config(
+            '[gateway]\ntls = { cert_file = "server.pem", key_file = "server.key", client_ca_file = "callers.pem" }\n'
+            '[clients.billing]\ncert_subject = "CN=billing, O=Acme"\nallow = ["a"]\n'
+            '[clients.ops]\nkey = "env:HOME"\ncert_subject = "CN=ops"\nallow = ["a"]\n'
+            '[vendors.a]\nbase_url = "https://a.com"\n'
+        )
+    )
+    tls = config.gateway.tls
+    assert tls is not None
+    assert (tls.cert_file, tls.key_file, tls.client_ca_file) == (
+        server.cert,
+        server.key,
+        tmp_path / "callers.pem",
+    )
+    billing = config.clients["billing"]
+    assert billing.key is None and billing.cert_subject is not None
+    assert billing.cert_subject.attributes == {("commonName", "billing"), ("organizationName", "Acme")}
+    assert billing.cert_subject.matches(
+        frozenset({("commonName", "billing"), ("organizationName", "Acme"), ("countryName", "DE")})
+    )
+    assert not billing.cert_subject.matches(frozenset({("commonName", "billing")}))
+    assert config.clients["ops"].key is not None
+
+
+def test_bad_listener_tls_and_subjects_are_problems(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    issue(ca, tmp_path, "one", "127.0.0.1")
+    issue(ca, tmp_path, "two", "127.0.0.1")
+    found = problems(
+        write_config(
+            '[gateway]\ntls = { cert_file = "one.pem", key_file = "two.key", client_ca_file = "none.pem", port = 1 }\n'
+            '[clients.billing]\ncert_subject = "CN=billing"\nallow = ["a"]\n'
+            '[vendors.a]\nbase_url = "https://a.com"\n'
+        )
+    )
+    base = str(tmp_path)
+    assert found == [
+        f"config.toml: gateway.tls.client_ca_file: file not found: {base}/none.pem",
+        "config.toml: gateway.tls.port: unknown key",
+        f"config.toml: gateway.tls.cert_file: cannot use {base}/one.pem with {base}/two.key: the key does not "
+        "belong to the certificate",
+        "config.toml: clients.billing.cert_subject: needs [gateway] tls with client_ca_file: only then do "
+        "callers present certificates",
+    ]
+    write_ca(ca, tmp_path / "callers.pem")
+    found = problems(
+        write_config(
+            '[gateway]\ntls = { cert_file = "one.pem", key_file = "one.key", client_ca_file = "callers.pem" }\n'
+            '[clients.a]\ncert_subject = "CN=billing"\nallow = ["v"]\n'
+            '[clients.b]\ncert_subject = "CN=billing,O=Acme"\nallow = ["v"]\n'
+            '[clients.c]\ncert_subject = "CN=x, Org=Acme"\nallow = ["v"]\n'
+            '[clients.d]\nallow = ["v"]\n'
+            "[gateway.x]\n"
+            '[vendors.v]\nbase_url = "https://a.com"\n'
+        )
+    )
+    assert found == [
+        "config.toml: gateway.x: unknown key",
+        "config.toml: clients.b.cert_subject: cannot be told apart from clients.a.cert_subject ('CN=billing'): "
+        "a certificate could match both",
+        "config.toml: clients.c.cert_subject: must be ATTRIBUTE=value pairs separated by commas, like "
+        "\"CN=billing,O=Acme\" (CN, O, OU, C, ST, L, DC, UID, emailAddress, serialNumber); 'Org=Acme' is not one",
+        'config.toml: clients.d.key: is required: a gateway key ("env:NAME" or "file:/path"), or a cert_subject '
+        "when callers present certificates ([gateway] tls.client_ca_file)",
+    ]

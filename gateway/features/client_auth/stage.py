@@ -2,7 +2,9 @@
 handler, routed or pass-through, whenever ``[clients]`` is configured.
 
 A caller presents its gateway key as ``Authorization: Bearer KEY`` or ``X-Gateway-Key: KEY`` (the
-latter wins when both are sent). The key is compared with every client's key in constant time (SHA-256
+latter wins when both are sent), or, with ``[gateway] tls.client_ca_file``, is known by the subject of
+the certificate it presented (``cert_subject``): a request that carries a key is identified by the key,
+one without a key by its certificate. The key is compared with every client's key in constant time (SHA-256
 digests, ``hmac.compare_digest``, no early exit), so neither timing nor the answer reveals which
 client or how much of a key matched. The key never reaches the vendor: ``X-Gateway-Key`` is dropped
 for every request (``upstream.REQUEST_DROP``) and an ``Authorization`` header that carried the key is
@@ -22,28 +24,36 @@ from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from ...config import Client, Route, Vendor
+from ...config.model import SUBJECT_ATTRIBUTES
 from ...errors import Forbidden, Unauthorized
 from ...messages import Answer
 from ...pipeline import Exchange, Handler
 
 GATEWAY_KEY_HEADER = "X-Gateway-Key"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="gateway"'}
+_SHORT = {long: short for short, long in SUBJECT_ATTRIBUTES.items()}
 
 
 class Authenticator:
-    """Maps a presented gateway key to a client name."""
+    """Maps a presented gateway key, or a client certificate's subject, to a client name."""
 
     def __init__(self, clients: Mapping[str, Client]) -> None:
-        self._digests = [(_digest(c.key.reveal()), name) for name, c in clients.items()]
+        self._digests = [(_digest(c.key.reveal()), name) for name, c in clients.items() if c.key is not None]
+        self._subjects = [(c.cert_subject, name) for name, c in clients.items() if c.cert_subject is not None]
 
-    def identify(self, headers: CIMultiDictProxy[str]) -> tuple[str, bool]:
-        """(client name, whether the key came in Authorization); raises ``Unauthorized``."""
+    def identify(
+        self, headers: CIMultiDictProxy[str], client_cert: frozenset[tuple[str, str]] | None = None
+    ) -> tuple[str, bool]:
+        """(client name, whether the key came in Authorization); raises ``Unauthorized``.
+        ``client_cert``: the subject of the certificate the caller's connection presented."""
         presented = headers.get(GATEWAY_KEY_HEADER)
         via_authorization = False
         if presented is None:
             scheme, _, credentials = headers.get(hdrs.AUTHORIZATION, "").partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 presented, via_authorization = credentials.strip(), True
+        if not presented and client_cert is not None and self._subjects:
+            return self._by_certificate(client_cert), False
         if not presented:
             raise Unauthorized(
                 "send your gateway key as 'Authorization: Bearer KEY' or 'X-Gateway-Key: KEY'",
@@ -59,6 +69,20 @@ class Authenticator:
                 "the gateway key is not known", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
         return found, via_authorization
+
+    def _by_certificate(self, client_cert: frozenset[tuple[str, str]]) -> str:
+        names = [name for subject, name in self._subjects if subject.matches(client_cert)]
+        if len(names) == 1:
+            return names[0]
+        shown = ",".join(
+            f"{_SHORT.get(attribute, attribute)}={value}" for attribute, value in sorted(client_cert)
+        )
+        raise Unauthorized(
+            f"the client certificate's subject ({shown}) is "
+            + (f"that of several clients: {', '.join(names)}" if names else "no client's cert_subject")
+            + "; send a gateway key, or use a certificate made for one client",
+            headers=_CHALLENGE,
+        )
 
 
 class ClientAuth:
@@ -78,7 +102,7 @@ class ClientAuth:
 
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Answer:
         ex = exchange
-        client, via_authorization = self.authenticator.identify(ex.request.headers)
+        client, via_authorization = self.authenticator.identify(ex.request.headers, ex.request.client_cert)
         ex.client = client
         if via_authorization:
             ex.headers.popall(hdrs.AUTHORIZATION, None)
