@@ -92,6 +92,9 @@ def secret_values(config: Config) -> set[str]:
         secrets += webhook.verify.secrets
     if config.bus.nats_token is not None:
         secrets.append(config.bus.nats_token)
+    vault = config.secrets.vault
+    if vault is not None:
+        secrets += [s for s in (vault.token, vault.role_id, vault.secret_id) if s is not None]
     values: set[str] = set(extra)
     for secret in secrets:
         raw = secret.reveal()

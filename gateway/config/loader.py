@@ -47,6 +47,7 @@ from .model import (
     AlertSettings,
     AllowRule,
     Auth,
+    AwsSecretsManager,
     BusSettings,
     CertSubject,
     Circuit,
@@ -68,15 +69,17 @@ from .model import (
     Retry,
     Route,
     Secret,
+    SecretsSettings,
     Timeout,
     Tls,
     TracingSettings,
+    Vault,
     Vendor,
     VersionPin,
     Webhook,
     WebhookVerify,
 )
-from .secrets import resolve_secret
+from .secrets import collecting, resolve_managed, resolve_secret
 from .tls import ca_file_problem, key_pair_problem
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +190,8 @@ class _Table:
         value = self.string(name, default)
         if not isinstance(value, str) or value is default:
             return value
-        return resolve_secret(value, base_dir, lambda msg: self.problem(name, msg))
+        report = lambda msg: self.problem(name, msg)  # noqa: E731
+        return resolve_secret(value, base_dir, report, where=(self.file, self.key(name)))
 
     def done(self) -> None:
         """Report keys nobody asked for: a typo must not silently turn a limit off."""
@@ -1075,6 +1079,11 @@ def _display(path: Path) -> str:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Load config.toml and its routes; raise ConfigError listing every problem found."""
+    with collecting() as managed:  # secret-manager references, read together at the end
+        return _load_config(path, managed)
+
+
+def _load_config(path: str | os.PathLike[str], managed: list[Any]) -> Config:
     config_path = Path(path).absolute()
     base_dir = config_path.parent
     problems: list[Problem] = []
@@ -1145,6 +1154,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                 webhooks[name] = hook
     at = root.table("alerts")
     alerts = _parse_alerts(at, base_dir, set(vt.data) if vt else set()) if at else AlertSettings()
+    secrets = _parse_secrets(st, base_dir) if (st := root.table("secrets")) is not None else SecretsSettings()
     root.done()
     problems += _bus_problems(display, settings.store, bus, webhooks, delivery)
 
@@ -1155,8 +1165,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         known=set(vt.data) if vt else set(),
         assets=assets,
     )
+    secret_warnings: list[Problem] = []
+    if not problems:  # the secret managers are asked only about a config that is otherwise sound
+        found, secret_warnings = resolve_managed(managed, secrets)
+        problems += found
     if problems:
         raise ConfigError(problems)
+    secrets = replace(secrets, managed=tuple(sorted({entry.secret.reference for entry in managed})))
     return Config(
         path=config_path,
         gateway=settings,
@@ -1170,8 +1185,74 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         warnings=_warnings(display, vendors)
         + _rate_warnings(display, settings.store, vendors, clients)
         + _delivery_warnings(settings.store, vendors)
-        + _fault_warnings(display, vendors),
+        + _fault_warnings(display, vendors)
+        + tuple(secret_warnings),
+        secrets=secrets,
     )
+
+
+def _parse_secrets(t: _Table, base_dir: Path) -> SecretsSettings:
+    """``[secrets]``: the secret managers. Their own credentials are env: or file: references only."""
+
+    def credential(table: _Table, name: str) -> Secret | None:
+        text = table.string(name, None)
+        if not isinstance(text, str):
+            return None
+        return resolve_secret(text, base_dir, lambda msg: table.problem(name, msg))
+
+    aws = None
+    if (at := t.table("aws")) is not None:
+        region = at.string("region", None)
+        endpoint = _secrets_url(at, "endpoint_url", required=False)
+        at.done()
+        aws = AwsSecretsManager(region=region, endpoint_url=str(endpoint) if endpoint else None)
+    vault = None
+    if (vt := t.table("vault")) is not None:
+        address = _secrets_url(vt, "address", required=True)
+        token = credential(vt, "token")
+        role_id = secret_id = None
+        if (rt := vt.table("approle")) is not None:
+            for key in ("role_id", "secret_id"):
+                if not rt.has(key):
+                    rt.problem(key, "is required")
+            role_id, secret_id = credential(rt, "role_id"), credential(rt, "secret_id")
+            rt.done()
+        if vt.has("token") == vt.has("approle"):
+            vt.problem(
+                "", "needs token = SECRET or approle = { role_id = SECRET, secret_id = SECRET }, one of them"
+            )
+        ca_file = _tls_file(vt, "ca_file", base_dir)
+        if ca_file is not None and (why := ca_file_problem(ca_file)):
+            vt.problem("ca_file", why)
+        vt.done()
+        if address is not None:
+            vault = Vault(address=address, token=token, role_id=role_id, secret_id=secret_id, ca_file=ca_file)
+    settings = _given(
+        SecretsSettings, refresh_seconds=t.number("refresh_seconds", None), aws=aws, vault=vault
+    )
+    t.done()
+    return settings
+
+
+def _secrets_url(t: _Table, key: str, *, required: bool) -> URL | None:
+    text = t.string(key, _MISSING if required else None)
+    if not isinstance(text, str):
+        return None
+    try:
+        url = URL(text, encoded=True)
+    except ValueError as exc:
+        t.problem(key, f"is not a valid URL: {exc}")
+        return None
+    if url.scheme not in ("http", "https") or not url.raw_host or url.raw_query_string or url.raw_fragment:
+        t.problem(key, f"must be an http:// or https:// URL with a host and no query, not {text!r}")
+        return None
+    if url.scheme == "http" and not is_loopback(url.raw_host):
+        t.problem(
+            key,
+            f"is plain http:// to {url.raw_host}: secrets would cross the network unencrypted; use https://",
+        )
+        return None
+    return url
 
 
 def _delivery_warnings(store: str, vendors: Mapping[str, Vendor]) -> tuple[Problem, ...]:

@@ -89,7 +89,8 @@ class ConfigError(Exception):
 
 
 class Secret:
-    """A secret resolved from ``env:NAME`` or ``file:/path``; its value never shows in repr or str."""
+    """A secret resolved from a reference (``env:NAME``, ``file:/path``, ``aws-sm:NAME#field``,
+    ``vault:PATH#field``); its value never shows in repr or str."""
 
     __slots__ = ("_value", "reference")
 
@@ -607,6 +608,44 @@ class AlertSettings:
     rules: tuple[AlertRule, ...] = ()
 
 
+DEFAULT_SECRETS_REFRESH_SECONDS = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AwsSecretsManager:
+    """``[secrets.aws]``: where ``"aws-sm:NAME"`` references are read. ``region`` (else AWS_REGION from
+    the environment) and ``endpoint_url`` (a VPC endpoint, or a local stand-in); credentials come from
+    the usual AWS chain (environment, web identity, instance or task role), never from the config."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Vault:
+    """``[secrets.vault]``: HashiCorp Vault's HTTP API at ``address`` (KV version 2), logged in to
+    with ``token``, or with AppRole (``role_id`` and ``secret_id``: a short-lived token per read).
+    ``ca_file``: the CA bundle for a Vault with a private certificate."""
+
+    address: URL
+    token: Secret | None = None
+    role_id: Secret | None = None
+    secret_id: Secret | None = None
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretsSettings:
+    """``[secrets]``: the secret managers, and how often what was read from them is read again
+    (``refresh_seconds``; a failed read keeps the last value). ``managed``: every ``aws-sm:`` and
+    ``vault:`` reference the config uses."""
+
+    refresh_seconds: float = DEFAULT_SECRETS_REFRESH_SECONDS
+    aws: AwsSecretsManager | None = None
+    vault: Vault | None = None
+    managed: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     path: Path
@@ -621,3 +660,4 @@ class Config:
     webhooks: Mapping[str, Webhook] = field(default_factory=dict)  # [webhooks.NAME]
     bus: BusSettings = field(default_factory=BusSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)

@@ -44,6 +44,7 @@ from ..store import StoreUnavailable, open_store
 from ..target import parse_target
 from ..upstream.forwarder import request_headers
 from ..upstream.pool import Pool
+from ..upstream.secret_managers import refresh as refresh_secrets
 from .server import Limits, Server, ServerRequest, StreamAborted
 from .tls import server_context
 
@@ -523,7 +524,17 @@ async def serve(
                 stop=stopping,
             )
         )
+    # [secrets]: aws-sm: and vault: secrets read again every refresh_seconds (a rotation reloads).
+    refresher = loop.create_task(
+        refresh_secrets(
+            lambda: gateway.live.runtime.config,
+            lambda why: reload(gateway, reason=why),
+            logger,
+            stop=stopping,
+        )
+    )
     await stopping.wait()
+    refresher.cancel()
     deadline = gateway.drain.begin()  # the drain's one deadline counts from the signal
     loop.remove_signal_handler(signal.SIGHUP)
     logger.event("stopping", reason="signal", drain_seconds=config.gateway.shutdown_timeout_seconds)

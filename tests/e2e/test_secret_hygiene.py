@@ -1,11 +1,14 @@
-"""A real ``gateway run`` process with every kind of secret configured: after successes, refusals and
-failures of every kind, its whole output (stdout and stderr) is searched for each secret value and
-each OAuth2 token the vendor issued, and none is there. Also: what it says about auth at start."""
+"""A real ``gateway run`` process with every kind of secret configured (env, files, AWS Secrets Manager
+through moto's server, Vault's KV v2 and AppRole through tests/vault_server.py, a client certificate's
+key): after successes, refusals and failures of every kind, its whole output (stdout and stderr) is
+searched for each secret value, each OAuth2 and Vault token issued and each line of the private key,
+and none is there. Also: what it says about auth at start."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import secrets
 import signal
@@ -15,9 +18,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 
 from tests.gateway_proc import GatewayProcess, free_port
+from tests.moto_server import AWS_ENV, REGION, MotoServer
+from tests.tls_certs import issue, write_ca
+from tests.vault_server import VaultServer
 
 SECRETS = {
     "GW_H_BEARER": "bearer-" + secrets.token_hex(12),
@@ -30,6 +37,12 @@ SECRETS = {
 FILE_SECRETS = {
     "header.txt": "header-" + secrets.token_hex(12),
     "oauth.txt": "oauth-secret-" + secrets.token_hex(12),
+    "vault-secret-id.txt": "vault-secret-id-" + secrets.token_hex(12),
+}
+MANAGED = {
+    "aws": "aws-managed-" + secrets.token_hex(12),
+    "vault": "vault-managed-" + secrets.token_hex(12),
+    "role_id": "vault-role-id-" + secrets.token_hex(12),
 }
 
 
@@ -66,6 +79,8 @@ class Vendor:
             "query": request.query.getall("key", []) == [SECRETS["GW_H_QUERY"]],
             "basic": auth == "Basic " + base64.b64encode(f"u:{SECRETS['GW_H_BASIC']}".encode()).decode(),
             "oauth": auth.removeprefix("Bearer ") in self.valid,
+            "awssm": auth == f"Bearer {MANAGED['aws']}",
+            "vaulted": request.headers.get("X-Api-Key") == MANAGED["vault"],
         }.get(vendor, True)
         if request.query.get("revoke"):
             self.valid.clear()
@@ -78,8 +93,19 @@ class Vendor:
 async def test_no_secret_or_token_ever_reaches_the_log(
     tmp_path: Path, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in SECRETS.items():
+    for name, value in {**SECRETS, **AWS_ENV, "GW_H_ROLE_ID": MANAGED["role_id"]}.items():
         monkeypatch.setenv(name, value)
+    moto = MotoServer(tmp_path)
+    moto.client().create_secret(Name="hygiene/aws", SecretString=json.dumps({"token": MANAGED["aws"]}))
+    vault = VaultServer(
+        root_token="root-" + secrets.token_hex(12),
+        role_id=MANAGED["role_id"],
+        secret_id=FILE_SECRETS["vault-secret-id.txt"],
+    )
+    vault.put("secret/hygiene", {"key": MANAGED["vault"]})
+    ca = trustme.CA()
+    client_cert = issue(ca, tmp_path / "certs", "client")
+    ca_file = write_ca(ca, tmp_path / "certs" / "ca.pem")
     for name, value in FILE_SECRETS.items():
         (tmp_path / name).write_text(value + "\n")
     (tmp_path / "wrong.txt").write_text("wrong-oauth-secret-value\n")
@@ -91,9 +117,16 @@ async def test_no_secret_or_token_ever_reaches_the_log(
     config.write_text(
         textwrap.dedent(
             f"""
+            [secrets.aws]
+            region = "{REGION}"
+            endpoint_url = "{moto.url}"
+            [secrets.vault]
+            address = "{vault.address}"
+            approle = {{ role_id = "env:GW_H_ROLE_ID", secret_id = "file:vault-secret-id.txt" }}
+
             [clients.billing]
             key = "env:GW_H_KEY_BILLING"
-            allow = ["bearer", "header", "query", "basic", "oauth", "badoauth", "deadquery"]
+            allow = ["bearer", "header", "query", "basic", "oauth", "badoauth", "deadquery", "awssm", "vaulted", "deadmtls"]
             [clients.reports]
             key = "env:GW_H_KEY_REPORTS"
             allow = ["bearer:GET /bearer/reports/*"]
@@ -120,6 +153,16 @@ async def test_no_secret_or_token_ever_reaches_the_log(
             base_url = "{dead}"
             tls = {{ verify = false }}
             auth = {{ type = "query", name = "key", value = "env:GW_H_QUERY" }}
+            [vendors.awssm]
+            base_url = "{base}"
+            auth = {{ type = "bearer", token = "aws-sm:hygiene/aws#token" }}
+            [vendors.vaulted]
+            base_url = "{base}"
+            auth = {{ type = "header", name = "X-Api-Key", value = "vault:secret/hygiene#key" }}
+            [vendors.deadmtls]
+            base_url = "{dead.replace("http://", "https://")}"
+            tls = {{ ca_file = "{ca_file}", cert_file = "{client_cert.cert}", key_file = "{client_cert.key}" }}
+            auth = {{ type = "bearer", token = "vault:secret/hygiene#key" }}
             """
         )
     )
@@ -134,8 +177,9 @@ async def test_no_secret_or_token_ever_reaches_the_log(
                     await resp.read()
                     return resp.status
 
-            for vendor in ("bearer", "header", "query", "basic", "oauth"):
+            for vendor in ("bearer", "header", "query", "basic", "oauth", "awssm", "vaulted"):
                 assert await call("GET", f"/{vendor}/{vendor}/x?key=forged", billing) == 200, vendor
+            assert await call("GET", "/deadmtls/x", billing) == 502
             assert await call("GET", "/oauth/oauth/x?revoke=1", billing) == 200
             assert await call("GET", "/oauth/oauth/x", billing) == 200  # 401, new token, retried
             assert await call("GET", "/badoauth/x", billing) == 502
@@ -150,8 +194,14 @@ async def test_no_secret_or_token_ever_reaches_the_log(
         await asyncio.to_thread(proc.proc.wait, 20)
     finally:
         proc.stop()
+        moto.stop()
+        vault.close()
     output = proc.log_path.read_text(errors="replace")
     assert '"event":"stopped"' in output  # the whole run, start to finish, was captured
+    assert len(vault.issued) == 1  # the AppRole login's token, read once at start
+    key_lines = [
+        line for line in client_cert.key.read_text().splitlines() if line and "PRIVATE KEY" not in line
+    ]
     assert len(fake.issued) == 2
     basic_header = base64.b64encode(f"u:{SECRETS['GW_H_BASIC']}".encode()).decode()
     for value in [
@@ -160,6 +210,10 @@ async def test_no_secret_or_token_ever_reaches_the_log(
         *fake.issued,
         basic_header,
         "wrong-oauth-secret",
+        *MANAGED.values(),
+        *vault.issued,
+        AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        *key_lines,
     ]:
         assert value not in output, f"a secret is in the log: {value[:8]}..."
     assert '"event":"client_auth"' in output and '"mode":"key"' in output

@@ -92,7 +92,7 @@ def test_config_objects_are_immutable(write_config: Callable[..., Path]) -> None
         ),
         (
             '[vendors.a]\nbase_url = "https://x.com"\nauth = { type = "bearer", token = "sk_test_123" }\n',
-            'config.toml: vendors.a.auth.token: must be a reference ("env:NAME" or "file:/path"), not a literal',
+            'config.toml: vendors.a.auth.token: must be a reference ("env:NAME", "file:/path", "aws-sm:NAME[#field]" or "vault:PATH#field"), not a literal',
         ),
         (
             '[vendors.a]\nbase_url = "https://x.com"\nauth = { type = "bearer", token = "env:GW_TEST_UNSET_VAR" }\n',
