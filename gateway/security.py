@@ -92,6 +92,8 @@ def secret_values(config: Config) -> set[str]:
         secrets += webhook.verify.secrets
     if config.bus.nats_token is not None:
         secrets.append(config.bus.nats_token)
+    if config.gateway.admin_key is not None:
+        secrets.append(config.gateway.admin_key)
     vault = config.secrets.vault
     if vault is not None:
         secrets += [s for s in (vault.token, vault.role_id, vault.secret_id) if s is not None]

@@ -1127,6 +1127,7 @@ def _load_config(path: str | os.PathLike[str], managed: list[Any]) -> Config:
         max_header_bytes=g.integer("max_header_bytes", None, minimum=1024),
         max_connections=g.integer("max_connections", None),
         tls=_parse_listener_tls(gt, base_dir) if (gt := g.table("tls")) is not None else None,
+        admin_key=g.secret("admin_key", base_dir, None),
     )
     g.done()
     max_body = settings.max_body_bytes
@@ -1168,7 +1169,7 @@ def _load_config(path: str | os.PathLike[str], managed: list[Any]) -> Config:
     secret_warnings: list[Problem] = []
     if not problems:  # the secret managers are asked only about a config that is otherwise sound
         found, secret_warnings = resolve_managed(managed, secrets)
-        problems += found
+        problems += found + _admin_key_problems(display, settings, clients)
     if problems:
         raise ConfigError(problems)
     secrets = replace(secrets, managed=tuple(sorted({entry.secret.reference for entry in managed})))
@@ -1186,9 +1187,35 @@ def _load_config(path: str | os.PathLike[str], managed: list[Any]) -> Config:
         + _rate_warnings(display, settings.store, vendors, clients)
         + _delivery_warnings(settings.store, vendors)
         + _fault_warnings(display, vendors)
-        + tuple(secret_warnings),
+        + tuple(secret_warnings)
+        + _admin_warnings(display, settings, clients),
         secrets=secrets,
     )
+
+
+def _admin_key_problems(file: str, settings: GatewaySettings, clients: Mapping[str, Client]) -> list[Problem]:
+    admin = settings.admin_key
+    if admin is None:
+        return []
+    for name, client in clients.items():
+        if client.key is not None and client.key.reveal() == admin.reveal():
+            return [
+                Problem(file, "gateway.admin_key", f"is the same key as clients.{name}; it needs its own")
+            ]
+    return []
+
+
+def _admin_warnings(
+    file: str, settings: GatewaySettings, clients: Mapping[str, Client]
+) -> tuple[Problem, ...]:
+    if not clients or settings.admin_key is not None:
+        return ()
+    message = (
+        "is not set while [clients] is: /_gateway/metrics, dashboard, deprecations and the other admin "
+        "endpoints answer 403 to everyone (health and ready stay open; clients still read their own "
+        "deliveries); set admin_key for operators and Prometheus"
+    )
+    return (Problem(file, "gateway.admin_key", message),)
 
 
 def _parse_secrets(t: _Table, base_dir: Path) -> SecretsSettings:

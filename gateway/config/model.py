@@ -398,6 +398,8 @@ class GatewaySettings:
     max_header_bytes: int = 32768  # all request header fields together (names and values)
     max_connections: int = 10000  # past this, new connections wait in the kernel's backlog
     tls: ListenerTls | None = None  # None: plain HTTP (a sidecar on loopback)
+    # Opens /_gateway/* (but health and ready, always open) to whoever sends it; see client_auth/admin.py.
+    admin_key: Secret | None = None
 
 
 PathSegment = str  # a literal segment, "*" (one segment) or "**" (the rest)

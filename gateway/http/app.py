@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from .. import __version__
 from ..config import Config, ConfigError, Problem
 from ..errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
+from ..features.client_auth.admin import AdminKey, authorize
 from ..features.delivery.queue import record_json, valid_id
 from ..features.delivery.workers import DeliveryWorkers
 from ..features.deprecation.tracker import UNROUTED
@@ -286,6 +287,9 @@ class Gateway:
         handler = self.admin.get(name)
         request_id = _request_id(request.headers)
         try:
+            runtime = self.live.runtime
+            admin = AdminKey(runtime.config.gateway.admin_key)
+            authorize(name, admin, runtime.authenticator, request.headers, own_records=name == DELIVERIES)
             if handler is None or (name == DELIVERIES and not rest):
                 known = ", ".join(
                     ADMIN_PREFIX + key + ("ID" if key == DELIVERIES else "") for key in self.admin
@@ -345,9 +349,13 @@ class Gateway:
 
     async def delivery(self, request: ServerRequest, delivery_id: str) -> Answer:
         """``GET /_gateway/deliveries/ID``: a queued delivery's state and, once done, the vendor's answer."""
-        authenticator = self.live.runtime.authenticator
+        runtime = self.live.runtime
         store = self.services.deliveries.store
-        # With [clients] only the client that sent it may look: 401 without a known key, else 404.
+        # With [clients] only the client that sent it may look (401 without a known key, else 404),
+        # and the holder of the admin key.
+        authenticator = runtime.authenticator
+        if AdminKey(runtime.config.gateway.admin_key).admits(request.headers):
+            authenticator = None
         client = (
             authenticator.identify(request.headers, request.client_cert)[0]
             if authenticator is not None

@@ -33,6 +33,7 @@ SECRETS = {
     "GW_H_OAUTH_ID": "oauth-id-" + secrets.token_hex(12),
     "GW_H_KEY_BILLING": "billing-key-" + secrets.token_hex(12),
     "GW_H_KEY_REPORTS": "reports-key-" + secrets.token_hex(12),
+    "GW_H_ADMIN": "admin-key-" + secrets.token_hex(12),
 }
 FILE_SECRETS = {
     "header.txt": "header-" + secrets.token_hex(12),
@@ -117,6 +118,8 @@ async def test_no_secret_or_token_ever_reaches_the_log(
     config.write_text(
         textwrap.dedent(
             f"""
+            [gateway]
+            admin_key = "env:GW_H_ADMIN"
             [secrets.aws]
             region = "{REGION}"
             endpoint_url = "{moto.url}"
@@ -190,6 +193,12 @@ async def test_no_secret_or_token_ever_reaches_the_log(
             assert await call("GET", "/bearer/x") == 401
             assert await call("GET", "/bearer/x", {"X-Gateway-Key": SECRETS["GW_H_KEY_BILLING"] + "x"}) == 401
             assert await call("GET", "/nosuch/x", billing) == 404
+            admin = {"Authorization": f"Bearer {SECRETS['GW_H_ADMIN']}"}
+            assert await call("GET", "/_gateway/metrics", admin) == 200
+            assert (
+                await call("GET", "/_gateway/dashboard", {"X-Gateway-Key": SECRETS["GW_H_ADMIN"][:-1]}) == 401
+            )
+            assert await call("GET", "/_gateway/metrics", billing) == 403
         os.killpg(proc.proc.pid, signal.SIGTERM)
         await asyncio.to_thread(proc.proc.wait, 20)
     finally:

@@ -291,7 +291,13 @@ def test_startup_notes_say_whether_callers_are_authenticated(write_config: Calla
     ((_, level, fields), plain) = startup_notes(open_config, "0.0.0.0")
     assert level == "warning" and "0.0.0.0, not loopback" in fields["detail"]
     assert plain[:2] == ("listener", "warning") and "without [gateway] tls" in plain[2]["detail"]
-    keyed = load_config(write_config(VENDORS + '[clients.x]\nkey = "env:GW_C_KEY1"\nallow = ["stripe"]\n'))
+    keyed = load_config(
+        write_config(
+            '[gateway]\nadmin_key = "env:GW_C_KEY2"\n'
+            + VENDORS
+            + '[clients.x]\nkey = "env:GW_C_KEY1"\nallow = ["stripe"]\n'
+        )
+    )
     assert startup_notes(keyed, "0.0.0.0") == [
         ("client_auth", "info", {"mode": "key", "clients": ["x"]}),
         plain,

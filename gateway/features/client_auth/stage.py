@@ -46,12 +46,7 @@ class Authenticator:
     ) -> tuple[str, bool]:
         """(client name, whether the key came in Authorization); raises ``Unauthorized``.
         ``client_cert``: the subject of the certificate the caller's connection presented."""
-        presented = headers.get(GATEWAY_KEY_HEADER)
-        via_authorization = False
-        if presented is None:
-            scheme, _, credentials = headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-            if scheme.lower() == "bearer" and credentials.strip():
-                presented, via_authorization = credentials.strip(), True
+        presented, via_authorization = presented_key(headers)
         if not presented and client_cert is not None and self._subjects:
             return self._by_certificate(client_cert), False
         if not presented:
@@ -59,16 +54,21 @@ class Authenticator:
                 "send your gateway key as 'Authorization: Bearer KEY' or 'X-Gateway-Key: KEY'",
                 headers=_CHALLENGE,
             )
-        digest = _digest(presented)
-        found: str | None = None
-        for known, name in self._digests:
-            if hmac.compare_digest(known, digest):
-                found = name
+        found = self.known(presented)
         if found is None:
             raise Unauthorized(
                 "the gateway key is not known", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
         return found, via_authorization
+
+    def known(self, presented: str) -> str | None:
+        """The client whose key this is (every key compared, in constant time), or None."""
+        digest = _digest(presented)
+        found: str | None = None
+        for known, name in self._digests:
+            if hmac.compare_digest(known, digest):
+                found = name
+        return found
 
     def _by_certificate(self, client_cert: frozenset[tuple[str, str]]) -> str:
         names = [name for subject, name in self._subjects if subject.matches(client_cert)]
@@ -111,6 +111,17 @@ class ClientAuth:
                 f"client {client!r} may not call {ex.method} {ex.path or '/'} on vendor {self.vendor!r}"
             )
         return await call_next(ex)
+
+
+def presented_key(headers: CIMultiDictProxy[str]) -> tuple[str | None, bool]:
+    """(the key the caller sent, whether it came in Authorization): ``X-Gateway-Key`` first."""
+    presented = headers.get(GATEWAY_KEY_HEADER)
+    if presented is not None:
+        return presented or None, False
+    scheme, _, credentials = headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip(), True
+    return None, False
 
 
 def _digest(key: str) -> bytes:

@@ -1,0 +1,81 @@
+"""Who may use the gateway's own endpoints (``/_gateway/*``, SPEC section 17).
+
+``health`` and ``ready`` answer everyone (probes). Every other endpoint, and any added later, is
+closed as soon as callers are authenticated or an admin key exists:
+
+- with ``[gateway] admin_key``, it needs that key (``Authorization: Bearer KEY`` or ``X-Gateway-Key``),
+  compared in constant time; a client's own key gets 403, no key or a wrong one 401;
+- with ``[clients]`` and no ``admin_key``, it answers 403 naming ``admin_key`` (nobody can be let in);
+- without either (a sidecar on loopback), it stays open, as before.
+
+``deliveries/ID`` is the exception for clients: a client reads the status of its own deliveries with
+its own key or certificate (``Gateway.delivery`` looks the record's client up), the admin key reads any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from multidict import CIMultiDictProxy
+
+from ...config import Secret
+from ...errors import Forbidden, Unauthorized
+from .stage import Authenticator, presented_key
+
+OPEN_ENDPOINTS = frozenset({"health", "ready"})
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="gateway admin"'}
+
+
+class AdminKey:
+    def __init__(self, key: Secret | None) -> None:
+        self._digest = hashlib.sha256(key.reveal().encode()).digest() if key is not None else None
+
+    @property
+    def configured(self) -> bool:
+        return self._digest is not None
+
+    def admits(self, headers: CIMultiDictProxy[str]) -> bool:
+        presented, _ = presented_key(headers)
+        if self._digest is None or presented is None:
+            return False
+        return hmac.compare_digest(self._digest, hashlib.sha256(presented.encode()).digest())
+
+
+def authorize(
+    endpoint: str,
+    admin: AdminKey,
+    authenticator: Authenticator | None,
+    headers: CIMultiDictProxy[str],
+    *,
+    own_records: bool = False,
+) -> None:
+    """Raises ``Unauthorized`` or ``Forbidden`` unless the caller may use ``/_gateway/{endpoint}``.
+    ``own_records``: the endpoint shows a client its own records (deliveries), its handler decides."""
+    if endpoint in OPEN_ENDPOINTS or admin.admits(headers):
+        return
+    if own_records and authenticator is not None:
+        return
+    where = f"/_gateway/{endpoint}"
+    if not admin.configured:
+        if authenticator is None:
+            return  # no [clients], no admin key: a loopback sidecar, open as before
+        raise Forbidden(
+            f"{where} is closed: callers are authenticated ([clients]) and no [gateway] admin_key is set; "
+            "set admin_key and send it as 'Authorization: Bearer KEY' or 'X-Gateway-Key: KEY'"
+        )
+    presented, _ = presented_key(headers)
+    if presented is None:
+        raise Unauthorized(
+            f"{where} needs the admin key ([gateway] admin_key): 'Authorization: Bearer KEY' or "
+            "'X-Gateway-Key: KEY'",
+            headers=_CHALLENGE,
+        )
+    client = authenticator.known(presented) if authenticator is not None else None
+    if client is not None:
+        raise Forbidden(
+            f"client {client!r} may not use {where}: it needs the admin key ([gateway] admin_key)"
+        )
+    raise Unauthorized(
+        "the admin key is not known", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    )
