@@ -94,7 +94,7 @@ def resolve_secret(
     reference: str, base_dir: Path, report: Any, *, where: tuple[str, str] | None = None
 ) -> Secret | None:
     """``where`` (file, key): where a secret-manager reference may stand; without it only ``env:`` and
-    ``file:`` are accepted (the secret managers' own credentials)."""
+    ``file:`` are accepted (the secret managers' own credentials, webhook secrets checked at once)."""
     if reference.startswith("env:"):
         var = reference[4:]
         if not var:
@@ -126,7 +126,7 @@ def resolve_secret(
     if reference.startswith(MANAGED_PREFIXES):
         pending = _collecting.get()
         if where is None or pending is None:
-            report('must be "env:NAME" or "file:/path" here (a secret manager\'s own credentials)')
+            report('must be "env:NAME" or "file:/path" here (secret managers are not read for this key)')
             return None
         managed = Managed.parse(reference)
         if isinstance(managed, str):

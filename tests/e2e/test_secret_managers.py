@@ -293,7 +293,7 @@ def test_vault_refusals_are_config_problems(
     assert [str(p) for p in info.value.problems] == [
         "config.toml: vendors.a.auth.token: vault: reference needs a field: vault:PATH#field (a KV v2 secret holds several)",
         "config.toml: secrets.vault.address: is plain http:// to vault.example: secrets would cross the network unencrypted; use https://",
-        'config.toml: secrets.vault.token: must be "env:NAME" or "file:/path" here (a secret manager\'s own credentials)',
+        'config.toml: secrets.vault.token: must be "env:NAME" or "file:/path" here (secret managers are not read for this key)',
     ]
 
 
