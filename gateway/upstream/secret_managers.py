@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -108,7 +109,11 @@ async def _read_aws(settings: AwsSecretsManager, names: list[str]) -> dict[str, 
         _aws_session = get_session()
     try:
         async with _aws_session.create_client(
-            "secretsmanager", region_name=settings.region, endpoint_url=settings.endpoint_url, config=config
+            "secretsmanager",
+            # AWS_REGION as the AWS SDKs and Lambda set it; botocore itself reads AWS_DEFAULT_REGION.
+            region_name=settings.region or os.environ.get("AWS_REGION") or None,
+            endpoint_url=settings.endpoint_url,
+            config=config,
         ) as client:
             outcomes = await asyncio.gather(*(one(client, name) for name in names))
     except (BotoCoreError, OSError, ValueError) as exc:  # no region, no credentials, a bad endpoint
