@@ -9,6 +9,8 @@ import asyncio
 import os
 import signal
 import ssl
+import subprocess
+import sys
 import textwrap
 import time
 import warnings
@@ -26,7 +28,7 @@ from gateway.http.app import Gateway, listener_context, reload
 from gateway.http.server import Limits, Server
 from gateway.observability.logging import Logger
 from tests.conftest import CapturedLogs
-from tests.gateway_proc import GatewayProcess
+from tests.gateway_proc import free_port
 from tests.tls_certs import Pem, issue, write_ca
 
 
@@ -297,15 +299,26 @@ async def test_a_rotated_certificate_file_is_served_without_a_signal_and_nothing
             """
         )
     )
-    gateway = GatewayProcess(config)  # its readiness probe speaks plain HTTP: this test waits itself
+    # Its own process, logging outside the config's folder: log lines written there would wake the
+    # config watcher too, and this test is about the certificates' folder being watched.
+    port = free_port()
+    log_path = tmp_path / "gateway.log"
+    log = log_path.open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "gateway", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 20
         kept: Caller | None = None
         while kept is None:
             try:
-                kept = await Caller.connect(gateway.port, trusting(pki["server_ca_file"]))
+                kept = await Caller.connect(port, trusting(pki["server_ca_file"]))
             except OSError:
-                assert gateway.proc.poll() is None and time.monotonic() < deadline, gateway.output()
+                assert proc.returncode is None and time.monotonic() < deadline, log_path.read_text()
                 await asyncio.sleep(0.05)
         assert (await kept.get("/v/before"))[0] == 200
 
@@ -321,10 +334,10 @@ async def test_a_rotated_certificate_file_is_served_without_a_signal_and_nothing
         deadline = time.monotonic() + 15
         while True:
             try:
-                fresh = await Caller.connect(gateway.port, new_trust)
+                fresh = await Caller.connect(port, new_trust)
                 break
             except ssl.SSLError:
-                assert time.monotonic() < deadline, gateway.output()
+                assert time.monotonic() < deadline, log_path.read_text()
                 await asyncio.sleep(0.1)
         assert common_name(fresh.server_cert) == "gateway-two"
         assert (await fresh.get("/v/new"))[0] == 200
@@ -332,10 +345,13 @@ async def test_a_rotated_certificate_file_is_served_without_a_signal_and_nothing
         assert common_name(kept.server_cert) == "gateway-one"
         kept.close()
         fresh.close()
-        os.killpg(gateway.proc.pid, signal.SIGTERM)
-        assert await asyncio.to_thread(gateway.proc.wait, 20) == 0
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
-        gateway.stop()
-    output = gateway.log_path.read_text()
-    assert '"event":"config_reloaded"' in output and "file change: tls.crt" in output
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        log.close()
+    output = log_path.read_text()
+    assert '"event":"config_reloaded"' in output and "file change: tls.crt" in output, output
     assert rotated.key.read_text().splitlines()[1] not in output
