@@ -5,6 +5,7 @@ admin key, and stays open for a loopback sidecar with neither; a client reads it
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ ROUTES = {
         delivery = "async"
         """
 }
-CLOSED = ("metrics", "dashboard", "deprecations", "nope")
+CLOSED = ("metrics", "dashboard", "status", "alerts", "deprecations", "nope")
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +95,22 @@ async def test_with_an_admin_key_every_admin_endpoint_but_the_probes_needs_it(
         assert answer.headers["Content-Type"].startswith("text/plain")
         assert "gateway_requests_total" in await answer.text()
     assert (await status(client, "/v/x", ADMIN))[0] == 401  # the admin key is no client's key
+
+    # A browser: the 401 asks for Basic, and the admin key as its password opens the dashboard and the
+    # status figures the page fetches.
+    async with client.get("/_gateway/dashboard") as answer:
+        assert answer.status == 401 and answer.headers["WWW-Authenticate"].startswith(
+            'Basic realm="gateway admin"'
+        )
+
+    def basic(password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"ops:{password}".encode()).decode()}
+
+    for path in ("/_gateway/dashboard", "/_gateway/status"):
+        async with client.get(path, headers=basic(ADMIN)) as answer:
+            assert answer.status == 200, path
+    async with client.get("/_gateway/dashboard", headers=basic(KEY_A)) as answer:
+        assert answer.status == 403
 
     location = await delivery(client, KEY_A)
     assert (await status(client, location))[0] == 401

@@ -3,8 +3,10 @@
 ``health`` and ``ready`` answer everyone (probes). Every other endpoint, and any added later, is
 closed as soon as callers are authenticated or an admin key exists:
 
-- with ``[gateway] admin_key``, it needs that key (``Authorization: Bearer KEY`` or ``X-Gateway-Key``),
-  compared in constant time; a client's own key gets 403, no key or a wrong one 401;
+- with ``[gateway] admin_key``, it needs that key (``Authorization: Bearer KEY`` or ``X-Gateway-Key``,
+  or as the password of HTTP Basic, so a browser asks for it once and the dashboard's own requests to
+  ``status`` carry it), compared in constant time; a client's own key gets 403, no key or a wrong one
+  401;
 - with ``[clients]`` and no ``admin_key``, it answers 403 naming ``admin_key`` (nobody can be let in);
 - without either (a sidecar on loopback), it stays open, as before.
 
@@ -14,6 +16,8 @@ its own key or certificate (``Gateway.delivery`` looks the record's client up), 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 
@@ -24,7 +28,8 @@ from ...errors import Forbidden, Unauthorized
 from .stage import Authenticator, presented_key
 
 OPEN_ENDPOINTS = frozenset({"health", "ready"})
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="gateway admin"'}
+# Basic too: a browser opening the dashboard prompts for it (any user name, the admin key as password).
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="gateway admin", Bearer realm="gateway admin"'}
 
 
 class AdminKey:
@@ -36,10 +41,21 @@ class AdminKey:
         return self._digest is not None
 
     def admits(self, headers: CIMultiDictProxy[str]) -> bool:
-        presented, _ = presented_key(headers)
+        presented = presented_key(headers)[0] or _basic_password(headers)
         if self._digest is None or presented is None:
             return False
         return hmac.compare_digest(self._digest, hashlib.sha256(presented.encode()).digest())
+
+
+def _basic_password(headers: CIMultiDictProxy[str]) -> str | None:
+    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] or None
 
 
 def authorize(
@@ -64,7 +80,7 @@ def authorize(
             f"{where} is closed: callers are authenticated ([clients]) and no [gateway] admin_key is set; "
             "set admin_key and send it as 'Authorization: Bearer KEY' or 'X-Gateway-Key: KEY'"
         )
-    presented, _ = presented_key(headers)
+    presented = presented_key(headers)[0] or _basic_password(headers)
     if presented is None:
         raise Unauthorized(
             f"{where} needs the admin key ([gateway] admin_key): 'Authorization: Bearer KEY' or "
