@@ -8,7 +8,10 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from .config import Config, ConfigError, load_config, parse_listen
+from .config.model import Listen
 from .observability.logging import Logger
+
+MAX_WORKERS = 256
 
 
 def _load(path: str) -> Config | None:
@@ -52,14 +55,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"--listen: {exc}", file=sys.stderr)
             return 2
+    try:
+        workers = _workers(args.workers)
+    except ValueError as exc:
+        print(f"--workers: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1 and listen.port == 0:
+        print(f"--workers: {workers} workers share one port: give a port, not 0", file=sys.stderr)
+        return 2
     logger = Logger(fmt=args.log_format)
     extra: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None
+    sandbox_at = None
     if args.sandbox:
         try:
             sandbox_at = parse_listen(args.sandbox)
         except ValueError as exc:
             print(f"--sandbox: {exc}", file=sys.stderr)
             return 2
+    if workers > 1:
+        return _run_workers(config, workers, logger, listen, sandbox_at)
+    if sandbox_at is not None:
 
         async def start_sandbox() -> Callable[[], Awaitable[None]]:
             from .sandbox import start
@@ -72,6 +87,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     _install_uvloop()
     asyncio.run(serve(config, logger=logger, listen_host=listen.host, listen_port=listen.port, extra=extra))
     return 0
+
+
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number of processes, not {text!r}") from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"must be from 1 to {MAX_WORKERS}, not {workers}")
+    return workers
+
+
+def _run_workers(config: Config, workers: int, logger: Logger, listen: Listen, sandbox: Listen | None) -> int:
+    """``--workers N`` with N > 1: a supervisor and N worker processes (gateway.http.supervisor)."""
+    from .http.supervisor import Supervisor
+    from .http.worker import shared_state_problems
+
+    problems = shared_state_problems(config, workers)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    _install_uvloop()  # the workers' event loops; the supervisor runs none
+    supervisor = Supervisor(
+        config,
+        workers=workers,
+        logger=logger,
+        listen_host=listen.host,
+        listen_port=listen.port,
+        sandbox=sandbox,
+    )
+    return supervisor.run()
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -95,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="HOST:PORT, overrides [gateway].listen")
     run.add_argument("--log-format", choices=("json", "text"), default="json", help="default: %(default)s")
     run.add_argument("--sandbox", metavar="HOST:PORT", help="also run the sandbox vendor at HOST:PORT")
+    run.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="serve with N processes sharing the port, under a supervisor (default: %(default)s)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate config, routes, schemas and transforms")

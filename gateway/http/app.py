@@ -29,7 +29,7 @@ from ..features.delivery.workers import DeliveryWorkers
 from ..features.deprecation.tracker import UNROUTED
 from ..features.webhooks.receiver import WEBHOOK_PREFIX, WebhookReceiver
 from ..messages import Answer, json_answer, problem_answer
-from ..observability.collector import registry_for, render
+from ..observability.collector import GatewayCollector, registry_for, render
 from ..observability.dashboard import render_dashboard
 from ..observability.logging import Logger, capture_library_logs, new_request_id
 from ..observability.metrics import UNKNOWN_VENDOR
@@ -48,6 +48,7 @@ from ..upstream.pool import Pool
 from ..upstream.secret_managers import refresh as refresh_secrets
 from .server import Limits, Server, ServerRequest, StreamAborted
 from .tls import server_context
+from .worker import Worker
 
 USER_AGENT = f"egress-gateway/{__version__}"
 ADMIN_PREFIX = "/_gateway/"
@@ -103,7 +104,9 @@ class Gateway:
         )
         self.live = Live(build_runtime(config, self.services))
         commit(self.live.runtime, self.services)
-        self.metrics = registry_for(lambda: self.services)
+        # /_gateway/metrics; with several workers, serve() adds the other workers' figures to it.
+        self.collector = GatewayCollector(lambda: self.services)
+        self.metrics = registry_for(self.collector)
         live = self.live
         self.workers = DeliveryWorkers(
             self.services, lambda: live.runtime.config, lambda *key: live.runtime.delivery_handler(*key)
@@ -122,6 +125,7 @@ class Gateway:
         }
         self.server: Server | None = None  # set by serve(); its connection figures feed metrics
         self.webhooks = WebhookReceiver(self.services)  # POST /_webhooks/NAME
+        self.worker: Worker | None = None  # set by serve() in one of several worker processes
 
     async def start(self) -> None:
         self.services.bus.start(self.config)
@@ -407,6 +411,8 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
             # In a thread: compiling schemas and transforms must not stall requests in flight.
             # read_config re-reads files caught mid-write and refuses a config with no vendors.
             config = await asyncio.to_thread(read_config, old)
+            if gateway.worker is not None and (problems := gateway.worker.check(config, services.store.url)):
+                raise ConfigError(problems)  # e.g. a breaker turned on while several workers share memory://
             logger.redact(secret_values(config))
             runtime = build_runtime(config, services)
             listener_tls = listener_context(config)
@@ -471,12 +477,14 @@ async def serve(
     extra: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
     watch: bool = True,
     reuse_port: bool = False,
+    worker: Worker | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish, and return.
 
     SIGHUP, and with ``watch`` a change to config.toml, routes or transforms, reloads the config.
     ``extra`` starts something beside the gateway (the sandbox) and returns its stop coroutine.
-    ``reuse_port``: one of several worker processes sharing the port (SO_REUSEPORT).
+    ``reuse_port``: one of several worker processes sharing the port (SO_REUSEPORT); ``worker``: what
+    such a worker does besides serving (``gateway.http.worker``: metrics for all, reload checks).
 
     From here on the process's ``logging`` records (opentelemetry, urllib3, asyncio, aiohttp...) are
     ``library_log`` events of ``logger``, so every line of output is the gateway's own format.
@@ -487,6 +495,9 @@ async def serve(
     except ConfigError as exc:
         raise SystemExit("\n".join(str(problem) for problem in exc.problems)) from None
     gateway = Gateway(config, logger=logger)
+    if worker is not None:
+        gateway.worker = worker
+        gateway.collector.peers = worker.peers
     await gateway.start()
     server = gateway.server = Server(gateway, Limits.of(config.gateway), logger)
     stop_extra = await extra() if extra is not None else None
@@ -499,12 +510,14 @@ async def serve(
         raise SystemExit(
             f"gateway: cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}"
         ) from None
+    which: dict[str, Any] = {"worker": worker.index} if worker is not None else {}
     logger.event(
         "started",
         listen=f"{listen_host}:{listen_port}",
         config=str(config.path),
         vendors=sorted(config.vendors),
         pid=os.getpid(),
+        **which,
     )
     for event, level, fields in startup_notes(config, listen_host):
         logger.event(event, level=level, **fields)
@@ -520,6 +533,8 @@ async def serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if worker is not None:
+        worker.serving(lambda: gateway.services, logger)
     watcher: asyncio.Task[None] | None = None
     if watch:
         from ..reload import watch_files  # watchfiles loads a native module: only when serving
@@ -555,4 +570,6 @@ async def serve(
         await asyncio.gather(watcher, return_exceptions=True)  # it returns within one watch step
     if stop_extra is not None:
         await stop_extra()
+    if worker is not None:
+        await worker.stopped()
     logger.event("stopped")

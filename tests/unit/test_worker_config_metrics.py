@@ -1,0 +1,228 @@
+"""Several workers (``gateway run --workers N``) without processes: what the config must allow, the
+metric snapshots and their merge, and a reload refused in a worker."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import load_config
+from gateway.http.app import reload
+from gateway.http.worker import RunDir, Worker, per_process_warnings, shared_state_problems
+from gateway.observability.collector import GAUGES_BY_MAX, decode, encode, merge, retired
+from gateway.observability.metrics import DURATION_BUCKETS, Family, Histogram
+from tests.conftest import CapturedLogs
+
+BASE = "http://127.0.0.1:9"
+# What N workers on memory:// may serve: no breaker, no idempotency (only GET is declared), no shared limit.
+LOCAL_ONLY = f"""
+[vendors.v]
+base_url = "{BASE}"
+circuit = {{ enabled = false }}
+rate_limit = {{ requests = 10, per_seconds = 1 }}
+"""
+GET_ONLY = {"v": 'vendor = "v"\nexpose = "declared"\n[[route]]\nmethod = "GET"\npath = "/**"\n'}
+
+
+def lines(problems: list[Any]) -> list[str]:
+    return [str(problem) for problem in problems]
+
+
+def test_one_worker_or_a_shared_store_needs_nothing(write_config: Callable[..., Path]) -> None:
+    config = load_config(write_config(f'[vendors.v]\nbase_url = "{BASE}"\n'))
+    assert shared_state_problems(config, 1) == []
+    shared = load_config(
+        write_config(f'[gateway]\nstore = "redis://127.0.0.1:1/0"\n[vendors.v]\nbase_url = "{BASE}"\n')
+    )
+    assert shared_state_problems(shared, 4) == []
+    # A reload is checked against the store in use, not the one the new file names.
+    assert shared_state_problems(shared, 4, store="memory://") != []
+
+
+def test_memory_store_with_default_vendor_is_refused_naming_the_features(
+    write_config: Callable[..., Path],
+) -> None:
+    config = load_config(write_config(f'[vendors.v]\nbase_url = "{BASE}"\n'))
+    found = lines(shared_state_problems(config, 2))
+    summary = found[0]
+    assert summary.split(": ", 1)[0].endswith("config.toml")
+    assert ": gateway.store: is memory://" in summary
+    assert "--workers 2" in summary and "redis://" in summary
+    assert "circuit breakers" in summary and "idempotency keys" in summary
+    assert any("config.toml: vendors.v.circuit: " in line for line in found)
+    # No routes file: every path passes through, POST and PATCH with a key included.
+    assert any("config.toml: vendors.v: no routes file" in line for line in found)
+
+
+def test_only_local_features_may_share_memory(write_config: Callable[..., Path]) -> None:
+    config = load_config(write_config(LOCAL_ONLY, routes=GET_ONLY))
+    assert shared_state_problems(config, 2) == []
+    # ... though a local limit and per-process concurrency hold per worker: said, not refused.
+    warned = lines(per_process_warnings(config, 2))
+    assert len(warned) == 1 and "vendors.v.rate_limit" in warned[0] and "2x" in warned[0]
+
+
+def test_every_shared_feature_is_named_where_it_is_set(write_config: Callable[..., Path]) -> None:
+    config = load_config(
+        write_config(
+            f"""
+            [vendors.v]
+            base_url = "{BASE}"
+            circuit = {{ enabled = false }}
+            rate_limit = {{ requests = 10, scope = "global" }}
+            [clients.app]
+            key = "env:HOME"
+            allow = ["v"]
+            rate_limit = {{ requests = 5, scope = "global" }}
+            """,
+            routes={
+                "v": """
+                vendor = "v"
+                expose = "declared"
+                [[route]]
+                method = "POST"
+                path = "/charges"
+                [[route]]
+                method = "PUT"
+                path = "/keyed"
+                idempotency = "required"
+                [[route]]
+                method = "POST"
+                path = "/jobs"
+                idempotency = "off"
+                delivery = "async"
+                [[route]]
+                method = "GET"
+                path = "/free"
+                rate_limit = { requests = 1, scope = "global" }
+                """
+            },
+        )
+    )
+    found = lines(shared_state_problems(config, 3))
+    assert "async delivery, global rate limits, idempotency keys need state" in found[0]
+    keys = {line.split(": ")[1] for line in found[1:]}
+    assert keys == {
+        "vendors.v.rate_limit.scope",
+        "clients.app.rate_limit.scope",
+        "route[1].idempotency",  # POST: "optional" by default
+        "route[2].idempotency",
+        "route[3].delivery",
+        "route[4].rate_limit.scope",
+    }
+    assert all(line.split(": ")[0].endswith(("config.toml", "routes/v.toml")) for line in found)
+
+
+def hist(*values: float) -> Histogram:
+    h = Histogram(DURATION_BUCKETS)
+    for value in values:
+        h.observe(value)
+    return h
+
+
+def families(requests: int, circuit: int, connections: int, *seconds: float) -> list[Family]:
+    return [
+        Family("gateway_requests", "Requests.", "counter", ("vendor", "status"), {("v", "200"): requests}),
+        Family("gateway_request_duration_seconds", "Whole.", "histogram", ("vendor",), {"v": hist(*seconds)}),
+        Family("gateway_circuit_open", "Open.", "gauge", ("vendor",), {"v": circuit}),
+        Family("gateway_connections_open", "Per process.", "gauge", (), {(): connections}),
+    ]
+
+
+def by_name(merged: list[Family]) -> dict[str, dict[Any, Any]]:
+    return {family.name: dict(family.samples) for family in merged}
+
+
+def plain(merged: list[Family]) -> dict[str, dict[Any, Any]]:
+    """``by_name`` with histograms as (cumulative buckets, sum), so two can be compared."""
+    return {
+        name: {k: (v.cumulative(), v.sum) if isinstance(v, Histogram) else v for k, v in samples.items()}
+        for name, samples in by_name(merged).items()
+    }
+
+
+def test_merge_sums_counters_histograms_and_per_process_gauges_and_takes_the_max_of_shared_ones() -> None:
+    assert "gateway_circuit_open" in GAUGES_BY_MAX
+    merged = by_name(merge(families(3, 0, 5, 0.002, 0.2), [families(4, 1, 7, 0.002), families(1, 0, 1)]))
+    assert merged["gateway_requests"] == {("v", "200"): 8}
+    histogram = merged["gateway_request_duration_seconds"][("v",)]
+    assert histogram.count == 3 and histogram.sum == pytest.approx(0.204)
+    assert histogram.cumulative()[1] == ("0.0025", 2)  # both 0.002 s observations
+    assert merged["gateway_circuit_open"] == {("v",): 1}
+    assert merged["gateway_connections_open"] == {(): 13}
+
+
+def test_merge_leaves_out_what_cannot_be_added() -> None:
+    own = families(3, 0, 5, 0.1)
+    other = [
+        Family("gateway_requests", "Requests.", "gauge", ("vendor", "status"), {("v", "200"): 100}),
+        Family(
+            "gateway_request_duration_seconds", "Whole.", "histogram", ("vendor",), {"v": Histogram((1.0,))}
+        ),
+        Family("gateway_new", "Only elsewhere.", "counter", ("vendor",), {("v",): 2}),
+    ]
+    merged = by_name(merge(own, [other]))
+    assert merged["gateway_requests"] == {("v", "200"): 3}
+    assert merged["gateway_request_duration_seconds"][("v",)].count == 1
+    assert merged["gateway_new"] == {("v",): 2}
+
+
+def test_snapshots_round_trip_and_garbage_is_refused() -> None:
+    meta, back = decode(encode(families(2, 1, 3, 0.5), worker=1, pid=42))
+    assert meta["worker"] == 1 and meta["pid"] == 42
+    assert plain(merge([], [back])) == plain(merge(families(2, 1, 3, 0.5), []))
+    for garbage in (b"", b"{}", b"[1]", b'{"format": 1, "families": [{"name": "x"}]}'):
+        with pytest.raises(ValueError):
+            decode(garbage)
+    assert [f.name for f in retired(back)] == ["gateway_requests", "gateway_request_duration_seconds"]
+
+
+def total_requests(peers: list[Any]) -> int:
+    merged = by_name(merge([], peers))
+    return int(sum(merged.get("gateway_requests", {}).values()))
+
+
+def test_run_dir_counts_every_worker_once_across_exits(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.write(1, encode(families(5, 0, 1)))
+    run.write(2, encode(families(7, 1, 1)))
+    assert total_requests(run.peers(own=1)) == 7
+    assert total_requests(run.peers()) == 12
+    run.retire(2)  # worker 2 exited: its counters stay, its gauges go, its file goes
+    assert not run.snapshot(2).exists()
+    assert total_requests(run.peers()) == 12
+    assert "gateway_circuit_open" not in by_name(merge([], run.peers(own=1)))
+    run.write(3, encode(families(1, 0, 1)))  # its restart
+    run.retire(3)
+    run.retire(4)  # one that died before its first snapshot
+    assert total_requests(run.peers()) == 13
+    assert sorted(os.listdir(tmp_path)) == ["retired.json", "worker-1.json"]
+
+
+def test_a_file_folded_while_a_scrape_reads_is_counted_once(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.write(1, encode(families(5, 0, 1)))
+    run.write(2, encode(families(7, 0, 1)))
+    data = run.snapshot(2).read_bytes()
+    run.retire(2)
+    run.write(2, data)  # as a scrape that listed and read worker-2.json just before it was folded
+    assert total_requests(run.peers()) == 12
+
+
+async def test_a_reload_the_workers_could_not_share_is_refused(
+    gateway: Any, write_config: Callable[..., Path], logs: CapturedLogs, tmp_path: Path
+) -> None:
+    client = await gateway(LOCAL_ONLY, routes=GET_ONLY)
+    client.app.worker = Worker(index=1, workers=2, run_dir=RunDir(tmp_path), incarnation=1, ready_fd=-1)
+    before = client.app.live.runtime
+    write_config(f'[vendors.v]\nbase_url = "{BASE}"\n', routes=GET_ONLY)  # the breaker back on
+    assert await reload(client.app, reason="test") is False
+    assert client.app.live.runtime is before
+    failed = [r for r in logs.records() if r["event"] == "config_reload_failed"]
+    assert len(failed) == 1
+    assert any("vendors.v.circuit" in problem for problem in failed[0]["problems"])
+    assert "redis://" in failed[0]["problems"][0]
