@@ -211,8 +211,8 @@ class Supervisor:
                 if fd == self._wake_r:
                     for number in os.read(fd, 1024):
                         self._signal(number)
-                else:
-                    self._ready(next(slot for slot in self.slots if slot.ready_fd == fd))
+                elif (slot := next((s for s in self.slots if s.ready_fd == fd), None)) is not None:
+                    self._ready(slot)
             self._reap()
             now = time.monotonic()
             if self.draining:
@@ -308,9 +308,27 @@ class Supervisor:
         self.incarnations += 1
         incarnation = self.incarnations
         self.drain_seconds = max(self.drain_seconds, config.gateway.shutdown_timeout_seconds)
-        ready_r, ready_w = os.pipe()
         self._flush()
-        pid = os.fork()
+        try:
+            ready_r, ready_w = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(ready_r)
+                os.close(ready_w)
+                raise
+        except OSError as exc:  # out of processes or memory: try again later, as after a crash
+            slot.failures += 1
+            delay = self._backoff(slot.failures)
+            slot.restart_at = time.monotonic() + delay
+            self.logger.event(
+                "worker_start_failed",
+                level="error",
+                worker=slot.index,
+                error=exc.strerror or str(exc),
+                restart_in_seconds=delay,
+            )
+            return
         if pid == 0:
             os.close(ready_r)
             self._worker(slot.index, incarnation, config, ready_w)
@@ -436,7 +454,7 @@ class Supervisor:
             delay = RESTART_MIN_SECONDS
         else:
             slot.failures += 1
-            delay = min(RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2 ** (slot.failures - 1))
+            delay = self._backoff(slot.failures)
         slot.restart_at = time.monotonic() + delay
         self.logger.event(
             "worker_exited",
@@ -445,6 +463,10 @@ class Supervisor:
             served_seconds=round(served, 3) if served is not None else None,
             restart_in_seconds=delay,
         )
+
+    @staticmethod
+    def _backoff(failures: int) -> float:
+        return min(RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2.0 ** min(failures - 1, 16))
 
     # -- the sandbox vendor (gateway run --sandbox): one process beside the workers
     def _start_sandbox(self, listen: Listen) -> None:

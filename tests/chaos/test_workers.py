@@ -226,6 +226,31 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(
         gw.stop()
 
 
+async def test_a_worker_dying_again_soon_waits_longer_before_its_restart(
+    vendor: VendorFactory, write_config: Callable[..., Path]
+) -> None:
+    backend = Vendor()
+    server = await vendor(backend.app())
+    gw = await start_workers(write_config(local_only(server), routes=LOCAL_ONLY_ROUTES))
+    try:
+        delays = []
+        for _ in range(3):
+            victim = worker_pids(gw)[1]
+            os.kill(victim, signal.SIGKILL)  # each time soon after it started: a crash loop
+            exited = await wait_for(
+                gw,
+                "worker_exited",
+                lambda v=victim: [e for e in events(gw, "worker_exited") if e["pid"] == v],
+            )
+            delays.append(exited[0]["restart_in_seconds"])
+            await wait_for(gw, "a restarted worker 1", lambda v=victim: worker_pids(gw)[1] != v)
+        # 0.5 s, then doubling (the first is 0.1 s instead if worker 1 had already served for 10 s).
+        assert delays in ([0.5, 1.0, 2.0], [0.1, 0.5, 1.0]), delays
+        assert await call(gw, 10) == [200] * 10
+    finally:
+        gw.stop()
+
+
 async def test_sighup_reaches_every_worker_and_a_refused_reload_keeps_them_serving(
     vendor: VendorFactory, write_config: Callable[..., Path]
 ) -> None:
