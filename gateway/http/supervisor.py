@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import select
 import shutil
@@ -54,6 +55,8 @@ SANDBOX_STOP_SECONDS = 5.0
 POLL_SECONDS = 1.0  # children are reaped at least this often, whatever the signals say
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 PR_SET_PDEATHSIG = 1
+RUN_DIR_PREFIX = "gateway-workers-"
+RUN_DIR_LOCK = "supervisor.lock"
 
 
 class StartupError(Exception):
@@ -108,13 +111,42 @@ def _probe_port(host: str, port: int) -> None:
         raise StartupError(f"gateway: cannot listen on {where}: {exc.strerror or exc}") from None
 
 
-def _make_run_dir() -> Path:
+def _remove_stale_run_dirs(place: Path) -> None:
+    """Remove the run directories that supervisors killed outright (kill -9) left in ``place``: those
+    whose lock nobody holds any more (the supervisor and its workers hold it while they live)."""
+    for old in place.glob(RUN_DIR_PREFIX + "*"):
+        try:
+            fd = os.open(old / RUN_DIR_LOCK, os.O_RDWR)
+        except OSError:
+            continue  # another user's, or one being made (its lock file appears already locked)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: its supervisor or a worker of it still runs
+        finally:
+            os.close(fd)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_run_dir() -> tuple[Path, int]:
     """A private folder for the workers' metric snapshots: in $TMPDIR if set, else in memory (/dev/shm,
-    writable in containers with a read-only root), else /tmp."""
+    writable in containers with a read-only root), else /tmp. Returned with the descriptor of its
+    lock, held (and inherited by every worker) for as long as any of them runs."""
     places = [place for place in (os.environ.get("TMPDIR"), "/dev/shm", "/tmp", "/var/tmp") if place]
     for place in places:
-        with contextlib.suppress(OSError):
-            return Path(tempfile.mkdtemp(prefix="gateway-workers-", dir=place))
+        try:
+            _remove_stale_run_dirs(Path(place))
+            path = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=place))
+        except OSError:
+            continue
+        try:
+            # Locked before it has its name, so that nobody finds it unlocked.
+            fd = os.open(path / (RUN_DIR_LOCK + ".new"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(path / (RUN_DIR_LOCK + ".new"), path / RUN_DIR_LOCK)
+            return path, fd
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
     raise StartupError(
         f"gateway: no writable folder for the workers' metric snapshots (tried {', '.join(places)}): "
         "set TMPDIR to one"
@@ -148,6 +180,7 @@ class Supervisor:
         self.failed = False
         self.pid = os.getpid()
         self._wake_r = self._wake_w = -1
+        self._lock_fd = -1
         self.run_dir: RunDir | None = None
 
     # -- the supervisor's life
@@ -155,7 +188,8 @@ class Supervisor:
         """Start the workers, supervise them until a drain ends; the exit code."""
         try:
             _probe_port(self.host, self.port)
-            self.run_dir = RunDir(_make_run_dir())
+            path, self._lock_fd = _make_run_dir()
+            self.run_dir = RunDir(path)
         except StartupError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -185,6 +219,7 @@ class Supervisor:
             self._stop_sandbox()
         finally:
             shutil.rmtree(self.run_dir.path, ignore_errors=True)
+            os.close(self._lock_fd)
         code = 1 if self.failed else 0
         self.logger.event("stopped", level="error" if code else "info", workers=self.workers, code=code)
         return code

@@ -7,6 +7,7 @@ generous deadline, never a fixed sleep that a loaded machine could outrun.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -112,6 +113,15 @@ async def start_workers(config: Path, workers: int = 2) -> GatewayProcess:
     return gw
 
 
+async def stop(gw: GatewayProcess) -> None:
+    """SIGTERM first, so the supervisor removes its run dir; then GatewayProcess.stop's kill -9."""
+    if gw.proc.poll() is None:
+        gw.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(gw.proc.wait, WAIT)
+    gw.stop()
+
+
 def run_dir(gw: GatewayProcess) -> Path:
     return Path(events(gw, "supervisor_started")[0]["run_dir"])
 
@@ -191,7 +201,7 @@ async def test_two_workers_serve_one_port_and_metrics_answer_for_both(
                 assert figures["gateway_requests_total"] == sent, figures
                 assert figures["gateway_request_duration_seconds_count"] == sent, figures
     finally:
-        gw.stop()
+        await stop(gw)
 
 
 async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(
@@ -223,7 +233,7 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(
                 await asyncio.sleep(0.1)
         assert gw.proc.poll() is None
     finally:
-        gw.stop()
+        await stop(gw)
 
 
 async def test_a_worker_dying_again_soon_waits_longer_before_its_restart(
@@ -248,7 +258,7 @@ async def test_a_worker_dying_again_soon_waits_longer_before_its_restart(
         assert delays in ([0.5, 1.0, 2.0], [0.1, 0.5, 1.0]), delays
         assert await call(gw, 10) == [200] * 10
     finally:
-        gw.stop()
+        await stop(gw)
 
 
 async def test_sighup_reaches_every_worker_and_a_refused_reload_keeps_them_serving(
@@ -273,7 +283,7 @@ async def test_sighup_reaches_every_worker_and_a_refused_reload_keeps_them_servi
         assert any("vendors.v.circuit" in problem for problem in failed[0]["problems"]), failed
         assert await call(gw, 10) == [200] * 10
     finally:
-        gw.stop()
+        await stop(gw)
 
 
 async def test_sigterm_drains_a_slow_request_then_exits_0(
@@ -298,7 +308,7 @@ async def test_sigterm_drains_a_slow_request_then_exits_0(
         assert (last["workers"], last["code"]) == (2, 0), last
         assert not run_dir(gw).exists()  # the supervisor removed its folder
     finally:
-        gw.stop()
+        await stop(gw)
 
 
 async def test_a_worker_that_does_not_drain_is_killed_and_the_exit_is_1(
@@ -320,7 +330,7 @@ async def test_a_worker_that_does_not_drain_is_killed_and_the_exit_is_1(
         killed = events(gw, "worker_killed")
         assert [e["pid"] for e in killed] == [stuck], gw.output()
     finally:
-        gw.stop()
+        await stop(gw)
 
 
 async def test_several_workers_refuse_memory_store_for_shared_features(
@@ -424,7 +434,7 @@ async def test_workers_on_redis_share_idempotency_keys_and_breakers(
         }
         assert outcomes == {"stored": 1, "replayed": sent - 1}, outcomes
     finally:
-        gw.stop()
+        await stop(gw)
 
 
 def children(pid: int) -> dict[int, str]:

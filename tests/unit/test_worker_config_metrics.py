@@ -12,6 +12,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.http.app import reload
+from gateway.http.supervisor import _make_run_dir
 from gateway.http.worker import RunDir, Worker, per_process_warnings, shared_state_problems
 from gateway.observability.collector import GAUGES_BY_MAX, decode, encode, merge, retired
 from gateway.observability.metrics import DURATION_BUCKETS, Family, Histogram
@@ -226,3 +227,23 @@ async def test_a_reload_the_workers_could_not_share_is_refused(
     assert len(failed) == 1
     assert any("vendors.v.circuit" in problem for problem in failed[0]["problems"])
     assert "redis://" in failed[0]["problems"][0]
+
+
+def test_run_dirs_left_by_a_killed_supervisor_are_removed_and_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    stale, stale_fd = _make_run_dir()
+    live, live_fd = _make_run_dir()
+    (stale / "worker-1.json").write_bytes(b"{}")
+    os.close(stale_fd)  # as when its supervisor and workers are gone
+    try:
+        fresh, fresh_fd = _make_run_dir()
+        try:
+            assert not stale.exists()
+            assert live.exists() and fresh.exists() and (fresh / "supervisor.lock").exists()
+            assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, fresh.name])
+        finally:
+            os.close(fresh_fd)
+    finally:
+        os.close(live_fd)
