@@ -56,7 +56,8 @@ def shared_state_problems(config: Config, workers: int, *, store: str | None = N
 
     A vendor's circuit breaker is on unless ``circuit = { enabled = false }``; idempotency keys apply to
     POST and PATCH on every path a vendor passes through and on routes that do not turn them off;
-    ``scope = "global"`` rate limits and async delivery need the store by definition.
+    ``scope = "global"`` rate limits, async delivery and webhooks' duplicate event ids need the store
+    by definition.
     """
     if workers <= 1 or (store or config.gateway.store) != "memory://":
         return []
@@ -134,6 +135,13 @@ def shared_state_problems(config: Config, workers: int, *, store: str | None = N
                 f"clients.{name}.rate_limit.scope",
                 '"global": one schedule shared by all workers',
             )
+    for name in config.webhooks:
+        need(
+            "webhook event ids",
+            config_file,
+            f"webhooks.{name}",
+            "a duplicate event must be seen as one by all workers (published once)",
+        )
     if not found:
         return []
     features = sorted({feature for feature, _ in found})

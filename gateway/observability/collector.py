@@ -7,7 +7,8 @@ for all: its own live figures merged with the other workers' latest snapshots (`
 the families as JSON, written by each worker about once a second, see ``gateway.http.worker``). The
 merge rule, here and nowhere else (``merge``): counters and histograms are summed; a gauge is summed
 (a per-process figure) unless ``GAUGES_BY_MAX`` names it (a figure every worker reads from the same
-shared state: the largest one counts).
+shared state: the largest one counts) or ``GAUGES_BY_MIN`` does (a per-process 0/1 health figure: 1
+only if every worker says 1).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from .metrics import Family, Histogram
 # a breaker is open if it is open in any worker (with a shared store every worker sees the one state);
 # dead letters and queued deliveries are counted in the shared store, each worker reading it in turn.
 GAUGES_BY_MAX = frozenset({"gateway_circuit_open", "gateway_dlq_depth", "gateway_delivery_queue_depth"})
+# Gauges that say whether each process is well (1) or not (0): merged, 1 only if every worker is.
+GAUGES_BY_MIN = frozenset({"gateway_bus_connected"})
 SNAPSHOT_FORMAT = 1
 
 
@@ -108,9 +111,9 @@ def _add_histogram(into: Histogram | None, other: Histogram) -> Histogram | None
 def merge(own: Iterable[Family], others: Iterable[Sequence[Family]]) -> list[Family]:
     """Several processes' families as one: ``own`` (live) first, in its order, then any family only
     the others have. Counters and histograms are summed per label set; gauges too, except those in
-    ``GAUGES_BY_MAX``, which take the largest value. A family reported with another kind or labels than
-    ``own``'s (another version of the gateway), or a histogram with other buckets, is left out of the
-    sum rather than mixed in."""
+    ``GAUGES_BY_MAX``, which take the largest value, and in ``GAUGES_BY_MIN``, the smallest. A family
+    reported with another kind or labels than ``own``'s (another version of the gateway), or a histogram
+    with other buckets, is left out of the sum rather than mixed in."""
     merged: dict[str, Family] = {}
     for family in own:
         merged[family.name] = family._replace(samples={_key(k): v for k, v in family.samples.items()})
@@ -130,6 +133,8 @@ def merge(own: Iterable[Family], others: Iterable[Sequence[Family]]) -> list[Fam
                         samples[key] = total
                 elif family.kind == "gauge" and family.name in GAUGES_BY_MAX:
                     samples[key] = max(samples.get(key, value), value)
+                elif family.kind == "gauge" and family.name in GAUGES_BY_MIN:
+                    samples[key] = min(samples.get(key, value), value)
                 else:
                     samples[key] = samples.get(key, 0) + value
             merged[family.name] = mine._replace(samples=samples)

@@ -14,7 +14,7 @@ from gateway.config import load_config
 from gateway.http.app import reload
 from gateway.http.supervisor import _make_run_dir
 from gateway.http.worker import RunDir, Worker, per_process_warnings, shared_state_problems
-from gateway.observability.collector import GAUGES_BY_MAX, decode, encode, merge, retired
+from gateway.observability.collector import GAUGES_BY_MAX, GAUGES_BY_MIN, decode, encode, merge, retired
 from gateway.observability.metrics import DURATION_BUCKETS, Family, Histogram
 from tests.conftest import CapturedLogs
 
@@ -118,6 +118,28 @@ def test_every_shared_feature_is_named_where_it_is_set(write_config: Callable[..
     assert all(line.split(": ")[0].endswith(("config.toml", "routes/v.toml")) for line in found)
 
 
+def test_webhooks_dedupe_across_workers(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOK_SECRET", "whsec_test")
+    config = load_config(
+        write_config(
+            LOCAL_ONLY
+            + """
+            [bus]
+            nats_url = "nats://127.0.0.1:4222"
+            [webhooks.stripe]
+            verify = { scheme = "stripe", secret = "env:HOOK_SECRET" }
+            publish = { bus = "nats", subject = "vendors.stripe.{type}" }
+            """,
+            routes=GET_ONLY,
+        )
+    )
+    found = lines(shared_state_problems(config, 2))
+    assert "webhook event ids" in found[0]
+    assert [line.split(": ")[1] for line in found[1:]] == ["webhooks.stripe"]
+
+
 def hist(*values: float) -> Histogram:
     h = Histogram(DURATION_BUCKETS)
     for value in values:
@@ -155,6 +177,11 @@ def test_merge_sums_counters_histograms_and_per_process_gauges_and_takes_the_max
     assert histogram.cumulative()[1] == ("0.0025", 2)  # both 0.002 s observations
     assert merged["gateway_circuit_open"] == {("v",): 1}
     assert merged["gateway_connections_open"] == {(): 13}
+    connected = [
+        [Family("gateway_bus_connected", "Up.", "gauge", ("bus",), {"nats": up})] for up in (1, 0, 1)
+    ]
+    assert "gateway_bus_connected" in GAUGES_BY_MIN
+    assert by_name(merge(connected[0], connected[1:]))["gateway_bus_connected"] == {("nats",): 0}
 
 
 def test_merge_leaves_out_what_cannot_be_added() -> None:
