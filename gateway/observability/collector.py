@@ -26,8 +26,11 @@ from .metrics import Family, Histogram
 
 # Gauges that are the same figure in every worker (not a per-process one), merged by taking the largest:
 # a breaker is open if it is open in any worker (with a shared store every worker sees the one state);
-# dead letters and queued deliveries are counted in the shared store, each worker reading it in turn.
-GAUGES_BY_MAX = frozenset({"gateway_circuit_open", "gateway_dlq_depth", "gateway_delivery_queue_depth"})
+# dead letters and queued deliveries are counted in the shared store, each worker reading it in turn;
+# an alert is firing if it fires in any worker (each evaluates the rules on what it served).
+GAUGES_BY_MAX = frozenset(
+    {"gateway_circuit_open", "gateway_dlq_depth", "gateway_delivery_queue_depth", "gateway_alert_active"}
+)
 # Gauges that say whether each process is well (1) or not (0): merged, 1 only if every worker is.
 GAUGES_BY_MIN = frozenset({"gateway_bus_connected"})
 SNAPSHOT_FORMAT = 1

@@ -169,7 +169,7 @@ def plain(merged: list[Family]) -> dict[str, dict[Any, Any]]:
 
 
 def test_merge_sums_counters_histograms_and_per_process_gauges_and_takes_the_max_of_shared_ones() -> None:
-    assert "gateway_circuit_open" in GAUGES_BY_MAX
+    assert {"gateway_circuit_open", "gateway_dlq_depth", "gateway_alert_active"} <= GAUGES_BY_MAX
     merged = by_name(merge(families(3, 0, 5, 0.002, 0.2), [families(4, 1, 7, 0.002), families(1, 0, 1)]))
     assert merged["gateway_requests"] == {("v", "200"): 8}
     histogram = merged["gateway_request_duration_seconds"][("v",)]
