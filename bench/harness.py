@@ -929,6 +929,7 @@ PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("event loop + granian native (Rust, uvloop C)", ("granian/server/",)),
     ("granian (Python side)", ("granian/",)),
     ("multidict / yarl", ("multidict/", "yarl/")),
+    ("redis-py client", ("redis/",)),
     # Self time here is the loop's own C code (uvloop: epoll, socket reads, callback dispatch).
     ("event loop (uvloop C, syscalls)", ("asyncio/runners.py", "uvloop/")),
     ("asyncio (tasks, futures)", ("asyncio/",)),
