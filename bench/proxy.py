@@ -3,11 +3,12 @@ this machine, in one run.
 
     .venv/bin/python bench/proxy.py [--scenarios pass-through,policy,idempotency,workers] [--rounds 3]
         [--duration 8] [--warmup 2] [--connections 50] [--threads 1] [--workers-cpus all|proxy]
-        [--with-logs] [--profile [SECONDS]] [--profile-scenarios LIST] [--no-pin] [--json] [--keep]
+        [--workers-store redis|memory] [--with-logs] [--profile [SECONDS]] [--profile-scenarios LIST]
+        [--no-pin] [--json] [--keep]
 
 One nginx worker plays the vendor (a fixed ~100-byte JSON body). A second single-worker nginx with an
-upstream keep-alive pool is the reference proxy. Each gateway scenario is its own gateway process
-(``python -m gateway run``) with its own config, all passing to the same vendor:
+upstream keep-alive pool is the reference proxy. Each gateway is its own process (``python -m gateway
+run``) with its own config, all passing to the same vendor:
 
 - ``pass-through``: one vendor, no routes, no callers: everything passes through (access log to
   /dev/null, or a file with ``--with-logs``);
@@ -17,16 +18,19 @@ upstream keep-alive pool is the reference proxy. Each gateway scenario is its ow
 - ``idempotency``: POSTs on a route with ``idempotency = "required"``, every request with a fresh
   ``Idempotency-Key`` (a wrk Lua script), the store a private ``redis-server`` this script starts on a
   free port in the work dir (skipped, loudly, when redis-server is missing); its CPU is reported apart;
-- ``workers``: the pass-through config served by ``gateway run --workers 2`` (skipped, loudly, when
-  ``gateway run --help`` lists no ``--workers``); CPU is the sum over the supervisor and its workers.
+- ``workers``: ``gateway run --workers 2`` and, as its reference, ``gateway run`` on the same config:
+  the pass-through config with the bench's Redis as store (``--workers`` refuses memory:// while the
+  circuit breaker or idempotency keys are on), or with ``--workers-store memory`` the breaker off and
+  GET routes only. Skipped, loudly, when ``gateway run --help`` lists no ``--workers`` or when it does
+  not start. CPU is the sum over the supervisor and its workers.
 
-``wrk`` drives them in turn, round after round (pass-through, nginx, policy, idempotency, workers, ...),
-then the vendor once directly. Each process is pinned: wrk, the vendor and Redis share one core, the
-gateway under test has the other to itself; the 2 workers by default may use both cores (``--workers-cpus
-all``: their throughput against one worker's) or are held to the gateway's core (``proxy``: the same CPU
-per request as one worker means the workers add no cost). Everything is written under ``bench/.work/``
-and every process started here is stopped on exit, Ctrl-C or failure. Missing ``nginx`` or ``wrk`` are
-installed with apt-get (Debian). Shared machinery: bench/harness.py.
+``wrk`` drives them in turn, round after round (pass-through, nginx, policy, idempotency, 1 worker,
+2 workers, ...), then the vendor once directly. Each process is pinned: wrk, the vendor and Redis share
+cpu 0, the gateway under test has cpu 1 to itself; the 2 workers by default may use both cores
+(``--workers-cpus all``: their throughput against one worker's on cpu 1) or are held to cpu 1
+(``proxy``: the same CPU per request as one worker means the workers add no cost). Everything is
+written under ``bench/.work/`` and every process started here is stopped on exit, Ctrl-C or failure.
+Missing ``nginx`` or ``wrk`` are installed with apt-get (Debian). Shared machinery: bench/harness.py.
 """
 
 from __future__ import annotations
@@ -94,12 +98,24 @@ from harness import (
 
 GATEWAY_VENDOR = "bench"  # the gateway reaches it at /bench/<path>
 
-# Scenario keys (--scenarios) and the names their rows carry.
+# Scenario keys (--scenarios). The workers scenario is two gateways: 1 and 2 workers on the same config.
 PASS, POLICY, IDEMPOTENCY, WORKERS = "pass-through", "policy", "idempotency", "workers"
 SCENARIOS = (PASS, POLICY, IDEMPOTENCY, WORKERS)
-NAMES = {PASS: "pass-through", POLICY: "full policy", IDEMPOTENCY: "idempotent POST", WORKERS: "2 workers"}
+ONE_WORKER = "workers-1"  # the gateway key of the workers scenario's one-process reference
 WORKER_COUNT = 2
-NAME_WIDTH = 16
+NAME_WIDTH = 18
+
+
+def row_names(workers_store: str) -> dict[str, str]:
+    """Gateway key -> the name its rows carry."""
+    return {
+        PASS: "pass-through",
+        POLICY: "full policy",
+        IDEMPOTENCY: "idempotent POST",
+        ONE_WORKER: f"1 worker, {workers_store}",
+        WORKERS: f"{WORKER_COUNT} workers, {workers_store}",
+    }
+
 
 VERSION_HEADER, VERSION_VALUE = "Bench-Version", "2024-06-20"
 POST_BODY = '{"amount":1999,"currency":"eur","customer":"cus_0001"}'
@@ -131,12 +147,31 @@ version = {{ header = "{version_header}", value = "{version_value}" }}
 rate_limit = {{ requests = 1000000, per_seconds = 1.0, scope = "local" }}
 """
 
-IDEMPOTENCY_CONFIG = """\
+STORE_LINE = """\
 store = "redis://127.0.0.1:{redis_port}/0"
+"""
 
+IDEMPOTENCY_CONFIG = """
 [vendors.{vendor}]
 base_url = "http://127.0.0.1:{vendor_port}"
 idempotency = {{ ttl_seconds = 600 }}
+"""
+
+# What `gateway run --workers N` accepts with a memory:// store: no state that must be shared.
+WORKERS_MEMORY_CONFIG = """
+[vendors.{vendor}]
+base_url = "http://127.0.0.1:{vendor_port}"
+circuit = {{ enabled = false }}
+"""
+
+WORKERS_MEMORY_ROUTES = """\
+# Generated by bench/proxy.py: every GET passes (no idempotency keys, which workers would have to share).
+vendor = "{vendor}"
+expose = "declared"
+
+[[route]]
+method = "GET"
+path = "/**"
 """
 
 IDEMPOTENCY_ROUTES = """\
@@ -215,6 +250,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "only the gateway's core (proxy)",
     )
     parser.add_argument(
+        "--workers-store",
+        choices=("redis", "memory"),
+        default="redis",
+        help="the workers scenario's store: redis (the pass-through config with the bench's Redis, the "
+        "default) or memory (circuit breaker off, GET routes only: what --workers accepts without one)",
+    )
+    parser.add_argument(
         "--with-logs",
         action="store_true",
         help="pass-through: the access log to a file under bench/.work/ instead of /dev/null",
@@ -290,9 +332,10 @@ def check_config(config: Path, env: dict[str, str]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """One scenario's gateway: its config folder, port, environment and how wrk loads it."""
+    """One gateway: its key (PASS, ..., ONE_WORKER, WORKERS), config folder, port, environment and
+    how wrk loads it."""
 
-    scenario: str
+    key: str
     folder: Path
     port: int
     env: dict[str, str]
@@ -312,9 +355,15 @@ class Gateway:
 
 
 def write_gateway(
-    work: Path, scenario: str, vendor_port: int, *, redis_port: int | None = None, with_logs: bool = False
+    work: Path,
+    key: str,
+    vendor_port: int,
+    *,
+    redis_port: int | None = None,
+    with_logs: bool = False,
+    workers_store: str = "redis",
 ) -> Gateway:
-    folder = work / scenario
+    folder = work / key
     for sub in ("routes", "transforms"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -330,12 +379,20 @@ def write_gateway(
     wrk_args: tuple[str, ...] = ()
     fresh_token = False
     path, access_log, workers = VENDOR_PATH, None, 1
-    if scenario in (PASS, WORKERS):
+    if key == PASS:
         what = "one vendor, no routes, no callers: every path passes through"
         body = PASS_CONFIG.format(**fill)
-        access_log = folder / "access.log" if with_logs and scenario == PASS else None
-        workers = WORKER_COUNT if scenario == WORKERS else 1
-    elif scenario == POLICY:
+        access_log = folder / "access.log" if with_logs else None
+    elif key in (ONE_WORKER, WORKERS):
+        workers = WORKER_COUNT if key == WORKERS else 1
+        if workers_store == "redis":
+            what = "the pass-through config with a Redis store (what --workers needs for breakers and keys)"
+            body = STORE_LINE.format(**fill) + PASS_CONFIG.format(**fill)
+        else:
+            what = "memory store: no circuit breaker, GET routes only (nothing workers would have to share)"
+            body = WORKERS_MEMORY_CONFIG.format(**fill)
+            (folder / "routes" / f"{GATEWAY_VENDOR}.toml").write_text(WORKERS_MEMORY_ROUTES.format(**fill))
+    elif key == POLICY:
         what = "caller key, local rate limit, vendor bearer token, version pin, access log to a file"
         body = POLICY_CONFIG.format(**fill)
         env = {"BENCH_CLIENT_KEY": secrets.token_hex(16), "BENCH_VENDOR_TOKEN": secrets.token_hex(16)}
@@ -343,7 +400,7 @@ def write_gateway(
         access_log = folder / "access.log"
     else:
         what = "idempotency keys required on POST, kept in Redis"
-        body = IDEMPOTENCY_CONFIG.format(**fill)
+        body = STORE_LINE.format(**fill) + IDEMPOTENCY_CONFIG.format(**fill)
         (folder / "routes" / f"{GATEWAY_VENDOR}.toml").write_text(IDEMPOTENCY_ROUTES.format(**fill))
         script = folder / "idempotency.lua"
         script.write_text(IDEMPOTENCY_LUA.format(body=POST_BODY))
@@ -353,7 +410,7 @@ def write_gateway(
     config = folder / "config.toml"
     config.write_text(GATEWAY_HEAD.format(what=what, **fill) + body)
     check_config(config, env)
-    return Gateway(scenario, folder, port, env, wrk_args, fresh_token, path, access_log, workers)
+    return Gateway(key, folder, port, env, wrk_args, fresh_token, path, access_log, workers)
 
 
 def start_gateway(supervisor: Supervisor, gateway: Gateway, cpu: int | None) -> Child:
@@ -372,7 +429,7 @@ def start_gateway(supervisor: Supervisor, gateway: Gateway, cpu: int | None) -> 
             else subprocess.DEVNULL
         )
         return supervisor.start(
-            f"gateway ({gateway.scenario})",
+            f"gateway ({gateway.key})",
             argv,
             cpu=cpu,
             stdout=out,
@@ -484,16 +541,38 @@ def redis_keys(port: int) -> int | None:
 def plan_skips(args: argparse.Namespace) -> dict[str, str]:
     """Scenario -> why it cannot run here (said loudly at start and in the report)."""
     skipped = {}
+    no_redis = "redis-server is not on PATH (Debian: apt-get install redis-server)"
     if IDEMPOTENCY in args.scenarios and shutil.which("redis-server") is None:
-        skipped[IDEMPOTENCY] = "redis-server is not on PATH (Debian: apt-get install redis-server)"
-    if WORKERS in args.scenarios and not gateway_supports_workers():
-        skipped[WORKERS] = (
-            "`gateway run --help` lists no --workers in this checkout (it is being written on branch "
-            "workers); rerun once it is merged"
-        )
+        skipped[IDEMPOTENCY] = no_redis
+    if WORKERS in args.scenarios:
+        if not gateway_supports_workers():
+            skipped[WORKERS] = (
+                "`gateway run --help` lists no --workers in this checkout (it is being written on branch "
+                "workers); rerun once it is merged"
+            )
+        elif args.workers_store == "redis" and shutil.which("redis-server") is None:
+            skipped[WORKERS] = f"{no_redis}; or --workers-store memory"
     for scenario, reason in skipped.items():
         loud(f"scenario {scenario} SKIPPED: {reason}")
     return skipped
+
+
+def gateway_keys(scenarios: Sequence[str]) -> list[str]:
+    """The gateways the scenarios need, in the order of the rounds."""
+    keys = []
+    for scenario in scenarios:
+        keys += [ONE_WORKER, WORKERS] if scenario == WORKERS else [scenario]
+    return keys
+
+
+def ready_probe(gateway: Gateway, child: Child) -> Probe:
+    if gateway.key == POLICY:
+        return policy_probe(gateway)
+    if gateway.key == IDEMPOTENCY:
+        return idempotency_probe(gateway)
+    if gateway.workers > 1:
+        return workers_probe(gateway, child)
+    return vendor_probe(gateway.url)
 
 
 def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, str]) -> dict[str, Any]:
@@ -506,7 +585,9 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
     if args.profile:
         find_py_spy()  # fail before the rounds, not after
     scenarios = [s for s in args.scenarios if s not in skipped]
+    names = row_names(args.workers_store)
     workers_cpu = proxy_cpu if args.workers_cpus == "proxy" else None
+    needs_redis = IDEMPOTENCY in scenarios or (WORKERS in scenarios and args.workers_store == "redis")
 
     raise_fd_limit()
     supervisor = Supervisor(tools.taskset)
@@ -519,61 +600,63 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
         nginx = Target(NGINX, f"http://127.0.0.1:{reference_port}{VENDOR_PATH}", reference, proxy_cpu)
         redis: Child | None = None
         redis_port: int | None = None
-        if IDEMPOTENCY in scenarios:
+        if needs_redis:
             started = start_redis(supervisor, work, load_cpu)
-            if started is None:  # gone since plan_skips looked
-                skipped[IDEMPOTENCY] = "redis-server is not on PATH"
-                scenarios.remove(IDEMPOTENCY)
-            else:
-                redis, redis_port = started
+            if started is None:
+                raise BenchError("redis-server is gone from PATH since the start")
+            redis, redis_port = started
         gateways: dict[str, tuple[Gateway, Child]] = {}
-        for scenario in scenarios:
+        for key in gateway_keys(scenarios):
             gateway = write_gateway(
-                work, scenario, vendor_port, redis_port=redis_port, with_logs=args.with_logs
+                work,
+                key,
+                vendor_port,
+                redis_port=redis_port,
+                with_logs=args.with_logs,
+                workers_store=args.workers_store,
             )
-            cpu = workers_cpu if scenario == WORKERS else proxy_cpu
-            gateways[scenario] = (gateway, start_gateway(supervisor, gateway, cpu))
+            cpu = workers_cpu if key == WORKERS else proxy_cpu
+            gateways[key] = (gateway, start_gateway(supervisor, gateway, cpu))
         targets: list[Target] = []
-        for scenario, (gateway, child) in list(gateways.items()):
-            if scenario == POLICY:
-                probe = policy_probe(gateway)
-            elif scenario == IDEMPOTENCY:
-                probe = idempotency_probe(gateway)
-            elif scenario == WORKERS:
-                probe = workers_probe(gateway, child)
-            else:
-                probe = vendor_probe(gateway.url)
+        for key, (gateway, child) in list(gateways.items()):
             try:
-                wait_ready(child, gateway.url, probe)
+                wait_ready(child, gateway.url, ready_probe(gateway, child))
             except BenchError as exc:
-                if scenario != WORKERS:
+                if key != WORKERS:
                     raise
                 # New code from another branch: its failure to start should not cost the other figures.
                 supervisor.stop(child)
                 skipped[WORKERS] = f"`gateway run --workers {gateway.workers}` did not start: {exc}"
                 loud(f"scenario {WORKERS} SKIPPED: {skipped[WORKERS]}")
                 scenarios.remove(WORKERS)
-                del gateways[WORKERS]
+                targets = [t for t in targets if t.name != names[ONE_WORKER]]
+                for gone in (ONE_WORKER, WORKERS):
+                    if gone != key:
+                        supervisor.stop(gateways[gone][1])
+                    del gateways[gone]
                 continue
+            uses_redis = redis is not None and (
+                key == IDEMPOTENCY or (key in (ONE_WORKER, WORKERS) and args.workers_store == "redis")
+            )
             note = ""
-            if scenario == WORKERS:
-                where = (
-                    "both cores (wrk and the vendor stay on theirs)" if workers_cpu is None else "one core"
-                )
-                note = f"supervisor + {gateway.workers} workers on {where}; CPU is their sum"
-            elif scenario == IDEMPOTENCY:
-                note = "+helper: redis-server's CPU per request (on the load core)"
-            elif scenario == POLICY:
+            if key == WORKERS:
+                where = "both cores (wrk and the vendor stay on cpu 0)" if workers_cpu is None else "cpu 1"
+                note = f"`gateway run --workers {gateway.workers}` on {where}; CPU: supervisor + workers"
+            elif key == ONE_WORKER:
+                note = f"`gateway run`, the same config as {names[WORKERS]}: the reference for its scaling"
+            elif key == POLICY:
                 note = f"access log to {gateway.access_log}"
+            if uses_redis:
+                note += ("; " if note else "") + "+helper: redis-server's CPU per request (on cpu 0)"
             targets.append(
                 Target(
-                    NAMES[scenario],
+                    names[key],
                     gateway.url,
                     child,
                     proxy_cpu,
                     wrk_args=gateway.wrk_args,
                     fresh_token=gateway.fresh_token,
-                    helpers=(redis,) if scenario == IDEMPOTENCY and redis is not None else (),
+                    helpers=(redis,) if uses_redis and redis is not None else (),
                     note=note,
                 )
             )
@@ -581,7 +664,7 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
         targets.insert(1 if targets and scenarios[0] == PASS else 0, nginx)
         say(
             f"ready: vendor nginx :{vendor_port}, nginx proxy :{reference_port}, "
-            + ", ".join(f"{NAMES[s]} :{g.port}" for s, (g, _) in gateways.items())
+            + ", ".join(f"{names[k]} :{g.port}" for k, (g, _) in gateways.items())
             + f"; work dir {work}"
         )
         load = Load(
@@ -595,16 +678,16 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
             work=work,
         )
         runs = drive(load, targets, args.rounds)
-        if redis_port is not None:
-            keyed = load.answered[NAMES[IDEMPOTENCY]]
+        if IDEMPOTENCY in gateways and redis_port is not None:
+            keyed = load.answered[names[IDEMPOTENCY]]
             idempotency_check = {"keyed_requests_answered": keyed, "redis_keys": redis_keys(redis_port)}
         runs.append(measure_direct(load, vendor, vendor_port, proxy_cpu))
         (work / "wrk-outputs.txt").write_text("\n".join(load.outputs))
         if args.profile:
-            for scenario in args.profile_scenarios:
-                if scenario in gateways:
-                    target = next(t for t in targets if t.name == NAMES[scenario])
-                    raw = work / f"profile-{scenario}.raw"
+            for key in args.profile_scenarios:
+                if key in gateways:
+                    target = next(t for t in targets if t.name == names[key])
+                    raw = work / f"profile-{key}.raw"
                     profiles[target.name] = profile_target(load, target, args.profile, raw)
     finally:
         stop_everything(supervisor)
@@ -614,9 +697,21 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
             access_records = sum(1 for line in lines if b'"status"' in line)
 
     targets.append(Target(DIRECT, f"http://127.0.0.1:{vendor_port}{VENDOR_PATH}", vendor, proxy_cpu))
-    summaries = summarize(runs, targets, baseline=NAMES[PASS] if PASS in scenarios else None)
+    summaries = summarize(runs, targets, baseline=names[PASS] if PASS in scenarios else None)
     by_name = {s.target: s for s in summaries}
-    passing = by_name.get(NAMES[PASS])
+    passing = by_name.get(names[PASS])
+    scaling = None
+    one, two = by_name.get(names[ONE_WORKER]), by_name.get(names[WORKERS])
+    if one is not None and two is not None:
+        scaling = {
+            "rps_2_workers_vs_1": round(two.rps_median / one.rps_median, 3) if one.rps_median else None,
+            # Above 1: the 2 workers spend more CPU per request than the one process does.
+            "cpu_per_request_2_workers_vs_1": (
+                round(two.cpu_us_per_request_median / one.cpu_us_per_request_median, 3)
+                if two.cpu_us_per_request_median and one.cpu_us_per_request_median
+                else None
+            ),
+        }
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
@@ -629,7 +724,7 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
             "gateway": gateway_revision(),
             "nginx": version([tools.nginx, "-v"]),
             "wrk": version([tools.wrk, "-v"]),
-            "redis": version(["redis-server", "--version"]) if IDEMPOTENCY in scenarios else None,
+            "redis": version(["redis-server", "--version"]) if needs_redis else None,
         },
         "settings": {
             "scenarios": scenarios,
@@ -640,14 +735,15 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
             "threads": args.threads,
             "gateway_access_log": "file" if args.with_logs else "/dev/null",
             "workers_cpus": args.workers_cpus,
+            "workers_store": args.workers_store,
             "pinning": pinning,
         },
+        "names": names,
         "skipped": skipped,
         "runs": [asdict(r) for r in runs],
         "summary": [asdict(s) for s in summaries],
-        "scenarios": {
-            scenario: asdict(by_name[NAMES[scenario]]) for scenario in scenarios if NAMES[scenario] in by_name
-        },
+        "gateways": {key: asdict(by_name[names[key]]) for key in gateways if names[key] in by_name},
+        "workers_scaling": scaling,
         "policy_access_records": access_records,
         # One record per key: as many keys as keyed requests (plus the probe's, and requests cut off at the
         # end of a run) shows every request had a fresh key, none was a replay.
@@ -662,16 +758,21 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
 def report_text(result: dict[str, Any]) -> str:
     runs = [Run(**r) for r in result["runs"]]
     summaries = [TargetSummary(**s) for s in result["summary"]]
-    settings, machine = result["settings"], result["machine"]
-    baseline = NAMES[PASS] if PASS in settings["scenarios"] else None
+    settings, machine, names = result["settings"], result["machine"], result["names"]
+    baseline = names[PASS] if PASS in settings["scenarios"] else None
     footer = [
-        f"pinning: {settings['pinning']}; 2 workers: {settings['workers_cpus']} cores; "
-        f"wrk -t{settings['threads']} -c{settings['connections']}, "
+        f"pinning: {settings['pinning']}; workers: {settings['workers_cpus']} cores, "
+        f"{settings['workers_store']} store; wrk -t{settings['threads']} -c{settings['connections']}, "
         f"{settings['warmup_seconds']}s warm-up + {settings['duration_seconds']}s per run",
         f"load average (1, 5, 15 min): before {machine['load_average_before']}, "
         f"after {machine['load_average_after']}",
         f"gateway code: {result['versions']['gateway']}",
     ]
+    if (scaling := result["workers_scaling"]) is not None:
+        footer.append(
+            f"{names[WORKERS]} / {names[ONE_WORKER]}: req/s {scaling['rps_2_workers_vs_1']}x, "
+            f"CPU per request {scaling['cpu_per_request_2_workers_vs_1']}x"
+        )
     if result["policy_access_records"] is not None:
         footer.append(f"full policy: {result['policy_access_records']:,} access records written to its file")
     if (check := result["idempotency_check"]) is not None:
