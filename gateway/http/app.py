@@ -395,14 +395,38 @@ def listener_context(config: Config) -> ssl.SSLContext | None:
         ) from None
 
 
+# Settings a running process cannot take up: a reload that changes one logs it in ``needs_restart``
+# (docs/configuration.md marks them "restart"). Dotted paths into ``Config``; a table stands for all its keys.
+RESTART_KEYS = (
+    "gateway.listen",
+    "gateway.store",
+    "gateway.shutdown_timeout_seconds",
+    "tracing",
+    "bus",
+    "gateway.tls",
+)
+# Where only part of a setting needs a restart, what is compared: turning the listener's TLS on or off
+# (HTTP <-> HTTPS) needs one; new certificates are taken at the reload.
+RESTART_PART: dict[str, Callable[[object], object]] = {"gateway.tls": lambda tls: tls is None}
+
+
+def _setting(config: Config, key: str) -> object:
+    value: object = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    compared = RESTART_PART.get(key)
+    return compared(value) if compared is not None else value
+
+
 async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
     """Load the config file again and serve new requests with it; True when the new config is in force.
 
     Requests already in a pipeline finish on the old Runtime. Limiters are kept where a limit is
     unchanged and updated in place where it changed, so their schedules and queues carry over. A config
     that fails to load is refused: ``config_reload_failed`` lists every problem and the old config keeps
-    serving. ``gateway.listen``, ``store``, ``shutdown_timeout_seconds`` and ``[tracing]`` need a
-    restart: a change to them is logged as ``needs_restart``.
+    serving. The settings in ``RESTART_KEYS`` need a restart: each that differs from the config the
+    process started with is named in ``needs_restart``, on every reload until the process restarts (or
+    the setting is put back).
     """
     live, logger, services = gateway.live, gateway.logger, gateway.services
     async with live.lock:
@@ -437,20 +461,7 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
             if gateway.server.ssl is not None and listener_tls is not None:
                 gateway.server.ssl = listener_tls
         needs_restart = [
-            key
-            for key, before, after in (
-                ("gateway.listen", old.gateway.listen, config.gateway.listen),
-                ("gateway.store", old.gateway.store, config.gateway.store),
-                (
-                    "gateway.shutdown_timeout_seconds",
-                    old.gateway.shutdown_timeout_seconds,
-                    config.gateway.shutdown_timeout_seconds,
-                ),
-                ("tracing", old.tracing, config.tracing),
-                ("bus", old.bus, config.bus),
-                ("gateway.tls", old.gateway.tls is None, config.gateway.tls is None),  # HTTP <-> HTTPS
-            )
-            if before != after
+            key for key in RESTART_KEYS if _setting(gateway.config, key) != _setting(config, key)
         ]
         logger.event(
             "config_reloaded",

@@ -370,3 +370,29 @@ async def test_settings_that_need_a_restart_are_named(
     assert reloaded[0]["level"] == "warning"
     assert reloaded[0]["needs_restart"] == ["gateway.listen", "gateway.store"]
     assert (await client.get("/v/x")).status == 200
+
+
+async def test_needs_restart_is_named_on_every_reload_until_the_setting_is_back(
+    gateway: Any, vendor: Any, write_config: Callable[..., Path], logs: CapturedLogs
+) -> None:
+    """Against the config the process started with, not the previous reload's: the second reload below
+    changes nothing that needs a restart, yet the restart the first one asked for is still owed."""
+    server = await vendor(rate_vendor())
+    vendors = f'[vendors.v]\nbase_url = "{server.make_url("/")}"\n'
+    client = await gateway(vendors)
+    for text in (
+        '[gateway]\nstore = "redis://127.0.0.1:1/0"\n' + vendors,
+        '[gateway]\nstore = "redis://127.0.0.1:1/0"\nmax_body_bytes = 2048\n' + vendors,
+        '[tracing]\nexporter = "console"\n[gateway]\nstore = "redis://127.0.0.1:1/0"\n' + vendors,
+        vendors,  # everything as at start: nothing owed
+    ):
+        write_config(text)
+        assert await reload(client.app) is True
+    reloaded = [r for r in logs.records() if r["event"] == "config_reloaded"]
+    assert [r["needs_restart"] for r in reloaded] == [
+        ["gateway.store"],
+        ["gateway.store"],
+        ["gateway.store", "tracing"],
+        None,
+    ]
+    assert [r["level"] for r in reloaded] == ["warning", "warning", "warning", "info"]
