@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -94,7 +95,7 @@ class _Table:
         self.file = file
         self.path = path
         self.data = data
-        self._seen: set[str] = set()
+        self._seen: dict[str, None] = {}  # keys asked for, in order: what done() suggests from
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -106,7 +107,7 @@ class _Table:
         return name in self.data
 
     def raw(self, name: str) -> Any:
-        self._seen.add(name)
+        self._seen[name] = None
         return self.data.get(name, _MISSING)
 
     def _typed(self, name: str, kinds: tuple[type, ...], label: str, default: Any) -> Any:
@@ -129,7 +130,11 @@ class _Table:
         value = self._typed(name, (str,), "a string", default)
         if isinstance(value, str) and value is not default:
             if choices and value not in choices:
-                self.problem(name, f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+                close = difflib.get_close_matches(value, choices, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.problem(
+                    name, f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}{hint}"
+                )
                 return None
             if not choices and not value:
                 self.problem(name, "must not be empty")
@@ -193,11 +198,24 @@ class _Table:
         report = lambda msg: self.problem(name, msg)  # noqa: E731
         return resolve_secret(value, base_dir, report, where=(self.file, self.key(name)))
 
+    def skip_rest(self) -> None:
+        """Ask for every key: after a problem that decides what the table may hold (a misspelled
+        ``auth.type``), its other keys are not known to be wrong, so ``done`` does not report them."""
+        for name in self.data:
+            self._seen[name] = None
+
     def done(self) -> None:
-        """Report keys nobody asked for: a typo must not silently turn a limit off."""
+        """Report keys nobody asked for: a typo must not silently turn a limit off. The nearest key
+        asked for is suggested (as in transform specs), else the keys this table takes."""
         for name in self.data:
             if name not in self._seen:
-                self.problem(name, "unknown key")
+                close = difflib.get_close_matches(name, list(self._seen), n=1)
+                if close:
+                    self.problem(name, f'unknown key; did you mean "{close[0]}"?')
+                elif self._seen:
+                    self.problem(name, f"unknown key; expected one of {', '.join(sorted(self._seen))}")
+                else:
+                    self.problem(name, "unknown key")
 
 
 def parse_listen(value: str) -> Listen:
@@ -259,6 +277,8 @@ class _Assets:
     def __init__(self, transforms_dir: Path) -> None:
         self.transforms_dir = transforms_dir
         self.schemas = SchemaRegistry(transforms_dir)
+        self.schema_errors: dict[str, SchemaFileError] = {}
+        self.listed: set[Path] = set()  # schema files whose own problems are listed already
         self.specs: dict[str, TransformSpec | TransformSpecError] = {}
         self.examples: dict[str, Example | ExampleError] = {}
 
@@ -266,11 +286,26 @@ class _Assets:
         name = t.string(key, None)
         if not isinstance(name, str):
             return None
-        try:
-            return self.schemas.load(name)
-        except SchemaFileError as exc:
-            t.problem(key, str(exc))
+        if name not in self.schema_errors:
+            try:
+                return self.schemas.load(name)
+            except SchemaFileError as exc:
+                self.schema_errors[name] = exc
+        error = self.schema_errors[name]
+        if error.file is None:
+            t.problem(key, str(error))
             return None
+        # The file breaks its metaschema: every place it does, listed once, under the file itself.
+        count = len(error.problems)
+        if error.file == (self.transforms_dir / name).resolve():
+            t.problem(key, f"{name} has {count} problem(s), listed under its own file")
+        else:
+            t.problem(key, f"{name} refers to {_display(error.file)}, which has {count} problem(s)")
+        if error.file not in self.listed:
+            self.listed.add(error.file)
+            display = _display(error.file)
+            t._problems.extend(Problem(display, where, message) for where, message in error.problems)
+        return None
 
     def transform(self, t: _Table, key: str) -> TransformSpec | None:
         name = t.string(key, None)
@@ -778,6 +813,8 @@ def _parse_auth(t: _Table, base_dir: Path) -> Auth | OAuth2ClientCredentials | N
         auth = Auth(type="basic", username=username, secret=password) if username and password else None
     elif kind == "oauth2_client_credentials":
         auth = _parse_oauth2(t, base_dir)
+    else:
+        t.skip_rest()  # which keys belong here depends on the type, already reported
     t.done()
     return auth
 

@@ -225,7 +225,8 @@ def test_check_reports_broken_schemas_and_specs_by_file_and_rule(write_config: C
     )
     assert result.returncode == 1
     out = result.stderr
-    assert "route[1].request_schema: bad.schema.json: at properties/a/type:" in out
+    assert "route[1].request_schema: bad.schema.json has 1 problem(s), listed under its own file" in out
+    assert "bad.schema.json: /properties/a/type: 'strng' is not a JSON Schema type" in out
     assert "route[1].response_schema: file not found" in out
     assert "route[1].response_schema_mode: must be one of 'enforce', 'report'" in out
     assert "bad.toml: map[1].type:" in out

@@ -283,3 +283,90 @@ def test_check_command_ok(write_config: Callable[..., Path]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "ok (1 vendors, 0 routes)" in result.stdout
+
+
+def test_an_unknown_key_gets_the_nearest_known_one_or_the_list(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(
+        """
+        [gatway]
+        [gateway]
+        max_body_byte = 1024
+        [vendors.a]
+        base_url = "https://x.com"
+        timeout = { totl_seconds = 3 }
+        circuit = { colour = "red" }
+        """
+    )
+    monkeypatch.chdir(path.parent)
+    assert problems_of(path) == [
+        'config.toml: gateway.max_body_byte: unknown key; did you mean "max_body_bytes"?',
+        'config.toml: vendors.a.timeout.totl_seconds: unknown key; did you mean "total_seconds"?',
+        "config.toml: vendors.a.circuit.colour: unknown key; expected one of enabled, failure_ratio, "
+        "min_requests, open_seconds, window_seconds",
+        'config.toml: gatway: unknown key; did you mean "gateway"?',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        (
+            '{ type = "beraer", token = "env:X" }',
+            "config.toml: vendors.a.auth.type: must be one of 'bearer', 'header', 'query', 'basic', "
+            "'oauth2_client_credentials', not 'beraer'; did you mean 'bearer'?",
+        ),
+        ('{ token = "env:X", name = "n" }', "config.toml: vendors.a.auth.type: is required"),
+    ],
+)
+def test_a_misspelled_or_missing_auth_type_is_one_problem_not_one_per_key(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, auth: str, expected: str
+) -> None:
+    path = write_config(f'[vendors.a]\nbase_url = "https://x.com"\nauth = {auth}\n')
+    monkeypatch.chdir(path.parent)
+    assert problems_of(path) == [expected]
+
+
+def test_every_problem_of_a_schema_file_is_listed_once_under_the_file(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(
+        '[vendors.a]\nbase_url = "https://x.com"\n',
+        routes={
+            "a": """
+            vendor = "a"
+            [[route]]
+            method = "POST"
+            path = "/x"
+            request_schema = "broken.schema.json"
+            response_schema = "refers.schema.json"
+            [[route]]
+            method = "PUT"
+            path = "/x"
+            request_schema = "broken.schema.json"
+            """
+        },
+        files={
+            "transforms/broken.schema.json": """
+            {"type": "object", "required": "id",
+             "properties": {"id": {"type": "integr", "minimum": "1"}, "name": {"minLength": -1}}}
+            """,
+            "transforms/refers.schema.json": '{"$ref": "inner.schema.json"}',
+            "transforms/inner.schema.json": '{"type": "strin"}',
+        },
+    )
+    monkeypatch.chdir(path.parent)
+    types = "(array, boolean, integer, null, number, object, string)"
+    assert problems_of(path) == [
+        "routes/a.toml: route[1].request_schema: broken.schema.json has 4 problem(s), listed under its own file",
+        "transforms/broken.schema.json: /properties/id/minimum: '1' is not of type 'number'",
+        f"transforms/broken.schema.json: /properties/id/type: 'integr' is not a JSON Schema type {types}; "
+        'did you mean "integer"?',
+        "transforms/broken.schema.json: /properties/name/minLength: -1 is less than the minimum of 0",
+        "transforms/broken.schema.json: /required: 'id' is not of type 'array'",
+        "routes/a.toml: route[1].response_schema: refers.schema.json refers to "
+        "transforms/inner.schema.json, which has 1 problem(s)",
+        f"transforms/inner.schema.json: /type: 'strin' is not a JSON Schema type {types}; did you mean \"string\"?",
+        "routes/a.toml: route[2].request_schema: broken.schema.json has 4 problem(s), listed under its own file",
+    ]

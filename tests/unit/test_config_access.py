@@ -68,7 +68,7 @@ def test_oauth2_problems(write_config: Callable[..., Path]) -> None:
         "config.toml: vendors.a.auth.token_url: must be an absolute http:// or https:// URL, not '/relative'",
         "config.toml: vendors.a.auth.client_secret: is required",
         "config.toml: vendors.a.auth.client_auth: must be one of 'basic', 'body', not 'jwt'",
-        "config.toml: vendors.a.auth.audience: unknown key",
+        "config.toml: vendors.a.auth.audience: unknown key; expected one of client_auth, client_id, client_secret, scope, token_url, type",
     ]
 
 

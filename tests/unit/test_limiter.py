@@ -322,7 +322,7 @@ concurrency = 0
         "vendors.bad.rate_limit.burst: must be at least 1, not 0",
         "vendors.bad.rate_limit.max_queue: must be at least 0, not -1",
         "vendors.bad.rate_limit.max_pause_seconds: must be greater than 0, not 0",
-        "vendors.bad.rate_limit.typo: unknown key",
+        "vendors.bad.rate_limit.typo: unknown key; expected one of burst, max_pause_seconds, max_queue, max_wait_seconds, per_seconds, requests, scope",
         "vendors.bad.concurrency: must be at least 1, not 0",
     }
     path.write_text(path.read_text().split("[vendors.bad]")[0])

@@ -56,7 +56,7 @@ def test_refs_between_local_files_resolve_relative_to_the_referrer(tmp_path: Pat
             {"properties": {"a": {"$ref": "https://example.com/s.json"}}},
             "only schema files below the transforms folder",
         ),
-        ({"type": "strng"}, "s.json: at type: 'strng' is not valid"),
+        ({"type": "strng"}, "s.json: at type: 'strng' is not a JSON Schema type"),
         ({"minimum": "3"}, "s.json: at minimum: '3' is not of type 'number'"),
         ([1, 2], "a schema must be a JSON object or boolean"),
     ],

@@ -7,6 +7,7 @@ at other schema files below the transforms folder (relative to the referring fil
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,22 @@ def schema_failure_counts() -> Counts:
     )
 
 
+JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+
+
 class SchemaFileError(Exception):
-    """A schema file cannot be used; the message says where and why (no FILE prefix)."""
+    """A schema file cannot be used; the message says where and why (no FILE prefix).
+
+    ``problems``: when the file is JSON but breaks its draft's metaschema, every place that does, as
+    (JSON Pointer into ``file``, message), so ``gateway check`` lists them all at once.
+    """
+
+    def __init__(
+        self, message: str, *, file: Path | None = None, problems: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.file = file
+        self.problems = problems or []
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -49,6 +64,16 @@ class CompiledSchema:
 
     def __repr__(self) -> str:
         return f"CompiledSchema({self.name!r})"
+
+
+def _metaschema_message(error: jsonschema.ValidationError) -> str:
+    """The metaschema's message, made specific where it is vague (a misspelled type name)."""
+    path = list(error.absolute_path)
+    if error.validator == "anyOf" and path and path[-1] == "type" and isinstance(error.instance, str):
+        close = difflib.get_close_matches(error.instance, JSON_TYPES, n=1)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
+        return f"{error.instance!r} is not a JSON Schema type ({', '.join(JSON_TYPES)}){hint}"
+    return str(error.message)
 
 
 def _pointer(parts: Any) -> str:
@@ -74,6 +99,7 @@ class SchemaRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self._compiled: dict[str, CompiledSchema] = {}
+        self._ref_error: SchemaFileError | None = None  # what the retriever refused, for load() to raise
 
     def _inside(self, path: Path) -> Path:
         resolved = path.resolve()
@@ -86,9 +112,13 @@ class SchemaRegistry:
             raise SchemaFileError(
                 f"$ref to {uri!r}: only schema files below the transforms folder may be referenced"
             )
-        path = self._inside(Path(uri[len("file://") :].split("#", 1)[0]))
-        document = _load_json(path)
-        self._check_metaschema(document, path)
+        try:
+            path = self._inside(Path(uri[len("file://") :].split("#", 1)[0]))
+            document = _load_json(path)
+            self._check_metaschema(document, path)
+        except SchemaFileError as exc:
+            self._ref_error = exc  # jsonschema-rs wraps it; load() raises it as it was
+            raise
         return document
 
     def _check_metaschema(self, document: Any, path: Path) -> None:
@@ -97,11 +127,12 @@ class SchemaRegistry:
         if isinstance(document, bool):
             return
         cls = jsonschema.validators.validator_for(document, default=jsonschema.Draft202012Validator)
-        try:
-            cls.check_schema(document)
-        except jsonschema.SchemaError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-            raise SchemaFileError(f"{path.name}: at {where}: {exc.message}") from None
+        errors = sorted(cls(cls.META_SCHEMA).iter_errors(document), key=lambda e: [str(p) for p in e.path])
+        if not errors:
+            return
+        problems = [(_pointer(error.absolute_path), _metaschema_message(error)) for error in errors]
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+        raise SchemaFileError(f"{path.name}: at {where}: {problems[0][1]}", file=path, problems=problems)
 
     def load(self, name: str) -> CompiledSchema:
         """Compile ``name`` (relative to the transforms folder); SchemaFileError if unusable."""
@@ -110,6 +141,7 @@ class SchemaRegistry:
         path = self._inside(self.root / name)
         document = _load_json(path)
         self._check_metaschema(document, path)
+        self._ref_error = None
         try:
             validator = jsonschema_rs.validator_for(
                 document,
@@ -120,6 +152,9 @@ class SchemaRegistry:
         except SchemaFileError:
             raise
         except (jsonschema_rs.ReferencingError, ValueError) as exc:
+            if self._ref_error is not None:
+                ref_error, self._ref_error = self._ref_error, None
+                raise ref_error from None
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SchemaFileError(f"{path.name}: {first_line}") from None
         compiled = CompiledSchema(name=name, validator=validator)
