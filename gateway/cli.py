@@ -1,17 +1,25 @@
-"""``gateway run|check|transform|sandbox|dlq|contract``: the operator's commands (SPEC sections 1, 19)."""
+"""``gateway run|check|transform|sandbox|dlq|contract``: the operator's commands (docs/operations.md)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 
+from . import __version__
 from .config import Config, ConfigError, load_config, parse_listen
 from .config.model import Listen
 from .observability.logging import Logger
 
 MAX_WORKERS = 256
+
+
+def cannot_listen(where: object, exc: OSError) -> str:
+    """The one line a command prints when its port is taken (or not allowed), instead of a traceback."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"gateway: cannot listen on {where}: {reason}"
 
 
 def _load(path: str) -> Config | None:
@@ -79,7 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         async def start_sandbox() -> Callable[[], Awaitable[None]]:
             from .sandbox import start
 
-            runner = await start(sandbox_at.host, sandbox_at.port)
+            try:
+                runner = await start(sandbox_at.host, sandbox_at.port)
+            except OSError as exc:
+                raise SystemExit(cannot_listen(f"{sandbox_at} (--sandbox)", exc)) from None
             logger.event("sandbox_started", listen=str(sandbox_at))
             return runner.cleanup
 
@@ -129,15 +140,37 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
-    run(listen.host, listen.port)
+    try:
+        run(listen.host, listen.port)
+    except OSError as exc:
+        print(cannot_listen(listen, exc), file=sys.stderr)
+        return 1
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each command's purpose on its own line beside it: argparse measures command names one indent
+    short, so a long one (``transform``) would push its help to the next line."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max(map(len, action.choices), default=0)
+            indent = self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, longest + indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="Egress API gateway")
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Egress API gateway: internal services call vendors through it.",
+        epilog="Each command has its own --help. Reference: docs/ in the repository.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="serve")
+    run = sub.add_parser("run", help="serve the gateway (--sandbox: and the sandbox vendor beside it)")
     run.add_argument("--config", default="config.toml", help="path to config.toml (default: %(default)s)")
     run.add_argument("--listen", help="HOST:PORT, overrides [gateway].listen")
     run.add_argument("--log-format", choices=("json", "text"), default="json", help="default: %(default)s")
@@ -150,11 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate config, routes, schemas and transforms")
+    check = sub.add_parser(
+        "check", help="validate config, routes, schemas and transforms, listing every problem"
+    )
     check.add_argument("--config", default="config.toml", help="path to config.toml (default: %(default)s)")
     check.set_defaults(func=cmd_check)
 
-    sandbox = sub.add_parser("sandbox", help="run the local stand-in vendor")
+    # Parsed by gateway.transform.cli (main() hands it the arguments); listed here for --help.
+    transform = sub.add_parser(
+        "transform",
+        help="apply a transform spec to a JSON document (--explain: print the mapping)",
+        add_help=False,
+    )
+    transform.add_argument("args", nargs=argparse.REMAINDER)
+    transform.set_defaults(func=lambda args: _transform(args.args))
+
+    sandbox = sub.add_parser("sandbox", help="run the local stand-in vendor the quickstart and tests use")
     sandbox.add_argument("--listen", default="127.0.0.1:8081", help="HOST:PORT (default: %(default)s)")
     sandbox.set_defaults(func=cmd_sandbox)
 
@@ -167,12 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _transform(argv: list[str]) -> int:
+    from .transform.cli import main as transform_main
+
+    return transform_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["transform"]:
-        from .transform.cli import main as transform_main
-
-        return transform_main(args_list[1:])
+        return _transform(args_list[1:])
     args = build_parser().parse_args(args_list)
     result: int = args.func(args)
     return result

@@ -511,7 +511,11 @@ async def serve(
         gateway.collector.peers = worker.peers
     await gateway.start()
     server = gateway.server = Server(gateway, Limits.of(config.gateway), logger)
-    stop_extra = await extra() if extra is not None else None
+    try:
+        stop_extra = await extra() if extra is not None else None
+    except BaseException:  # the sandbox could not start (its port is taken): stop what did
+        await gateway.close()
+        raise
     try:
         await server.listen(listen_host, listen_port, reuse_port=reuse_port, ssl=tls)
     except OSError as exc:

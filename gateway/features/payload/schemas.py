@@ -134,6 +134,10 @@ class SchemaRegistry:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
         raise SchemaFileError(f"{path.name}: at {where}: {problems[0][1]}", file=path, problems=problems)
 
+    def _take_ref_error(self) -> SchemaFileError | None:
+        error, self._ref_error = self._ref_error, None
+        return error
+
     def load(self, name: str) -> CompiledSchema:
         """Compile ``name`` (relative to the transforms folder); SchemaFileError if unusable."""
         if name in self._compiled:
@@ -152,8 +156,7 @@ class SchemaRegistry:
         except SchemaFileError:
             raise
         except (jsonschema_rs.ReferencingError, ValueError) as exc:
-            if self._ref_error is not None:
-                ref_error, self._ref_error = self._ref_error, None
+            if (ref_error := self._take_ref_error()) is not None:
                 raise ref_error from None
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SchemaFileError(f"{path.name}: {first_line}") from None
