@@ -46,6 +46,7 @@ from ..target import parse_target
 from ..upstream.forwarder import request_headers
 from ..upstream.pool import Pool
 from ..upstream.secret_managers import refresh as refresh_secrets
+from . import problems
 from .server import Limits, Server, ServerRequest, StreamAborted
 from .tls import server_context
 from .worker import Worker
@@ -53,6 +54,7 @@ from .worker import Worker
 USER_AGENT = f"egress-gateway/{__version__}"
 ADMIN_PREFIX = "/_gateway/"
 DELIVERIES = "deliveries/"
+PROBLEMS = "problems/"
 
 AdminHandler = Callable[[ServerRequest, str], Awaitable[Answer]]
 
@@ -122,6 +124,7 @@ class Gateway:
             "status": self.status,
             "alerts": self.alerts,
             DELIVERIES: self.delivery,
+            PROBLEMS: self.problem_page,  # what each problem type means: public, like the type URIs
         }
         self.server: Server | None = None  # set by serve(); its connection figures feed metrics
         self.webhooks = WebhookReceiver(self.services)  # POST /_webhooks/NAME
@@ -149,7 +152,7 @@ class Gateway:
 
     # -- the server's side
     async def __call__(self, request: ServerRequest) -> None:
-        if request.target.startswith(ADMIN_PREFIX):
+        if request.target.startswith(ADMIN_PREFIX) or request.target.partition("?")[0] == ADMIN_PREFIX[:-1]:
             await request.respond(await self._admin(request))
         elif request.target.startswith(WEBHOOK_PREFIX):
             answer = await self.webhooks(
@@ -286,8 +289,10 @@ class Gateway:
 
     # -- /_gateway/...
     async def _admin(self, request: ServerRequest) -> Answer:
-        path = request.target[len(ADMIN_PREFIX) :].partition("?")[0]
-        name, rest = (DELIVERIES, path[len(DELIVERIES) :]) if path.startswith(DELIVERIES) else (path, "")
+        path = request.target.partition("?")[0][len(ADMIN_PREFIX) :]
+        # A name ending in "/" serves what is below it (deliveries/ID, problems/TYPE).
+        name = next((key for key in self.admin if key.endswith("/") and path.startswith(key)), path)
+        rest = path[len(name) :]
         handler = self.admin.get(name)
         request_id = _request_id(request.headers)
         try:
@@ -374,6 +379,17 @@ class Gateway:
         if record is None or (authenticator is not None and record.request.client != client):
             raise NotFound(f"no delivery {delivery_id[:100]!r} (delivered ones are kept for a limited time)")
         return json_answer(record_json(record))
+
+    async def problem_page(self, request: ServerRequest, slug: str) -> Answer:
+        """``GET /_gateway/problems/``: every problem type; ``/_gateway/problems/TYPE``: what one means."""
+        if not slug:
+            text = problems.index()
+        elif (cls := problems.find(slug)) is not None:
+            text = problems.page(cls)
+        else:
+            raise NotFound(f"no problem type {slug[:100]!r}; {ADMIN_PREFIX}{PROBLEMS} lists them")
+        headers = CIMultiDict({"Content-Type": "text/html; charset=utf-8"})
+        return Answer(status=200, headers=headers, body=text.encode())
 
     async def deprecations(self, request: ServerRequest, _: str) -> Answer:
         """What vendors said is deprecated or sunsetting, per vendor and route, with dates and counts."""

@@ -1,6 +1,7 @@
 """Who may use the gateway's own endpoints (``/_gateway/*``, SPEC section 17).
 
-``health`` and ``ready`` answer everyone (probes). Every other endpoint, and any added later, is
+``health`` and ``ready`` answer everyone (probes), and so does ``problems/`` (what each problem
+type means: every caller's problem points there). Every other endpoint, and any added later, is
 closed as soon as callers are authenticated or an admin key exists:
 
 - with ``[gateway] admin_key``, it needs that key (``Authorization: Bearer KEY`` or ``X-Gateway-Key``,
@@ -27,7 +28,7 @@ from ...config import Secret
 from ...errors import Forbidden, Unauthorized
 from .stage import Authenticator, presented_key
 
-OPEN_ENDPOINTS = frozenset({"health", "ready"})
+OPEN_ENDPOINTS = frozenset({"health", "ready", "problems/"})
 # Basic too: a browser opening the dashboard prompts for it (any user name, the admin key as password).
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="gateway admin", Bearer realm="gateway admin"'}
 

@@ -55,7 +55,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from ...config import (
     DEFAULT_CONCURRENCY_MAX_QUEUE,
@@ -106,8 +106,6 @@ MONOTONIC = MonotonicClock()
 
 class RateLimited(TooManyRequests):
     """429 made by the gateway: a limit could not admit the request within its queue and wait."""
-
-    title: ClassVar[str] = "Rate limit exceeded"
 
     def __init__(self, detail: str, *, headers: Mapping[str, str], reason: str, policy: str) -> None:
         super().__init__(detail, headers=headers, extra={"policy": policy})
