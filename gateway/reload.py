@@ -1,4 +1,4 @@
-"""Reload on file change (SPEC section 13): a watcher over config.toml, routes/ and transforms/.
+"""Reload on file change (docs/operations.md): a watcher over config.toml, routes/ and transforms/.
 
 ``watch_files`` calls ``reload`` once per burst of changes that altered what the config is made of
 (an editor's save, a deploy copying many files); ``http.app.reload`` does the work and keeps the running

@@ -1,7 +1,7 @@
 """Stages: one file per stage. ``route_stages`` decides, once per route at load, which ones run.
 
-Execution order (DESIGN.md): client auth -> idempotency -> validate request -> transform request
--> async delivery (202 and done) -> retry -> circuit breaker -> rate limit -> [faults] -> [forward]
+Execution order (docs/architecture.md): client auth -> idempotency -> validate request -> transform
+request -> async delivery (202 and done) -> retry -> circuit breaker -> rate limit -> [faults] -> [forward]
 -> validate response -> transform response. The retry stage loops over the vendor-facing ones, so every
 attempt asks the breaker, takes a rate-limit turn and obeys vendor pauses (an injected fault too).
 Response-side work lives in the same stages as their request side, after ``call_next``. A route that

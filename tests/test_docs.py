@@ -1,9 +1,11 @@
-"""docs/ standing on its own: the problem types it lists are the gateway's, and every link in it and in
-the README resolves inside the repository (a file that exists, a heading that exists)."""
+"""docs/ standing on its own: the problem types it lists are the gateway's, every link in it and in the
+README resolves inside the repository (a file that exists, a heading that exists), and no file of the
+repository cites documents a clone does not have."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,28 @@ def test_every_link_resolves_inside_the_repository(page: Path) -> None:
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target}: no heading #{anchor} in {file.relative_to(ROOT)}")
     assert broken == []
+
+
+# What a clone of the repository does not have: the contract and design notes it was built from.
+OUTSIDE = re.compile(r"\.\./shared/|\b(SPEC|DESIGN)\.md\b|\bSPEC( sections?\b| leaves\b|:)")
+
+
+def repository_files() -> list[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return [ROOT / name for name in listed if (ROOT / name).is_file() and name != "tests/test_docs.py"]
+
+
+def test_nothing_in_the_repository_cites_a_document_outside_it() -> None:
+    """Code comments, config comments and docs cite docs/ (SPEC section N means nothing to a clone)."""
+    found = []
+    for path in repository_files():
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            if OUTSIDE.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert found == [], "cite docs/ instead:\n" + "\n".join(found)

@@ -20,6 +20,11 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_ruff_format_is_clean() -> None:
+    result = run("ruff", "format", "--check", "gateway", "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_is_clean() -> None:
     result = run("mypy", "gateway")
     assert result.returncode == 0, result.stdout + result.stderr

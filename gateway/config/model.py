@@ -34,7 +34,7 @@ DEFAULT_MAX_WAIT_SECONDS = 1.0  # how long a request may queue for a rate or con
 DEFAULT_MAX_PAUSE_SECONDS = 60.0
 # Queue depth for a vendor with `concurrency` but no `rate_limit` (nothing to derive it from).
 DEFAULT_CONCURRENCY_MAX_QUEUE = 1000
-# Retries, circuit breakers and async delivery (SPEC sections 7 and 10).
+# Retries, circuit breakers and async delivery (docs/configuration.md).
 DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_RETRY_BASE_DELAY_SECONDS = 0.1
 DEFAULT_RETRY_MAX_DELAY_SECONDS = 5.0
@@ -62,7 +62,7 @@ ALERT_MAX_WINDOW_SECONDS = 3600.0
 ALERT_KINDS = ("error_ratio", "p99_latency", "dlq_depth", "circuit_open", "rejected_ratio")
 RATE_SCOPES = ("local", "global")
 IDEMPOTENCY_MODES = ("required", "optional", "off")
-# Methods that get idempotency "optional" when their route says nothing (SPEC section 8).
+# Methods that get idempotency "optional" when their route says nothing (docs/configuration.md).
 IDEMPOTENCY_DEFAULT_METHODS = frozenset({"POST", "PATCH"})
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -294,7 +294,8 @@ class Idempotency:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
-    """A vendor's ``retry = {...}`` (SPEC section 7); every vendor has one, ``attempts = 1`` turns it off.
+    """A vendor's ``retry = {...}`` (docs/configuration.md); every vendor has one, ``attempts = 1``
+    turns it off.
 
     ``attempts``: total tries per request. The pause before try n+1 is drawn uniformly from 0 to
     ``min(max_delay_seconds, base_delay_seconds * 2**(n-1))`` (full jitter), and is at least the vendor's
@@ -329,7 +330,7 @@ class Circuit:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliverySettings:
-    """``[delivery]``: the async delivery workers (SPEC section 10).
+    """``[delivery]``: the async delivery workers (docs/operations.md).
 
     ``workers``: deliveries in progress at once, per gateway process. ``max_attempts``: vendor calls a
     delivery may make before it is dead-lettered (waiting out an open circuit or a rate-limit queue costs
@@ -389,7 +390,7 @@ class GatewaySettings:
     routes_dir: Path
     transforms_dir: Path
     shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
-    # The server's limits (SPEC section 15): past each, the caller gets a problem and the connection
+    # The server's limits (docs/configuration.md): past each, the caller gets a problem and the connection
     # closes; none of them is ever blamed on a vendor.
     header_timeout_seconds: float = 10.0  # the request head must be complete within this
     body_timeout_seconds: float = 30.0  # the longest gap between two request-body bytes

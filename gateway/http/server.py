@@ -5,11 +5,11 @@ Why its own (bench/servers.py has the comparison): aiohttp's server cost ~45 µs
 lean one and bounds nothing by default; granian hands the app a percent-decoded path (byte-for-byte
 forwarding is lost) and writes without backpressure. This server owns:
 
-- the limits of SPEC section 15 (``Limits``): the head within ``header_timeout``, no gap between body
-  bytes over ``body_timeout``, idle keep-alive closed after ``keepalive_timeout``, the request target
-  and the header fields bounded, at most ``max_connections`` at once (past it nothing is accepted, so
-  callers wait in the kernel's backlog). Each refusal is a problem+json answer made here, handed to
-  ``App.refused`` for its access record, and never echoes what was refused;
+- the limits of ``[gateway]`` (docs/configuration.md, ``Limits``): the head within ``header_timeout``,
+  no gap between body bytes over ``body_timeout``, idle keep-alive closed after ``keepalive_timeout``,
+  the request target and the header fields bounded, at most ``max_connections`` at once (past it
+  nothing is accepted, so callers wait in the kernel's backlog). Each refusal is a problem+json
+  answer made here, handed to ``App.refused`` for its access record, and never echoes what was refused;
 - HTTP/1.1 framing: keep-alive, pipelining (answers in order), chunked bodies both ways, HEAD, 1xx/204/
   304 without a body; llhttp refuses malformed heads and Content-Length/Transfer-Encoding conflicts
   (request smuggling): 400, then close;

@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line on stdout (or readable text for a person).
 
-Access records carry the SPEC section 12 fields; event records name what happened. Log lines are
+Access records carry the fields docs/operations.md lists; event records name what happened. Log lines are
 built from fields the gateway chose, never from config objects, so secrets cannot leak into them
 (``Secret`` also hides its value from ``repr``).
 

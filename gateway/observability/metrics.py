@@ -1,4 +1,4 @@
-"""Metrics (SPEC section 11): counted in plain dicts on the hot path, exported by a collector at scrape.
+"""Metrics (docs/operations.md): counted in plain dicts on the hot path, exported by a collector at scrape.
 
 A request costs a few dict and list updates (``RequestMetrics.observe``), not a prometheus_client call
 per series. Each feature owns its counters and reports them as ``Family`` values (the ``Reporter``

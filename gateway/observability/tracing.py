@@ -1,4 +1,4 @@
-"""Tracing with OpenTelemetry (SPEC section 4): the caller's trace continues through the gateway.
+"""Tracing with OpenTelemetry (docs/operations.md): the caller's trace continues through the gateway.
 
 With ``[tracing] exporter = "none"`` (the default) nothing here runs: no tracer exists and the caller's
 ``traceparent`` passes to the vendor unchanged, as any other header. With "console" or "otlp" each

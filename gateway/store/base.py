@@ -8,7 +8,7 @@ composes them (``store.idempotency``, ``store.rates``, ``store.circuits``, ``sto
 new feature's state is one more attribute, not a change to the others.
 
 Every operation either answers or raises ``StoreUnavailable`` within the store's timeout: callers
-decide what a missing store means for them (SPEC section 5: 503 where the route needs it).
+decide what a missing store means for them (docs/operations.md: 503 where the route needs it).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The declarative transform engine (SPEC section 9): TOML specs mapping one JSON document to another.
+"""The declarative transform engine (docs/transforms.md): TOML specs mapping one JSON document to another.
 
 ``load_spec`` / ``parse_spec`` validate a spec once, reporting every problem as ``FILE: key.path: message``,
 and compile it into a frozen ``TransformSpec``; ``apply`` is a pure function of that spec and a document,
-failing only with ``TransformError``; ``explain`` renders the mapping as a table. The semantics SPEC leaves
-open are settled in ``gateway.transform.spec``'s docstring.
+failing only with ``TransformError``; ``explain`` renders the mapping as a table. The semantics the
+language leaves open are settled in ``gateway.transform.spec``'s docstring.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ def date_format_problem(pattern: str, *, parsing: bool) -> str | None:
 
 
 def _as_utc(moment: datetime) -> datetime:
-    # Naive values carry no zone; SPEC section 9 reads them as UTC.
+    # Naive values carry no zone; docs/transforms.md reads them as UTC.
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 

@@ -186,7 +186,7 @@ def _article(name: str) -> str:
 def write(root: object, tokens: Tokens, value: object, owned: set[int]) -> None:
     """Set ``value`` at ``tokens`` (non-empty) below ``root``, which the caller owns.
 
-    Missing intermediate steps become objects, as SPEC section 9 promises. In arrays a step may name an
+    Missing intermediate steps become objects, as docs/transforms.md promises. In arrays a step may name an
     existing index, or ``-`` to append; the last step may also name the next free index.
     """
     node = root

@@ -1,6 +1,6 @@
 """Loading a transform spec: TOML -> validated, precompiled TransformSpec, with every problem at once.
 
-Semantics that SPEC section 9 leaves open, settled here:
+Semantics of the language (docs/transforms.md), settled here:
 
 - A rule's stages run in the order values -> date -> type. A `values` entry and the `default` stand for
   the value after the `values` stage, so they too pass through `date` and `type`; that happens once, at

@@ -1,4 +1,4 @@
-"""Async delivery and dead letters (SPEC section 10), end to end with a real local vendor: 202 and a
+"""Async delivery and dead letters (docs/http.md, docs/operations.md), end to end with a real local vendor: 202 and a
 Location, delivery with retries and the forwarded key, the record at /_gateway/deliveries/ID, dead
 letters and the ``gateway dlq`` command, on the memory store and on a private redis-server."""
 

@@ -1,4 +1,4 @@
-"""Idempotency keys end to end (SPEC sections 4-6): a real gateway socket, a real local vendor socket,
+"""Idempotency keys end to end (docs/http.md): a real gateway socket, a real local vendor socket,
 and the store both in memory and in a private redis-server. Assertions are what a caller sees: status,
 headers, body, and how many times the vendor was called.
 """

@@ -1,4 +1,4 @@
-"""Live reload (SPEC section 13): new limits, routes and vendors without a restart or a dropped request;
+"""Live reload (docs/operations.md): new limits, routes and vendors without a restart or a dropped request;
 a bad config is refused and the running one keeps serving."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Retries end to end (SPEC section 7), measured at a real local vendor: what is retried, how often,
+"""Retries end to end (docs/configuration.md), measured at a real local vendor: what is retried, how often,
 how long the waits are, and what the caller gets when the gateway stops trying.
 
 Backoffs are small (tens of milliseconds) and timing bounds are loose enough for a loaded 2-core box.

@@ -1,4 +1,4 @@
-"""The gateway's own server (gateway/http/server.py): the limits of SPEC section 15 and HTTP/1.1 framing,
+"""The gateway's own server (gateway/http/server.py): the limits of docs/configuration.md's [gateway] and HTTP/1.1 framing,
 seen from raw sockets, as a hostile or careless caller would use them."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Circuit breakers per vendor (SPEC sections 5 and 7): stop calling a vendor that is down.
+"""Circuit breakers per vendor (docs/configuration.md): stop calling a vendor that is down.
 
 A ``Breaker`` is this process's view of one vendor's breaker, whose state lives in the store
 (``store.circuits``: the rules, and with Redis one state for every replica):

@@ -1,4 +1,4 @@
-"""``gateway dlq list|show|replay|purge``: the dead letters in the configured store (SPEC sections 1, 10).
+"""``gateway dlq list|show|replay|purge``: the dead letters in the configured store (docs/operations.md).
 
 Dead letters are deliveries that got a non-retryable vendor answer or ran out of attempts. The command
 talks to the store named by ``[gateway] store`` directly, so it needs a ``redis://`` store: with

@@ -1,4 +1,4 @@
-"""Async delivery as the rest of the gateway sees it (SPEC section 10): accept, look up, count.
+"""Async delivery as the rest of the gateway sees it (docs/http.md): accept, look up, count.
 
 ``Deliveries`` (on ``Services``) stores an accepted request in the store's durable queue
 (``store.deliveries``) and wakes this process's workers (``gateway.features.delivery.workers``), which

@@ -1,4 +1,4 @@
-"""The async delivery stage (SPEC sections 8 and 10): answer 202 now, deliver from a durable queue.
+"""The async delivery stage (docs/http.md): answer 202 now, deliver from a durable queue.
 
 On a route with ``delivery = "async"``, or ``delivery = "prefer"`` and a caller that sent
 ``Prefer: respond-async`` (RFC 7240; then the answer carries ``Preference-Applied: respond-async``),

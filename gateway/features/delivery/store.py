@@ -1,4 +1,4 @@
-"""The durable delivery queue and dead-letter queue (SPEC section 10): protocol, records, memory backend.
+"""The durable delivery queue and dead-letter queue (docs/operations.md): protocol, records, memory backend.
 
 A delivery is a stored request (``DeliveryRequest``: what the vendor gets, minus the credentials the
 forwarder injects at send time) plus its progress (``DeliveryRecord``). Its life:

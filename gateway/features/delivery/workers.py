@@ -1,4 +1,4 @@
-"""Delivery workers (SPEC section 10): every gateway process delivers from the shared queue.
+"""Delivery workers (docs/operations.md): every gateway process delivers from the shared queue.
 
 One loop per process takes deliveries from the store (``delivery_take``) while it has free slots
 (``[delivery] workers``) and runs each as a task. A delivery is one vendor call through the vendor's

@@ -1,4 +1,4 @@
-"""Idempotency keys (SPEC sections 4-6, draft-ietf-httpapi-idempotency-key-header).
+"""Idempotency keys (docs/http.md, draft-ietf-httpapi-idempotency-key-header).
 
 A request carrying ``Idempotency-Key`` claims the key in the store (scoped by caller, vendor and key)
 before the vendor is called. Then:
@@ -58,7 +58,7 @@ from .store import IdempotencyKey, IdempotencyOps, IdempotencyRecord, StoredResp
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
-# Statuses that are a final answer worth replaying (SPEC section 6); everything else may be retried.
+# Statuses that are a final answer worth replaying (docs/http.md); everything else may be retried.
 NOT_STORED_4XX = frozenset({408, 409, 425, 429})
 # Response fields that describe one delivery rather than the answer: a replay gets fresh ones.
 NOT_REPLAYED = frozenset(

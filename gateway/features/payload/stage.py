@@ -1,7 +1,7 @@
 """JSON payload stages: validate, then transform, on the way out (request) and on the way back (response).
 
 The body is read once and parsed once with orjson; ``Exchange.json`` shares the parsed value. The
-request side checks the schema before the transform (SPEC section 8) and fails with 400; the response
+request side checks the schema before the transform (docs/configuration.md) and fails with 400; the response
 side works on the vendor's 2xx answers only (a vendor's own error passes through unchanged) and fails
 with 502 in enforce mode, or logs and counts the failure in report mode.
 """

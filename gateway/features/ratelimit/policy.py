@@ -1,4 +1,4 @@
-"""Rate limits, concurrency limits and vendor pauses (SPEC sections 4, 5, 7): the limiter objects.
+"""Rate limits, concurrency limits and vendor pauses (docs/configuration.md): the limiter objects.
 
 A ``Limiter`` guards one limit: a vendor's (``rate_limit`` and ``concurrency``), a route's, or a client's
 quota. They are app-wide, built from config by the ``RateLimits`` registry on ``Services``, shared by every

@@ -1,4 +1,4 @@
-"""The rate-limit stage: the last stage before the forwarder (SPEC sections 4, 5, 7).
+"""The rate-limit stage: the last stage before the forwarder (docs/configuration.md).
 
 A request waits for its turn from the limits that apply to it, in this order: its caller's quota
 (``[clients.NAME] rate_limit``), its route's ``rate_limit``, its vendor's ``rate_limit`` and

@@ -1,4 +1,4 @@
-"""The retry policy (SPEC section 7): what may be sent again, how long to wait, and the retry budget.
+"""The retry policy (docs/configuration.md): what may be sent again, how long to wait, and the retry budget.
 
 Used by the retry stage (``gateway.features.retry.stage``: a caller waits while its request is retried) and by
 the delivery workers (``gateway.features.delivery.workers``: a queued delivery is retried later), so both

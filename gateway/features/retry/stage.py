@@ -1,4 +1,4 @@
-"""The retry stage (SPEC section 7): send a request again when that is safe and likely to help.
+"""The retry stage (docs/configuration.md): send a request again when that is safe and likely to help.
 
 Placed before the circuit breaker and the rate limit, so every attempt asks the breaker, takes its own
 rate-limit turn and obeys a vendor pause. The policy (``gateway.features.retry.policy``): requests safe to

@@ -783,7 +783,7 @@ def test_explain_without_rules() -> None:
 
 
 def test_created_intermediates_are_objects_even_for_numeric_steps() -> None:
-    # SPEC: "intermediate objects are created"; an array is only ever written into, never invented.
+    # docs/transforms.md: "intermediate objects are created"; an array is only ever written into, never invented.
     assert run('[[map]]\nto = "/locales/0"\nconst = "en"', {}) == {"locales": {"0": "en"}}
 
 
