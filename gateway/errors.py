@@ -3,6 +3,8 @@
 Each class that sets its own ``slug`` is one problem type: its ``type`` is ``/_gateway/problems/SLUG``,
 a reference relative to the gateway's own address, where the gateway serves a page made from the
 class's ``title``, ``status`` and docstring (``http/problems.py``). docs/http.md lists the same types.
+Every such class lives here, so ``problem_types()`` sees them all whatever was imported; a feature's
+own subclass (``RateLimited``) may add fields but not a type.
 
 The tree::
 
@@ -11,6 +13,7 @@ The tree::
     │   ├── SchemaViolation          400     request body fails the route's JSON Schema (adds ``errors``)
     │   └── BadIdempotencyKey        400     Idempotency-Key missing where required, or malformed
     ├── Unauthorized                 401     missing or unknown gateway key
+    ├── SignatureRejected            401     a webhook's signature or timestamp is not accepted
     ├── Forbidden                    403     key not allowed this vendor, method or path
     ├── NotFound                     404     unknown vendor, or a route the vendor does not expose
     ├── MethodNotAllowed             405     a gateway endpoint asked with a method it does not answer
@@ -124,6 +127,17 @@ class Unauthorized(GatewayError):
     status = 401
     slug = "unauthorized"
     title = "Missing or unknown gateway key"
+
+
+class SignatureRejected(GatewayError):
+    """``POST /_webhooks/NAME``: the request's signature is missing or matches none of the webhook's
+    secrets, or its signed timestamp is further from now than ``verify.tolerance_seconds`` (a replay).
+    Nothing is published, and the body is not logged. The vendor must sign with the secret configured
+    for this webhook."""
+
+    status = 401
+    slug = "webhook-signature"
+    title = "Webhook signature not accepted"
 
 
 class Forbidden(GatewayError):

@@ -41,6 +41,17 @@ def test_a_subclass_without_its_own_type_keeps_its_types_title_and_status() -> N
         )
 
 
+def test_every_problem_type_is_defined_in_gateway_errors() -> None:
+    """problem_types() finds the subclasses Python knows of; a type defined in a feature module would
+    have no page (and no row in docs/http.md) in a process that never imported that module."""
+    elsewhere = [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in every_error_class()
+        if "slug" in cls.__dict__ and cls.__module__ != "gateway.errors"
+    ]
+    assert elsewhere == [], "move these to gateway/errors.py (and document them in docs/http.md)"
+
+
 def test_every_problem_type_has_a_description() -> None:
     for cls in problem_types():
         assert cls.__doc__ and len(cls.__doc__.split()) >= 8, f"{cls.__name__} has no docstring to show"

@@ -1,4 +1,4 @@
-"""Webhook signatures, one function per scheme (SPEC section 18), each as its vendor documents it.
+"""Webhook signatures, one function per scheme (docs/configuration.md), each as its vendor documents it.
 
 - ``stripe``: ``Stripe-Signature: t=TIMESTAMP,v1=HEX[,v1=HEX...]``, HMAC-SHA256 of ``TIMESTAMP.BODY``
   with the endpoint secret as given (``whsec_...``); any ``v1`` may match (Stripe sends one per active
@@ -25,15 +25,9 @@ from collections.abc import Iterable, Mapping
 
 from ...config.loader import standard_webhook_key
 from ...config.model import Secret, WebhookVerify
-from ...errors import GatewayError
+from ...errors import SignatureRejected
 
-
-class SignatureRejected(GatewayError):
-    """401: a missing or wrong signature, or a timestamp outside the tolerance."""
-
-    status = 401
-    slug = "webhook-signature"
-    title = "Webhook signature not accepted"
+__all__ = ["SignatureRejected", "verify"]
 
 
 def _digest(key: bytes, *parts: bytes) -> bytes:
