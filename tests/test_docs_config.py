@@ -33,7 +33,7 @@ from yarl import URL
 
 from gateway.config import Secret, load_config
 from gateway.config import model as config_model
-from gateway.config.model import AllowRule, Config, Listen
+from gateway.config.model import AllowRule, Config, EventField, Listen
 from gateway.http.app import RESTART_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,13 @@ KEYS: dict[tuple[str, str], tuple[str, ...]] = {
     ("Auth", "secret"): ("token", "value", "password"),  # by auth type
     ("VersionPin", "kind"): ("header", "query", "path_prefix"),  # the key given is the kind
     ("Vendor", "name"): ("vendor",),  # [vendors.NAME] is named by the routes file's `vendor`
+    ("Faults", "abort_percent"): ("abort.percent",),  # faults = { abort = { percent, status }, ... }
+    ("Faults", "abort_status"): ("abort.status",),
+    ("Faults", "delay_percent"): ("delay.percent",),
+    ("Faults", "delay_seconds"): ("delay.seconds",),
+    ("Faults", "reset_percent"): ("reset.percent",),
+    ("WebhookVerify", "secrets"): ("secret",),  # one reference, or a list of them
+    ("Publish", "subject"): ("subject", "stream"),  # by bus: a NATS subject or a Redis stream
 }
 # Model fields that are not keys: derived at load, or the name of the table itself.
 NOT_KEYS = {
@@ -54,9 +61,10 @@ NOT_KEYS = {
     ("Route", "source"),  # the file and [[route]] index, for messages
     ("VersionPin", "name"),  # the value of `header` or `query`
     ("VersionPin", "segments"),  # compiled from path_prefix
+    ("Webhook", "name"),  # [webhooks.NAME]
 }
 # Model classes whose TOML form is one string, not a table.
-SCALARS: set[type] = {Listen, AllowRule}
+SCALARS: set[type] = {Listen, AllowRule, EventField}
 # Fields with a plain dataclass default that the reference rightly gives in words.
 PROSE_DEFAULTS = {
     ("Vendor", "max_body_bytes"): "[gateway] max_body_bytes",
@@ -65,6 +73,7 @@ PROSE_DEFAULTS = {
     ("Auth", "username"): "required by the type that uses it",
     ("OAuth2ClientCredentials", "type"): "documented with Auth.type",
     ("Client", "allow"): "required by the loader",
+    ("WebhookVerify", "header"): "required by the scheme that uses it",
 }
 RELOAD_VALUES = {"reload", "restart", "new connections"}
 

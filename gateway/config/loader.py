@@ -568,7 +568,7 @@ def _parse_circuit(t: _Table) -> Circuit:
 
 def _parse_faults(t: _Table) -> Faults:
     """``faults = { abort = { percent, status }, delay = { percent, seconds }, reset = { percent },
-    header_control }`` (SPEC section 19)."""
+    header_control }`` (docs/configuration.md)."""
     values: dict[str, Any] = {}
     for kind in ("abort", "delay", "reset"):
         if (kt := t.table(kind)) is None:
@@ -1414,7 +1414,7 @@ def _check_examples(vendor: Vendor, problems: list[Problem]) -> None:
             problems.append(Problem(file, f"{where}.examples[{i}]", message))
 
 
-# -- [bus] and [webhooks.NAME] (SPEC section 18) ------------------------------------------------------
+# -- [bus] and [webhooks.NAME] (docs/configuration.md) -------------------------------------------------------
 
 _NATS_STREAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WEBHOOK_PLACEHOLDERS = ("type", "id", "webhook")

@@ -49,8 +49,8 @@ DEFAULT_DELIVERY_WORKERS = 8
 DEFAULT_DELIVERY_MAX_ATTEMPTS = 10
 DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS = 30.0
 DEFAULT_DELIVERY_KEEP_SECONDS = 86_400.0
-DEFAULT_FAULT_ABORT_STATUS = 503  # fault injection (SPEC section 19): what an injected abort answers
-# Alerts (SPEC section 16).
+DEFAULT_FAULT_ABORT_STATUS = 503  # fault injection (docs/configuration.md): what an injected abort answers
+# Alerts (docs/configuration.md).
 DEFAULT_ALERT_EVALUATE_SECONDS = 5.0
 DEFAULT_ALERT_WINDOW_SECONDS = 60.0
 DEFAULT_ALERT_FOR_SECONDS = 0.0
@@ -343,14 +343,14 @@ class DeliverySettings:
     max_attempts: int = DEFAULT_DELIVERY_MAX_ATTEMPTS
     claim_after_seconds: float = DEFAULT_DELIVERY_CLAIM_AFTER_SECONDS
     keep_seconds: float = DEFAULT_DELIVERY_KEEP_SECONDS
-    # Each delivery that ends delivered or dead is published here, as its status JSON (SPEC section 18).
+    # Each delivery that ends delivered or dead is published here, as its status JSON (docs/configuration.md).
     publish: Publish | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Faults:
     """``faults = {...}`` on a vendor, or on a route (which then replaces the vendor's): injected faults
-    for chaos tests (SPEC section 19), each drawn per vendor call (per attempt) and independently.
+    for chaos tests (docs/configuration.md), each drawn per vendor call (per attempt) and independently.
 
     ``delay_percent`` of calls wait ``delay_seconds`` first (as a slow vendor: the wait counts against
     the vendor's timeout); then ``abort_percent`` are answered with ``abort_status`` as if the vendor
@@ -484,7 +484,7 @@ class TracingSettings:
     service_name: str = "egress-gateway"
 
 
-# -- Webhooks in, events out (SPEC section 18) -------------------------------------------------------
+# -- Webhooks in, events out (docs/configuration.md) ---------------------------------------------------------
 
 DEFAULT_WEBHOOK_TOLERANCE_SECONDS = 300.0
 DEFAULT_WEBHOOK_DEDUPE_SECONDS = 259_200.0  # 72 h: longer than the vendors' own retry schedules

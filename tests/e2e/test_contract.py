@@ -1,4 +1,4 @@
-"""``gateway contract check`` end to end (SPEC section 19): the real command in its own process, against
+"""``gateway contract check`` end to end (docs/operations.md): the real command in its own process, against
 the sandbox vendor (the shipped config, routes, schemas and examples, pointed at a sandbox on a free
 port) and against a local vendor whose answers drifted from its schemas."""
 

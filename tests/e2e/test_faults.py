@@ -1,4 +1,4 @@
-"""Fault injection (SPEC section 19) end to end: the gateway in this process on a real socket, a real
+"""Fault injection (docs/configuration.md) end to end: the gateway in this process on a real socket, a real
 local vendor that records every call. Shares are measured over 1,000 requests and held to exact
 binomial bounds (tests/binomial.py); injected faults go through retries and the breaker like the
 vendor's own, are marked in the access record and counted in /_gateway/metrics."""

@@ -1,4 +1,4 @@
-"""Webhooks in, events out (SPEC section 18), end to end: signed vendor requests over real sockets to
+"""Webhooks in, events out (docs/http.md), end to end: signed vendor requests over real sockets to
 the gateway, a private nats-server with JetStream (and a private redis-server) as the bus, and
 subscribers with nats-py proving what arrived and how often.
 

@@ -1,4 +1,4 @@
-"""A route's ``examples`` (SPEC section 19): loaded and checked with the config, every problem naming its
+"""A route's ``examples`` (docs/configuration.md): loaded and checked with the config, every problem naming its
 file and key, and each example must reach the route that lists it."""
 
 from __future__ import annotations

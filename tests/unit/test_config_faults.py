@@ -1,4 +1,4 @@
-"""Config for fault injection (SPEC section 19): off unless present, values, every problem with its file
+"""Config for fault injection (docs/configuration.md): off unless present, values, every problem with its file
 and key, the warning ``gateway check`` prints, and the caller's X-Gateway-Fault header."""
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ faults = { abort = { percent = 60 }, reset = { percent = 50 } }
         "vendors.sandbox.faults.delay.percent: must not be negative, not -1",
         "vendors.sandbox.faults.delay.seconds: is required",
         "vendors.sandbox.faults.reset.percent: must be a number, not a string",
-        "vendors.sandbox.faults.reset.extra: unknown key",
+        "vendors.sandbox.faults.reset.extra: unknown key; expected one of percent",
         "vendors.sandbox.faults.header_control: must be true or false, not a string",
-        "vendors.sandbox.faults.typo: unknown key",
+        "vendors.sandbox.faults.typo: unknown key; expected one of abort, delay, header_control, reset",
         "vendors.other.faults.reset.percent: abort and reset exclude each other, so their percents add up "
         "to at most 100, not 60 + 50",
     ]

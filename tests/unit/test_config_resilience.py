@@ -119,7 +119,7 @@ def test_every_problem_is_named_with_its_key_path(write_config: Callable[..., Pa
     expected = [
         "delivery.workers: must be at least 1, not 0",
         "delivery.claim_after_seconds: must be greater than 0, not -1",
-        "delivery.sideways: unknown key; expected one of claim_after_seconds, keep_seconds, max_attempts, workers",
+        "delivery.sideways: unknown key; expected one of claim_after_seconds, keep_seconds, max_attempts, publish, workers",
         "vendors.stripe.retry.attempts: must be at least 1, not 0",
         "vendors.stripe.retry.max_delay_seconds: must be at least base_delay_seconds (2), not 1",
         "vendors.stripe.retry.retry_on[1]: must be a 4xx or 5xx status code, not 200",

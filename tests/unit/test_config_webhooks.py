@@ -1,4 +1,4 @@
-"""Config for webhooks and the bus (SPEC section 18): defaults per scheme, values, and every problem
+"""Config for webhooks and the bus (docs/configuration.md): defaults per scheme, values, and every problem
 with its file and key path."""
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ def test_every_problem_is_named(write_config: Callable[..., Path]) -> None:
         f'{name}: webhooks.c.event_id: "id" is not a JSON Pointer: it must be "" or start with "/"; or "header:NAME" for a request header',
         f'{name}: webhooks.c.publish.stream: is not used with bus = "nats" (it takes subject)',
         f"{name}: webhooks.c.publish.subject: 'a..b' has an empty token (a leading, trailing or doubled '.')",
-        f"{name}: webhooks.c.typo: unknown key",
+        f"{name}: webhooks.c.typo: unknown key; expected one of dedupe_seconds, event_id, event_type, publish, "
+        "request_schema, request_transform, verify",
         f"{name}: webhooks.d.verify.header: only scheme = \"hmac-sha256\" takes header (scheme 'github' fixes it)",
         f"{name}: webhooks.e.verify: is required",
         f'{name}: webhooks.d.publish.bus: is "nats" but [bus] has no nats_url',

@@ -1,5 +1,5 @@
 """``gateway contract check``: each route's examples sent through the pipeline to the vendor, and the
-vendor's answers judged against the route's response schema (SPEC section 19).
+vendor's answers judged against the route's response schema (docs/operations.md).
 
 The examples go through the route's own pipeline (idempotency, request schema and transform, retries,
 the breaker, rate limits, credentials, the pinned version) built from the config as given, with four

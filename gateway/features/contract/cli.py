@@ -1,4 +1,4 @@
-"""``gateway contract check|verify``: the operator's commands for contract checks (SPEC sections 1, 19).
+"""``gateway contract check|verify``: the operator's commands for contract checks (docs/operations.md).
 
 ``check`` sends the examples to the vendors (``--record DIR`` also keeps their answers); ``verify``
 judges answers kept in ``--fixtures DIR`` again, offline, against the schemas as they are now.

@@ -1,4 +1,4 @@
-"""Delivery events (SPEC section 18): with ``[delivery] publish``, each delivery that ends ``delivered``
+"""Delivery events (docs/configuration.md): with ``[delivery] publish``, each delivery that ends ``delivered``
 or ``dead`` is published to the bus as its status JSON (what ``GET /_gateway/deliveries/ID`` shows),
 so services subscribe instead of polling.
 

@@ -1,2 +1,2 @@
-"""Fault injection for chaos tests (SPEC section 19): what to inject and the counts (policy.py), and the
+"""Fault injection for chaos tests (docs/configuration.md): what to inject and the counts (policy.py), and the
 stage that injects it right before the forwarder (stage.py)."""

@@ -1,4 +1,4 @@
-"""``POST /_webhooks/NAME`` (SPEC section 18): a vendor's webhook in, an event on the bus out.
+"""``POST /_webhooks/NAME`` (docs/http.md): a vendor's webhook in, an event on the bus out.
 
 In order, each step refusing with problem+json:
 
