@@ -12,7 +12,8 @@ Each fenced block of the README may carry a marker, an HTML comment on the line 
     -->``: exit 1) and print what its comment lines show (below).
 ``<!-- run: background -->``
     a command that keeps running ("in a second terminal"): started, left running until the end, and
-    waited for until it logs its ``started`` event.
+    waited for until it logs its ``started`` event (``background PORT``: until 127.0.0.1:PORT accepts
+    connections, for a server that is not the gateway).
 ``<!-- run: install -->``
     the virtualenv install. Installing every dependency takes half a minute or more, so this one is not
     run: the runner checks the block says ``INSTALL`` and makes ``.venv/bin/gateway`` and
@@ -24,6 +25,10 @@ Each fenced block of the README may carry a marker, an HTML comment on the line 
 ``<!-- norun: REASON -->``
     not run, for the reason given (it needs Docker, Kubernetes, Redis, root ...).
 
+Options combine with commas: ``<!-- run: background 4222, needs=nats-server -->``. ``needs=CMD``: the
+block needs that program; where it is not installed the block is skipped and said so (under
+``CI=true`` that fails instead, as the suite's other tests do).
+
 Every ``sh`` block needs a ``run`` or a ``norun`` marker, so a new example is never silently untested.
 
 Expected output: in a run block, the comment lines that directly follow a command (no blank line
@@ -34,6 +39,8 @@ line, or at the end of a command line) are prose.
 
 Each block runs in a new shell: a variable exported in one block is gone in the next (the README keeps
 what later blocks need in files). Commands reach the gateway directly (``NO_PROXY`` for 127.0.0.1).
+With ``--isolate`` (inside ``unshare -rnm``, as the test runs it) the loopback interface is brought
+up and ``/tmp`` is a private tmpfs, so what the README keeps in /tmp meets no other run.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,7 +64,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -q -e ."
 SHELL_LANGS = {"sh", "bash", "shell", "console"}
-PORTS = (8080, 8081, 8090)  # the README's: the gateway, the sandbox, the callers example
+# The README's ports: the gateway, the sandbox, the callers example, the chaos gateway, the webhooks
+# gateway, NATS.
+PORTS = (8080, 8081, 8088, 8090, 8091, 4222)
 BLOCK_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 20.0
@@ -77,6 +87,22 @@ class Block:
     @property
     def where(self) -> str:
         return f"README.md:{self.line}"
+
+    def option(self, name: str) -> str | None:
+        """The value of option ``name`` (``needs=nats-server``: "nats-server"; ``background 4222``:
+        "4222"; a bare ``background``: ""), None when the marker does not have it."""
+        for part in self.options.split(","):
+            word, _, value = part.strip().partition("=")
+            head, _, rest = word.partition(" ")
+            if head == name:
+                return value or rest
+        return None
+
+    @property
+    def action(self) -> str:
+        """The first option's word: "", "background", "install", "status", "append" or "needs"."""
+        first = self.options.split(",")[0].strip()
+        return first.partition(" ")[0].partition("=")[0]
 
 
 class ReadmeError(Exception):
@@ -122,13 +148,16 @@ def check_markers(blocks: list[Block]) -> list[str]:
             if not block.options:
                 problems.append(f"{block.where}: <!-- norun: ... --> needs the reason")
             continue
-        option = block.options
+        parts = [part.strip() for part in block.options.split(",")]
+        first, rest = parts[0], parts[1:]
+        if any(not re.fullmatch(r"needs=[\w.-]+", part) for part in rest):
+            problems.append(f"{block.where}: unknown run options {rest!r}")
         if block.lang in SHELL_LANGS:
-            if option not in ("", "background", "install") and not re.fullmatch(r"status=\d+", option):
-                problems.append(f"{block.where}: unknown run option {option!r}")
-            if option == "install" and block.text.strip() != INSTALL:
+            if not re.fullmatch(r"|background( \d+)?|install|status=\d+|needs=[\w.-]+", first):
+                problems.append(f"{block.where}: unknown run option {first!r}")
+            if first == "install" and block.text.strip() != INSTALL:
                 problems.append(f"{block.where}: the install block must read {INSTALL!r}")
-        elif not re.fullmatch(r"append \S+", option):
+        elif not re.fullmatch(r"append \S+", first):
             problems.append(
                 f"{block.where}: a {block.lang or 'plain'} block can only be run as 'append FILE'"
             )
@@ -212,9 +241,15 @@ class Runner:
         for block in blocks:
             if block.marker != "run":
                 continue
-            if block.lang in SHELL_LANGS and block.options == "install":
+            needs = block.option("needs")
+            if needs and shutil.which(needs) is None:
+                if os.environ.get("CI", "").lower() == "true":
+                    raise ReadmeError(f"{block.where}: needs {needs}, which is not installed")
+                self.say(f"{block.where}: SKIPPED: needs {needs}, which is not installed")
+                continue
+            if block.lang in SHELL_LANGS and block.action == "install":
                 self.install()
-            elif block.lang in SHELL_LANGS and block.options == "background":
+            elif block.lang in SHELL_LANGS and block.action == "background":
                 self.start(block)
             elif block.lang in SHELL_LANGS:
                 self.foreground(block)
@@ -230,14 +265,12 @@ class Runner:
     def install(self) -> None:
         venv = self.root / ".venv" / "bin"
         venv.mkdir(parents=True)
-        (venv / "python").symlink_to(sys.executable)
-        gateway = venv / "gateway"
-        gateway.write_text(
-            f'#!/bin/sh\nPYTHONPATH="{self.root}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" '
-            '-m gateway "$@"\n'
-        )
-        gateway.chmod(0o755)
-        self.say(f"install: .venv/bin/gateway runs this copy with {sys.executable}")
+        path = f'PYTHONPATH="{self.root}${{PYTHONPATH:+:$PYTHONPATH}}"'
+        for name, command in (("python", ""), ("gateway", "-m gateway ")):
+            script = venv / name
+            script.write_text(f'#!/bin/sh\n{path} exec "{sys.executable}" {command}"$@"\n')
+            script.chmod(0o755)
+        self.say(f"install: .venv/bin/gateway and .venv/bin/python run this copy with {sys.executable}")
 
     def start(self, block: Block) -> None:
         log = self.root.parent / f"background-{block.line}.log"
@@ -254,7 +287,15 @@ class Runner:
         bg = Background(block, process, log, config.group(1) if config else "config.toml")
         self.background.append(bg)
         deadline = time.monotonic() + START_TIMEOUT
-        while not any(r.get("event") == "started" for r in bg.records()):
+        port = block.option("background")
+
+        def up() -> bool:
+            if not port:
+                return any(r.get("event") == "started" for r in bg.records())
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", int(port))) == 0
+
+        while not up():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise ReadmeError(
                     f"{block.where}: did not start (exit {process.poll()}):\n{block.text}\n"
@@ -264,7 +305,7 @@ class Runner:
         self.say(f"{block.where}: started in the background: {block.text.strip()}")
 
     def foreground(self, block: Block) -> None:
-        status = int(block.options.partition("=")[2]) if block.options.startswith("status=") else 0
+        status = int(block.option("status") or 0)
         started = time.monotonic()
         try:
             result = subprocess.run(
@@ -288,7 +329,7 @@ class Runner:
         self.say(f"{block.where}: ok ({time.monotonic() - started:.1f}s)")
 
     def append(self, block: Block) -> None:
-        file = block.options.partition(" ")[2]
+        file = block.option("append") or ""
         target = self.root / file
         if not target.is_file():
             raise ReadmeError(f"{block.where}: {file} does not exist to append to")
@@ -342,14 +383,24 @@ def main(argv: list[str] | None = None) -> int:
         "--ports",
         help="OLD=NEW,... : use other ports than the README's (when 8080, 8081, 8090 are taken here)",
     )
-    parser.add_argument("--loopback-up", action="store_true", help="bring lo up first (in a new netns)")
+    parser.add_argument(
+        "--isolate", action="store_true", help="in a new network and mount namespace: lo up, /tmp private"
+    )
     args = parser.parse_args(argv)
-    if args.loopback_up:
+    if args.isolate:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/tmp"], capture_output=True)
+        if mounted.returncode != 0:
+            print(f"/tmp stays shared: {mounted.stderr.decode().strip()}", file=sys.stderr)
     text = README.read_text()
     ports = dict(pair.split("=") for pair in args.ports.split(",")) if args.ports else {}
-    for old, new in ports.items():
-        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+
+    def move_ports(content: str) -> str:
+        for old, new in ports.items():
+            content = re.sub(rf"\b{old}\b", new, content)
+        return content
+
+    text = move_ports(text)
     blocks = parse(text)
     if problems := check_markers(blocks):
         print("\n".join(problems), file=sys.stderr)
@@ -358,9 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp) / "repo"
         root.mkdir()
         copy_repository(ROOT, root)
-        for old, new in ports.items():
-            config = root / "config.toml"
-            config.write_text(config.read_text().replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}"))
+        config = root / "config.toml"
+        config.write_text(move_ports(config.read_text()))
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
