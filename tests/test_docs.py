@@ -67,7 +67,7 @@ def test_every_link_resolves_inside_the_repository(page: Path) -> None:
 
 
 # What a clone of the repository does not have: the contract and design notes it was built from.
-OUTSIDE = re.compile(r"\.\./shared/|\b(SPEC|DESIGN)\.md\b|\bSPEC( sections?\b| leaves\b|:)")
+OUTSIDE = re.compile(r"\.\./shared/|\b(SPEC|DESIGN)\.md\b|\bSPEC( sections?\b| leaves\b|:| \d)")
 
 
 def repository_files() -> list[Path]:

@@ -12,7 +12,9 @@ fields, ``X | None``, ``Mapping[str, X]`` and ``tuple[X, ...]``) and checks, for
   class); a field with a plain default needs a literal, except those in PROSE_DEFAULTS;
 - a string key with fixed choices (``Literal``) lists every choice in its row;
 - the type column names the field's type (integer, number, boolean, string, ...);
-- the reload column says "restart" exactly for the keys in ``gateway.http.app.RESTART_KEYS``.
+- the reload column says "restart" exactly for the keys in ``gateway.http.app.RESTART_KEYS`` (below
+  a key of ``RESTART_PART``, where only part of a change needs a restart, "reload": the page says
+  which part).
 
 Field names are TOML keys except where KEYS maps them; NOT_KEYS are fields no file spells.
 """
@@ -33,8 +35,8 @@ from yarl import URL
 
 from gateway.config import Secret, load_config
 from gateway.config import model as config_model
-from gateway.config.model import AllowRule, Config, EventField, Listen
-from gateway.http.app import RESTART_KEYS
+from gateway.config.model import AllowRule, CertSubject, Config, EventField, Listen
+from gateway.http.app import RESTART_KEYS, RESTART_PART
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "configuration.md"
@@ -51,6 +53,8 @@ KEYS: dict[tuple[str, str], tuple[str, ...]] = {
     ("Faults", "reset_percent"): ("reset.percent",),
     ("WebhookVerify", "secrets"): ("secret",),  # one reference, or a list of them
     ("Publish", "subject"): ("subject", "stream"),  # by bus: a NATS subject or a Redis stream
+    ("Vault", "role_id"): ("approle.role_id",),  # approle = { role_id, secret_id }
+    ("Vault", "secret_id"): ("approle.secret_id",),
 }
 # Model fields that are not keys: derived at load, or the name of the table itself.
 NOT_KEYS = {
@@ -62,9 +66,10 @@ NOT_KEYS = {
     ("VersionPin", "name"),  # the value of `header` or `query`
     ("VersionPin", "segments"),  # compiled from path_prefix
     ("Webhook", "name"),  # [webhooks.NAME]
+    ("SecretsSettings", "managed"),  # every aws-sm: and vault: reference the config uses
 }
 # Model classes whose TOML form is one string, not a table.
-SCALARS: set[type] = {Listen, AllowRule, EventField}
+SCALARS: set[type] = {Listen, AllowRule, EventField, CertSubject}
 # Fields with a plain dataclass default that the reference rightly gives in words.
 PROSE_DEFAULTS = {
     ("Vendor", "max_body_bytes"): "[gateway] max_body_bytes",
@@ -341,7 +346,9 @@ def test_documented_defaults_choices_types_and_reload(name: str, loaded: tuple[d
         # Reload.
         assert row.reload in RELOAD_VALUES, f"{where}: reload is one of {sorted(RELOAD_VALUES)}"
         paths = [f"{path}.{field.name}" if path else field.name for path in entry.paths]
-        restart = any(p == k or p.startswith(k + ".") for p in paths for k in RESTART_KEYS)
+        restart = any(
+            p == k or p.startswith(k + ".") for p in paths for k in RESTART_KEYS if k not in RESTART_PART
+        )
         assert (row.reload == "restart") == restart, (
             f"{where}: reload says {row.reload!r}, but RESTART_KEYS {'has' if restart else 'lacks'} it"
         )

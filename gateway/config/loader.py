@@ -130,7 +130,8 @@ class _Table:
         value = self._typed(name, (str,), "a string", default)
         if isinstance(value, str) and value is not default:
             if choices and value not in choices:
-                close = difflib.get_close_matches(value, choices, n=1)
+                # A stricter cutoff than for keys: short values ("1.1" against "1.3") are no typos.
+                close = difflib.get_close_matches(value, choices, n=1, cutoff=0.75)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 self.problem(
                     name, f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}{hint}"

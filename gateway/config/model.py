@@ -136,7 +136,7 @@ TLS_VERSIONS = ("1.2", "1.3")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tls:
-    """A vendor's ``tls = {...}`` (SPEC section 17): how its certificate is checked (``verify``, against
+    """A vendor's ``tls = {...}`` (docs/configuration.md): how its certificate is checked (``verify``, against
     ``ca_file`` instead of the system's CAs when given), the client certificate the gateway presents
     (``cert_file`` and ``key_file``, for vendors that demand mTLS) and the oldest TLS version accepted."""
 

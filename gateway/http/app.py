@@ -353,7 +353,7 @@ class Gateway:
         return json_answer(data, headers={"Cache-Control": "no-store"})
 
     async def alerts(self, request: ServerRequest, _: str) -> Answer:
-        """The firing alerts (SPEC section 16), each as its webhook notice."""
+        """The firing alerts (docs/operations.md), each as its webhook notice."""
         return json_answer({"alerts": self.services.alerts.firing()}, headers={"Cache-Control": "no-store"})
 
     async def delivery(self, request: ServerRequest, delivery_id: str) -> Answer:

@@ -1,4 +1,4 @@
-"""HTTPS on the listener (``[gateway] tls``, SPEC section 17): the server's ``ssl.SSLContext`` and the
+"""HTTPS on the listener (``[gateway] tls``, docs/configuration.md): the server's ``ssl.SSLContext`` and the
 subject of the certificate a caller presented.
 
 - TLS 1.2 or later, ALPN ``http/1.1`` (the server speaks HTTP/1.1 only); with ``client_ca_file``

@@ -1,4 +1,4 @@
-"""Alerts (SPEC section 16): ``[[alerts.rule]]`` evaluated on the in-memory history, per vendor.
+"""Alerts (docs/operations.md): ``[[alerts.rule]]`` evaluated on the in-memory history, per vendor.
 
 Each (rule, vendor) pair is one alert, in one of three states. "ok": the condition does not hold.
 "pending": it holds, for less than the rule's ``for_seconds`` so far. "firing": it has held that long
@@ -61,7 +61,7 @@ class Alert:
     value: float = 0.0  # as of the last evaluation
 
     def notice(self, status: str, gateway: str) -> Notice:
-        """The webhook body of SPEC section 16."""
+        """The webhook body (docs/operations.md)."""
         return {
             "status": status,
             "alert": self.rule.name,

@@ -186,7 +186,7 @@ class Pool:
         if endpoint.ssl:
             if self._verified is None:
                 self._verified = ssl.create_default_context()
-                self._verified.minimum_version = ssl.TLSVersion.TLSv1_2  # SPEC 17: never older
+                self._verified.minimum_version = ssl.TLSVersion.TLSv1_2  # docs/configuration.md: never older
                 self._verified.set_alpn_protocols(("http/1.1",))
             return self._verified
         if self._unverified is None:

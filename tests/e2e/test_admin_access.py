@@ -1,4 +1,4 @@
-"""Who may use ``/_gateway/*`` (SPEC section 17): health and ready answer everyone; the rest needs
+"""Who may use ``/_gateway/*`` (docs/http.md): health and ready answer everyone; the rest needs
 ``[gateway] admin_key`` once it is set, is closed (403 naming admin_key) with ``[clients]`` and no
 admin key, and stays open for a loopback sidecar with neither; a client reads its own deliveries."""
 

@@ -1,4 +1,4 @@
-"""Alerts end to end (SPEC section 16): the sandbox's flaky endpoint through the gateway fires an
+"""Alerts end to end (docs/operations.md): the sandbox's flaky endpoint through the gateway fires an
 error-ratio alert, a real local webhook gets the firing and the resolved notice, the metric flips 1
 then 0, and ``/_gateway/alerts`` lists it while it fires. The monitor runs on a ManualClock, moved one
 second per tick, so the window and ``for_seconds`` are exact however loaded the machine is; traffic,

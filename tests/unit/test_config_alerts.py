@@ -1,4 +1,4 @@
-"""``[alerts]`` (SPEC section 16): the rules load into typed objects with their defaults, and every
+"""``[alerts]`` (docs/configuration.md): the rules load into typed objects with their defaults, and every
 mistake is named with its file and key, by ``load_config`` and by ``gateway check``."""
 
 from __future__ import annotations

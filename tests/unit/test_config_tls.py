@@ -172,7 +172,7 @@ def test_bad_listener_tls_and_subjects_are_problems(
     base = str(tmp_path)
     assert found == [
         f"config.toml: gateway.tls.client_ca_file: file not found: {base}/none.pem",
-        "config.toml: gateway.tls.port: unknown key",
+        "config.toml: gateway.tls.port: unknown key; expected one of cert_file, client_ca_file, key_file",
         f"config.toml: gateway.tls.cert_file: cannot use {base}/one.pem with {base}/two.key: the key does not "
         "belong to the certificate",
         "config.toml: clients.billing.cert_subject: needs [gateway] tls with client_ca_file: only then do "
@@ -191,7 +191,9 @@ def test_bad_listener_tls_and_subjects_are_problems(
         )
     )
     assert found == [
-        "config.toml: gateway.x: unknown key",
+        "config.toml: gateway.x: unknown key; expected one of admin_key, body_timeout_seconds, "
+        "header_timeout_seconds, keepalive_timeout_seconds, listen, max_body_bytes, max_connections, "
+        "max_header_bytes, max_url_bytes, routes_dir, shutdown_timeout_seconds, store, tls, transforms_dir",
         "config.toml: clients.b.cert_subject: cannot be told apart from clients.a.cert_subject ('CN=billing'): "
         "a certificate could match both",
         "config.toml: clients.c.cert_subject: must be ATTRIBUTE=value pairs separated by commas, like "

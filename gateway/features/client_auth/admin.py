@@ -1,4 +1,4 @@
-"""Who may use the gateway's own endpoints (``/_gateway/*``, SPEC section 17).
+"""Who may use the gateway's own endpoints (``/_gateway/*``, docs/http.md).
 
 ``health`` and ``ready`` answer everyone (probes), and so does ``problems/`` (what each problem
 type means: every caller's problem points there). Every other endpoint, and any added later, is
