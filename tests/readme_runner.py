@@ -65,8 +65,8 @@ README = ROOT / "README.md"
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -q -e ."
 SHELL_LANGS = {"sh", "bash", "shell", "console"}
 # The README's ports: the gateway, the sandbox, the callers example, the chaos gateway, the webhooks
-# gateway, NATS.
-PORTS = (8080, 8081, 8088, 8090, 8091, 4222)
+# gateway, the admin-key gateway, the HTTPS gateway, NATS, moto (AWS Secrets Manager).
+PORTS = (8080, 8081, 8088, 8090, 8091, 8092, 8443, 4222, 4566)
 BLOCK_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 20.0
@@ -210,7 +210,7 @@ class Background:
     block: Block
     process: subprocess.Popen[bytes]
     log: Path
-    config: str  # the --config it reads (relative to the root)
+    config: str | None  # the --config it reads (relative to the root); None: not a gateway
     reloads_seen: int = 0
 
     def records(self) -> list[dict[str, object]]:
@@ -223,7 +223,14 @@ class Background:
         return found
 
     def reads(self, file: str) -> bool:
-        return file == self.config or file.startswith(("routes/", "transforms/"))
+        """Whether FILE is this gateway's config, or in the routes/ or transforms/ beside it."""
+        if self.config is None:
+            return False
+        folder = Path(self.config).parent
+        path = Path(file)
+        return path == Path(self.config) or any(
+            (folder / name) in path.parents for name in ("routes", "transforms")
+        )
 
 
 @dataclass
@@ -266,11 +273,21 @@ class Runner:
         venv = self.root / ".venv" / "bin"
         venv.mkdir(parents=True)
         path = f'PYTHONPATH="{self.root}${{PYTHONPATH:+:$PYTHONPATH}}"'
+        # The tools the install gives (moto_server, ...), as the interpreter's own environment has them.
+        tools = Path(sys.executable).parent
+        for tool in sorted(tools.iterdir()):
+            if (
+                tool.is_file()
+                and os.access(tool, os.X_OK)
+                and not tool.name.startswith(("python", "gateway"))
+            ):
+                (venv / tool.name).write_text(f'#!/bin/sh\n{path} exec "{tool}" "$@"\n')
+                (venv / tool.name).chmod(0o755)
         for name, command in (("python", ""), ("gateway", "-m gateway ")):
             script = venv / name
             script.write_text(f'#!/bin/sh\n{path} exec "{sys.executable}" {command}"$@"\n')
             script.chmod(0o755)
-        self.say(f"install: .venv/bin/gateway and .venv/bin/python run this copy with {sys.executable}")
+        self.say(f"install: .venv/bin/ runs this copy with {sys.executable} and the tools beside it")
 
     def start(self, block: Block) -> None:
         log = self.root.parent / f"background-{block.line}.log"
@@ -284,7 +301,10 @@ class Runner:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        bg = Background(block, process, log, config.group(1) if config else "config.toml")
+        gateway = "gateway run" in block.text
+        bg = Background(
+            block, process, log, (config.group(1) if config else "config.toml") if gateway else None
+        )
         self.background.append(bg)
         deadline = time.monotonic() + START_TIMEOUT
         port = block.option("background")

@@ -1,10 +1,10 @@
 """The README's examples run as pasted: every shell block is marked run or norun, and the run blocks,
 executed in order in a fresh copy of the repository against the sandbox, print what the README shows.
 
-How blocks are marked and run: ``tests/readme_runner.py``. The run happens in a private network and
-mount namespace (``unshare -rnm``) when the machine allows one, so the README's ports (8080, 8081 ...)
-are free and its /tmp is private whatever else runs here; elsewhere the runner moves those ports to
-free ones.
+How blocks are marked and run: ``tests/readme_runner.py``. The run happens in private network, mount
+and PID namespaces (``unshare -rnmpf``) when the machine allows them, so the README's ports (8080,
+8081 ...) are free and its /tmp is private whatever else runs here, and whatever the examples leave
+running ends with the run; elsewhere the runner moves those ports to free ones.
 """
 
 from __future__ import annotations
@@ -99,7 +99,9 @@ def _netns_works() -> bool:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return False
     probe = subprocess.run(
-        ["unshare", "-rnm", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=10
+        ["unshare", "-rnmpf", "--mount-proc", "ip", "link", "set", "lo", "up"],
+        capture_output=True,
+        timeout=10,
     )
     return probe.returncode == 0
 
@@ -119,7 +121,7 @@ def _free_ports(count: int) -> list[int]:
 def test_the_readme_runs_as_pasted() -> None:
     runner = [sys.executable, str(ROOT / "tests" / "readme_runner.py")]
     if _netns_works():
-        command = ["unshare", "-rnm", *runner, "--isolate"]
+        command = ["unshare", "-rnmpf", "--mount-proc", *runner, "--isolate"]
     else:
         moves = zip(readme_runner.PORTS, _free_ports(len(readme_runner.PORTS)), strict=True)
         command = [*runner, "--ports", ",".join(f"{old}={new}" for old, new in moves)]
