@@ -1,4 +1,4 @@
-"""``gateway run --workers N`` (SPEC section 14): N worker processes on one port, under a supervisor.
+"""``gateway run --workers N`` (docs/operations.md): N worker processes on one port, under a supervisor.
 
 The supervisor forks the workers; each serves the whole gateway on the same port with SO_REUSEPORT
 (``serve(..., reuse_port=True, worker=...)``; the kernel spreads new connections over them) and does

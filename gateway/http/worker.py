@@ -1,4 +1,4 @@
-"""One of several worker processes (``gateway run --workers N``, SPEC section 14): what N workers need
+"""One of several worker processes (``gateway run --workers N``, docs/operations.md): what N workers need
 of the config, and what a worker does besides serving.
 
 The supervisor (``gateway.http.supervisor``) forks the workers; each runs ``serve(..., reuse_port=True,
