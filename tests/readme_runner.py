@@ -65,8 +65,9 @@ README = ROOT / "README.md"
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -q -e ."
 SHELL_LANGS = {"sh", "bash", "shell", "console"}
 # The README's ports: the gateway, the sandbox, the callers example, the chaos gateway, the webhooks
-# gateway, the admin-key gateway, the HTTPS gateway, NATS, moto (AWS Secrets Manager).
-PORTS = (8080, 8081, 8088, 8090, 8091, 8092, 8443, 4222, 4566)
+# gateway, the admin-key gateway, the workers' gateway, the HTTPS gateway, NATS, moto (AWS Secrets
+# Manager), Redis.
+PORTS = (8080, 8081, 8088, 8090, 8091, 8092, 8093, 8443, 4222, 4566, 6390)
 BLOCK_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 20.0
