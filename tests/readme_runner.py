@@ -410,9 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.isolate:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/tmp"], capture_output=True)
-        if mounted.returncode != 0:
-            print(f"/tmp stays shared: {mounted.stderr.decode().strip()}", file=sys.stderr)
+        # A checkout (or its venv) under /tmp would vanish under a private /tmp: then /tmp stays shared.
+        if any(Path(place).resolve().is_relative_to("/tmp") for place in (ROOT, sys.prefix)):
+            print("/tmp stays shared: the repository or its venv lives there", file=sys.stderr)
+        else:
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/tmp"], capture_output=True)
+            if mounted.returncode != 0:
+                print(f"/tmp stays shared: {mounted.stderr.decode().strip()}", file=sys.stderr)
     text = README.read_text()
     ports = dict(pair.split("=") for pair in args.ports.split(",")) if args.ports else {}
 
