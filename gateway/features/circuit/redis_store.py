@@ -113,17 +113,10 @@ class RedisCircuits:
     """``CircuitOps`` over a ``store.redis.RedisConnection``."""
 
     def __init__(self, connection: RedisConnection) -> None:
-        self._redis = connection.redis
-        self._run = connection.run
-        self._circuit_script: Any = None
+        self._circuit_script = connection.script(_CIRCUIT)
 
     async def _circuit(self, vendor: str, args: list[Any]) -> CircuitView:
-        if self._circuit_script is None:
-            self._circuit_script = self._redis.register_script(_CIRCUIT)
-        result = await self._run(
-            "a circuit breaker update", self._circuit_script(keys=[circuit_key(vendor)], args=args)
-        )
-        return _view(result)
+        return _view(await self._circuit_script("a circuit breaker update", [circuit_key(vendor)], args))
 
     async def circuit_report(
         self, vendor: str, settings: CircuitSettings, *, successes: int, failures: int

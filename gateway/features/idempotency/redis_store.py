@@ -86,25 +86,21 @@ class RedisIdempotency:
     def __init__(self, connection: RedisConnection) -> None:
         self._redis = connection.redis
         self._run = connection.run
-        self._claim = self._redis.register_script(_CLAIM)  # EVALSHA, loaded again on NOSCRIPT
-        self._extend = self._redis.register_script(_EXTEND)
-        self._complete = self._redis.register_script(_COMPLETE)
-        self._release = self._redis.register_script(_RELEASE)
+        self._claim = connection.script(_CLAIM)
+        self._extend = connection.script(_EXTEND)
+        self._complete = connection.script(_COMPLETE)
+        self._release = connection.script(_RELEASE)
 
     async def claim(
         self, key: IdempotencyKey, *, fingerprint: str, owner: str, lease_seconds: float
     ) -> Claim:
-        result = await self._run(
-            "a claim", self._claim(keys=[record_key(key)], args=[owner, fingerprint, _ms(lease_seconds)])
-        )
+        result = await self._claim("a claim", [record_key(key)], [owner, fingerprint, _ms(lease_seconds)])
         if result == 1:
             return Claim(True)
         return Claim(False, _record(list(result)))
 
     async def extend(self, key: IdempotencyKey, *, owner: str, lease_seconds: float) -> bool:
-        result = await self._run(
-            "a lease renewal", self._extend(keys=[record_key(key)], args=[owner, _ms(lease_seconds)])
-        )
+        result = await self._extend("a lease renewal", [record_key(key)], [owner, _ms(lease_seconds)])
         return bool(result == 1)
 
     async def complete(
@@ -113,11 +109,11 @@ class RedisIdempotency:
         args: list[Any] = [owner, _ms(ttl_seconds), response.status, orjson.dumps(response.headers)]
         if response.body is not None:
             args.append(response.body)
-        result = await self._run("a completion", self._complete(keys=[record_key(key)], args=args))
+        result = await self._complete("a completion", [record_key(key)], args)
         return bool(result == 1)
 
     async def release(self, key: IdempotencyKey, *, owner: str) -> bool:
-        result = await self._run("a release", self._release(keys=[record_key(key)], args=[owner]))
+        result = await self._release("a release", [record_key(key)], [owner])
         return bool(result == 1)
 
     async def get(self, key: IdempotencyKey) -> IdempotencyRecord | None:

@@ -42,14 +42,13 @@ def _us(seconds: float) -> int:
 
 class RedisRates:
     def __init__(self, connection: RedisConnection) -> None:
-        self._run = connection.run
-        self._rate = connection.redis.register_script(_RATE)
+        self._rate = connection.script(_RATE)
 
     async def take(self, bucket: RateBucket) -> float:
         args = [max(1, _us(bucket.interval_seconds)), _us(bucket.tolerance_seconds), 0]
-        waited = await self._run("a rate-limit slot", self._rate(keys=[rate_key(bucket)], args=args))
+        waited = await self._rate("a rate-limit slot", [rate_key(bucket)], args)
         return int(waited) / 1_000_000
 
     async def pause(self, bucket: RateBucket, seconds: float) -> None:
         args = [max(1, _us(bucket.interval_seconds)), _us(bucket.tolerance_seconds), max(1, _us(seconds))]
-        await self._run("a rate-limit pause", self._rate(keys=[rate_key(bucket)], args=args))
+        await self._rate("a rate-limit pause", [rate_key(bucket)], args)
