@@ -60,6 +60,10 @@ from ..upstream.pool import head_bytes
 from .tls import client_subject
 
 BODY_HIGH_WATER = 256 * 1024  # request-body bytes buffered unread before reading from the socket pauses
+# Connection timers (head, keep-alive, linger) are deadlines the server checks this often, not a timer
+# handle each: arming and cancelling two of those per request cost more than a sweep over every
+# connection. A timeout fires within this much after it is due.
+SWEEP_SECONDS = 0.1
 LINGER_SECONDS = 2.0  # after an answer sent before its request's body was in: how long to read and drop
 ACCEPT_PAUSE_SECONDS = 0.1  # how long accepting pauses when the process is out of file descriptors
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -255,7 +259,9 @@ class HttpConnection(asyncio.Protocol):
         self.must_close = False  # close after the answer in progress (drain, broken framing, timeout)
         self.requests: deque[ServerRequest] = deque()
         self.task: asyncio.Task[None] | None = None  # running the requests in ``requests``
-        self.timer: asyncio.TimerHandle | None = None
+        # The connection's one timer: ``on_deadline`` runs once loop time passes ``deadline`` (Server._sweep).
+        self.deadline = 0.0
+        self.on_deadline: Callable[[], None] | None = None
         self._current: ServerRequest | None = None  # the request whose body the parser is reading
         self._url: list[bytes] = []
         self._url_bytes = 0
@@ -540,7 +546,6 @@ class HttpConnection(asyncio.Protocol):
             request.body.end()
 
     def _head_timed_out(self) -> None:
-        self.timer = None
         if not self._in_head and self.task is None:
             self.close()  # nothing of a request came in: an idle new connection, closed quietly
             return
@@ -549,13 +554,12 @@ class HttpConnection(asyncio.Protocol):
         )
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, callback)
+        self.deadline = self.loop.time() + seconds
+        self.on_deadline = callback
+        self.server.watch()
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.on_deadline = None
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self.closed:
@@ -596,6 +600,31 @@ class Server:
         self._room.set()
         self._date = ""
         self._date_second = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def watch(self) -> None:
+        """A connection armed its timer: make sure the sweep runs."""
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        """Run the callback of every connection whose deadline passed; again while any is armed."""
+        self._sweeper = None
+        now = self.loop.time()
+        armed = False
+        for conn in list(self.connections):
+            callback = conn.on_deadline
+            if callback is None:
+                continue
+            if conn.deadline <= now:
+                conn.on_deadline = None
+                try:
+                    callback()
+                except Exception as exc:  # one connection's failure must not stop the others' timers
+                    self.logger.exception("unhandled_error", exc)
+            armed = armed or conn.on_deadline is not None
+        if armed:
+            self.watch()
 
     def date(self) -> str:
         now = int(time.time())
@@ -708,6 +737,9 @@ class Server:
             await asyncio.gather(*running, return_exceptions=True)
         for conn in list(self.connections):
             conn.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         await asyncio.sleep(0)  # let the transports run their close callbacks
 
 
