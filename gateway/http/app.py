@@ -113,7 +113,8 @@ class Gateway:
         self.workers = DeliveryWorkers(
             self.services, lambda: live.runtime.config, lambda *key: live.runtime.delivery_handler(*key)
         )
-        # The history and the alerts (observability.monitor): one task from start to close.
+        # The history and the alerts (observability.monitor): one task from start to close; with several
+        # workers, serve() has it read the collector's figures, every worker's.
         self.monitor = Monitor(self.services, lambda: live.runtime.config)
         self.admin: dict[str, AdminHandler] = {
             "health": self.health,
@@ -511,7 +512,8 @@ async def serve(
     SIGHUP, and with ``watch`` a change to config.toml, routes or transforms, reloads the config.
     ``extra`` starts something beside the gateway (the sandbox) and returns its stop coroutine.
     ``reuse_port``: one of several worker processes sharing the port (SO_REUSEPORT); ``worker``: what
-    such a worker does besides serving (``gateway.http.worker``: metrics for all, reload checks).
+    such a worker does besides serving (``gateway.http.worker``: metrics, dashboard and alerts for all,
+    reload checks).
 
     From here on the process's ``logging`` records (opentelemetry, urllib3, asyncio, aiohttp...) are
     ``library_log`` events of ``logger``, so every line of output is the gateway's own format.
@@ -524,7 +526,11 @@ async def serve(
     gateway = Gateway(config, logger=logger)
     if worker is not None:
         gateway.worker = worker
+        # /_gateway/metrics, and the history and alerts from the same figures, for every worker.
         gateway.collector.peers = worker.peers
+        gateway.monitor.families = gateway.collector.families
+        if not worker.notifies:
+            gateway.services.alerts.notify = None  # it evaluates the alerts, another sends the notices
     await gateway.start()
     server = gateway.server = Server(gateway, Limits.of(config.gateway), logger)
     try:

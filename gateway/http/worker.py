@@ -4,7 +4,8 @@ of the config, and what a worker does besides serving.
 The supervisor (``gateway.http.supervisor``) forks the workers; each runs ``serve(..., reuse_port=True,
 worker=Worker(...))`` on the same port (SO_REUSEPORT: the kernel spreads new connections over them).
 A ``Worker`` tells the supervisor once it serves (a byte on a pipe), refuses a reload that the workers
-could not share (``shared_state_problems``), and makes ``/_gateway/metrics`` answer for every worker:
+could not share (``shared_state_problems``), and makes ``/_gateway/metrics``, the dashboard,
+``/_gateway/status`` and the alerts answer for every worker:
 
 - every ``SNAPSHOT_SECONDS`` and when it stops, a worker writes its metric families to its own file
   in the run directory (``RunDir``: a private temp folder the supervisor makes and removes);
@@ -17,6 +18,11 @@ cleanly loses nothing (its last file is written after its drain); a worker kille
 out of memory) loses what it counted since its last file, at most ``SNAPSHOT_SECONDS`` of requests.
 A scrape interval longer than ``SNAPSHOT_SECONDS`` (Prometheus' default is 15 s) sees merged counters
 only grow, whichever worker answers each scrape.
+
+The monitor of each worker reads the same merged figures into its history once a second
+(``gateway.observability.monitor``), so every worker evaluates the alerts on all the requests and
+agrees on which fire; only worker 1 (``NOTIFYING_WORKER``, restarted under the same index) sends their
+webhook notices, so each goes out once.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..observability.metrics import Family
 from ..services import Services
 
 SNAPSHOT_SECONDS = 1.0
+NOTIFYING_WORKER = 1
 RETIRED = "retired.json"
 # Incarnations folded into retired.json that a scrape may still have read the file of: kept in it so the
 # scrape drops that file rather than count it twice. Far more than can exit while one scrape runs.
@@ -249,7 +256,8 @@ class RunDir:
 class Worker:
     """What serve() does as worker ``index`` (1..``workers``) of a supervisor: ``serving`` once it
     listens (tells the supervisor, starts the snapshots), ``stopped`` once it has drained (the last
-    snapshot), ``check`` on every reload, ``peers`` for /_gateway/metrics."""
+    snapshot), ``check`` on every reload, ``peers`` for /_gateway/metrics and the monitor, ``notifies``:
+    whether it sends the alert notices."""
 
     def __init__(self, *, index: int, workers: int, run_dir: RunDir, incarnation: int, ready_fd: int) -> None:
         self.index = index
@@ -270,6 +278,10 @@ class Worker:
     def peers(self) -> list[Sequence[Family]]:
         """What /_gateway/metrics merges with this worker's live figures: every other one's."""
         return self.run_dir.peers(self.incarnation)
+
+    @property
+    def notifies(self) -> bool:
+        return self.index == NOTIFYING_WORKER
 
     def serving(self, services: Callable[[], Services], logger: Logger) -> None:
         """The worker listens and handles signals: tell the supervisor, start writing snapshots."""

@@ -27,7 +27,8 @@ from .metrics import Family, Histogram
 # Gauges that are the same figure in every worker (not a per-process one), merged by taking the largest:
 # a breaker is open if it is open in any worker (with a shared store every worker sees the one state);
 # dead letters and queued deliveries are counted in the shared store, each worker reading it in turn;
-# an alert is firing if it fires in any worker (each evaluates the rules on what it served).
+# an alert is firing if it fires in any worker (each evaluates the rules on every worker's figures,
+# so they agree but for a second or so; a sum would make one alert count 2).
 GAUGES_BY_MAX = frozenset(
     {"gateway_circuit_open", "gateway_dlq_depth", "gateway_delivery_queue_depth", "gateway_alert_active"}
 )

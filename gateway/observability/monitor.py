@@ -5,6 +5,11 @@ Every ``SAMPLE_SECONDS`` it reads each configured vendor's figures from what the
 (``readings``) into ``Services.history``, and every ``[alerts] evaluate_seconds`` it evaluates the rules
 (``Services.alerts``), whose notices go to the webhook notifier. The time comes from ``clock`` (the
 rate limiters' ``Clock``: ``now()`` and ``timeout()``), so a test moves it instead of sleeping.
+
+One of several workers (``gateway.http.worker``) reads ``families`` instead: the metric families
+``/_gateway/metrics`` answers with, its own live ones merged with the other workers' latest snapshots
+(``readings_of``). So its history, and the dashboard, ``/_gateway/status`` and the alerts read from it,
+count every worker's requests, those of other workers as of their last snapshot.
 """
 
 from __future__ import annotations
@@ -12,22 +17,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..config import Config
 from ..features.ratelimit.policy import MONOTONIC, Clock
 from ..services import Services
 from .history import Reading
-from .metrics import DURATION_BUCKETS
+from .metrics import DURATION_BUCKETS, Family, Histogram
 from .notifier import WebhookNotifier
 
 SAMPLE_SECONDS = 1.0
 
 
-def readings(services: Services, vendors: frozenset[str] | set[str]) -> dict[str, Reading]:
-    """Each vendor's cumulative counters and current gauges, as the features keep them."""
+def _readings(
+    vendors: Iterable[str],
+    requests: Iterable[tuple[str, int, int]],
+    retries: Iterable[tuple[str, int]],
+    rejected: Mapping[str, int],
+    latency: Mapping[str, Histogram],
+    queued: Mapping[str, int],
+    circuits: Mapping[str, int],
+    dead: Mapping[str, int],
+) -> dict[str, Reading]:
+    """The Reading of each of ``vendors``: ``requests`` (vendor, status, count) and ``retries`` (vendor,
+    count) one per series, the others vendor -> figure (0 for a vendor they do not have)."""
     totals = {vendor: [0, 0, 0] for vendor in vendors}
-    for (vendor, _route, _method, status), count in services.metrics.requests.items():
+    for vendor, status, count in requests:
         figures = totals.get(vendor)
         if figures is not None:
             figures[0] += count
@@ -35,30 +51,64 @@ def readings(services: Services, vendors: frozenset[str] | set[str]) -> dict[str
                 figures[2] += count
             elif status >= 400:
                 figures[1] += count
-    retries = dict.fromkeys(vendors, 0)
-    for (vendor, _reason), count in services.retries.sent.items():
-        if vendor in retries:
-            retries[vendor] += count
-    rejected = services.ratelimits.rejected
-    circuits = services.circuits.open_state()
-    dead = services.deliveries.dead
-    durations = services.metrics.duration
+    retried = dict.fromkeys(totals, 0)
+    for vendor, count in retries:
+        if vendor in retried:
+            retried[vendor] += count
     empty = [0] * (len(DURATION_BUCKETS) + 1)
     out: dict[str, Reading] = {}
-    for vendor, (requests, client_errors, server_errors) in totals.items():
-        histogram = durations.get(vendor)
+    for vendor, (count, client_errors, server_errors) in totals.items():
+        histogram = latency.get(vendor)
         out[vendor] = Reading(
-            requests=requests,
+            requests=count,
             client_errors=client_errors,
             server_errors=server_errors,
-            rejected=rejected[vendor],
-            retries=retries[vendor],
+            rejected=rejected.get(vendor, 0),
+            retries=retried[vendor],
             latency=list(histogram.counts) if histogram is not None else empty,
-            queued=services.ratelimits.queued_for(vendor),
+            queued=queued.get(vendor, 0),
             circuit_open=circuits.get(vendor, 0),
             dead_letters=dead.get(vendor, 0),
         )
     return out
+
+
+def readings(services: Services, vendors: Iterable[str]) -> dict[str, Reading]:
+    """Each vendor's cumulative counters and current gauges, as this process's features keep them."""
+    metrics = services.metrics
+    return _readings(
+        vendors,
+        ((vendor, status, count) for (vendor, _route, _method, status), count in metrics.requests.items()),
+        ((vendor, count) for (vendor, _reason), count in services.retries.sent.items()),
+        services.ratelimits.rejected,
+        metrics.duration,
+        services.ratelimits.queued_per_vendor(),
+        services.circuits.open_state(),
+        services.deliveries.dead,
+    )
+
+
+def readings_of(families: Iterable[Family], vendors: Iterable[str]) -> dict[str, Reading]:
+    """``readings`` from the metric families the features report, as ``collector.merge`` gives them
+    (label values as tuples of strings): with several workers, every worker's figures together."""
+    samples: dict[str, Mapping[tuple[str, ...], Any]] = {family.name: family.samples for family in families}
+
+    def per_vendor(name: str) -> dict[str, int]:
+        return {key[0]: int(value) for key, value in samples.get(name, {}).items()}
+
+    return _readings(
+        vendors,
+        (
+            (vendor, int(status), int(count))
+            for (vendor, _route, _method, status), count in samples.get("gateway_requests", {}).items()
+        ),
+        ((vendor, int(count)) for (vendor, _reason), count in samples.get("gateway_retries", {}).items()),
+        per_vendor("gateway_ratelimit_rejected"),
+        {key[0]: histogram for key, histogram in samples.get("gateway_request_duration_seconds", {}).items()},
+        per_vendor("gateway_ratelimit_queue_depth"),
+        per_vendor("gateway_circuit_open"),
+        per_vendor("gateway_dlq_depth"),
+    )
 
 
 class Monitor:
@@ -66,6 +116,8 @@ class Monitor:
         self.services = services
         self.config = config  # the config in force (a reload's rules apply from the next tick)
         self.clock = clock  # read at every tick, so a test may swap it before starting
+        # One of several workers: every worker's figures, read at every tick instead of ``services``'.
+        self.families: Callable[[], Iterable[Family]] | None = None
         self.notifier = WebhookNotifier(services.pool, lambda: config().alerts, services.logger)
         services.alerts.notify = self.notifier.post
         current = config()
@@ -85,7 +137,9 @@ class Monitor:
         now = self.clock.now()
         vendors = frozenset(config.vendors)
         services.alerts.configure(config.alerts.rules, vendors)
-        services.history.record(now, readings(services, vendors))
+        families = self.families
+        figures = readings(services, vendors) if families is None else readings_of(families(), vendors)
+        services.history.record(now, figures)
         if now >= self._next_evaluation:
             services.alerts.evaluate(services.history, now)
             self._next_evaluation = now + config.alerts.evaluate_seconds

@@ -4,7 +4,9 @@ Per configured vendor: requests per second, the 4xx and 5xx ratios apart, p50 an
 from the histogram, not bucket bounds), rate-limit queue depth and rejections, retries, circuit state
 and dead letters, each over the window and as ``POINTS`` values for a sparkline; then the firing
 alerts, the deprecation notices and the delivery queue. ``window`` is ``5m`` (the default), ``1h``, or
-a number of seconds from 60 to 3600.
+a number of seconds from 60 to 3600. The gauges (queue depth, circuit, dead letters) are as of the
+history's last reading, so every figure is the monitor's, the alerts' too (with several workers, those
+of all the workers: ``gateway.observability.monitor``).
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ def _series(points: list[Figures]) -> dict[str, list[Any]]:
 
 def status(config: Config, services: Services, window_seconds: float) -> dict[str, Any]:
     history = services.history
-    circuits = services.circuits.open_state()
     vendors = []
     point_seconds = window_seconds / POINTS
     for name, vendor in sorted(config.vendors.items()):
@@ -73,8 +74,11 @@ def status(config: Config, services: Services, window_seconds: float) -> dict[st
         point_seconds = series[0].seconds if series else point_seconds
         f = history.window(name, window_seconds)
         latest = history.latest(name)
+        queued, circuit_open, dead = (
+            (latest.queued, latest.circuit_open, latest.dead_letters) if latest else (0, 0, 0)
+        )
         rate = vendor.rate_limit
-        circuit = "off" if not vendor.circuit.enabled else "open" if circuits.get(name) else "closed"
+        circuit = "off" if not vendor.circuit.enabled else "open" if circuit_open else "closed"
         vendors.append(
             {
                 "name": name,
@@ -88,9 +92,9 @@ def status(config: Config, services: Services, window_seconds: float) -> dict[st
                 "p99_seconds": _round(f.quantile(0.99), 6),
                 "rejected": f.rejected,
                 "retries": f.retries,
-                "queued": latest.queued if latest is not None else 0,
+                "queued": queued,
                 "circuit": circuit,
-                "dead_letters": services.deliveries.dead.get(name, 0),
+                "dead_letters": dead,
                 "rate_limit": f"{rate.requests}/{rate.per_seconds:g}s {rate.scope}" if rate else None,
                 "series": _series(series),
             }

@@ -50,7 +50,7 @@ def local_only(server: Any, extra: str = "") -> str:
 
 
 class Vendor:
-    """Answers /ok at once and /slow after ``slow_seconds``; records what arrived."""
+    """Answers /ok at once, /fail with a 500 and /slow after ``slow_seconds``; records what arrived."""
 
     def __init__(self, slow_seconds: float = 1.5) -> None:
         self.slow_seconds = slow_seconds
@@ -61,6 +61,9 @@ class Vendor:
         async def ok(request: web.Request) -> web.Response:
             self.calls += 1
             return web.Response(text="ok")
+
+        async def fail(request: web.Request) -> web.Response:
+            return web.Response(status=500, text="failed")
 
         async def slow(request: web.Request) -> web.Response:
             self.arrived.append(request.path)
@@ -73,6 +76,7 @@ class Vendor:
 
         app = web.Application()
         app.router.add_get("/ok", ok)
+        app.router.add_get("/fail", fail)
         app.router.add_get("/slow", slow)
         app.router.add_post("/charges", charge)
         return app
@@ -138,15 +142,15 @@ def requests_in(families: list[Any], vendor: str = "v") -> int:
     )
 
 
-def per_worker(gw: GatewayProcess) -> dict[int, int]:
-    """Requests each running worker counted, from its own snapshot file."""
+def per_worker(gw: GatewayProcess, vendor: str = "v") -> dict[int, int]:
+    """Requests for ``vendor`` each running worker counted, from its own snapshot file."""
     counts = {}
     for path in run_dir(gw).glob("worker-*.json"):
         try:
             meta, families = decode(path.read_bytes())
         except (FileNotFoundError, ValueError):
             continue
-        counts[meta["worker"]] = requests_in(families)
+        counts[meta["worker"]] = requests_in(families, vendor)
     return counts
 
 
@@ -172,6 +176,47 @@ async def call(gw: GatewayProcess, n: int, path: str = "/v/ok") -> list[int]:
                 await resp.read()
                 statuses.append(resp.status)
     return statuses
+
+
+async def session_per_worker(
+    gw: GatewayProcess, stack: contextlib.AsyncExitStack, workers: int = 2
+) -> dict[int, aiohttp.ClientSession]:
+    """Worker index -> a session whose one connection (kept alive) that worker serves: each new session
+    sends a request for no vendor, which the worker that served it counts under vendor "-" in its
+    snapshot. The test must send no other request for no vendor."""
+    found: dict[int, aiohttp.ClientSession] = {}
+    before: dict[int, int] = {}
+    probes = 0
+    while len(found) < workers:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        await stack.enter_async_context(session)
+        async with session.get(f"{gw.url}/nobody/probe") as resp:
+            await resp.read()
+        probes += 1
+        counts = await wait_for(
+            gw,
+            f"snapshots of {probes} requests for no vendor",
+            lambda n=probes: (c := per_worker(gw, "-")) and sum(c.values()) == n and c,
+        )
+        (index,) = [i for i, n in counts.items() if n != before.get(i, 0)]
+        found.setdefault(index, session)
+        before = counts
+    return found
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def until_answered(what: str, ask: Callable[[], Awaitable[Any]], done: Callable[[Any], bool]) -> Any:
+    """``ask()`` again until ``done`` says its answer is the one awaited (bounded by ``WAIT``)."""
+    deadline = time.monotonic() + WAIT
+    while not done(answer := await ask()):
+        assert time.monotonic() < deadline, f"no {what} after {WAIT} s: {answer}"
+        await asyncio.sleep(0.1)
+    return answer
 
 
 VendorFactory = Callable[[web.Application], Awaitable[Any]]
@@ -200,6 +245,116 @@ async def test_two_workers_serve_one_port_and_metrics_answer_for_both(
                 figures = await scrape(session, gw)
                 assert figures["gateway_requests_total"] == sent, figures
                 assert figures["gateway_request_duration_seconds_count"] == sent, figures
+    finally:
+        await stop(gw)
+
+
+def vendor_v(status: dict[str, Any]) -> dict[str, Any]:
+    (found,) = [entry for entry in status["vendors"] if entry["name"] == "v"]
+    return found
+
+
+async def test_status_and_the_dashboard_on_either_worker_count_the_requests_of_both(
+    vendor: VendorFactory, write_config: Callable[..., Path]
+) -> None:
+    backend = Vendor()
+    server = await vendor(backend.app())
+    gw = await start_workers(write_config(local_only(server), routes=LOCAL_ONLY_ROUTES))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sessions = await session_per_worker(gw, stack)
+            sent = 40
+            assert await call(gw, sent) == [200] * sent
+            counts = await wait_for(
+                gw,
+                "snapshots of every request",
+                lambda: (c := per_worker(gw)) and sum(c.values()) == sent and c,
+            )
+            assert set(counts) == {1, 2} and all(counts.values()), counts  # each served a share, not all
+            for index, session in sessions.items():
+
+                async def figures(session: aiohttp.ClientSession = session) -> tuple[int, int, int]:
+                    v = vendor_v(await get_json(session, f"{gw.url}/_gateway/status"))
+                    return v["requests"], v["client_errors"], v["server_errors"]
+
+                answered = await until_answered(
+                    f"every request in worker {index}'s /_gateway/status", figures, lambda f: f[0] >= sent
+                )
+                assert answered == (sent, 0, 0), (index, answered)
+                async with session.get(f"{gw.url}/_gateway/dashboard") as resp:
+                    page = await resp.text()
+                initial = page.split('<script id="initial" type="application/json">')[1].split("</script>")[0]
+                assert vendor_v(orjson.loads(initial))["requests"] == sent, index
+    finally:
+        await stop(gw)
+
+
+async def test_an_alert_on_both_workers_errors_fires_on_each_and_is_sent_once(
+    vendor: VendorFactory, write_config: Callable[..., Path]
+) -> None:
+    backend = Vendor()
+    server = await vendor(backend.app())
+    notices: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        notices.append(await request.json())
+        return web.Response(status=204)
+
+    receiver_app = web.Application()
+    receiver_app.router.add_post("/alerts", hook)
+    receiver = await vendor(receiver_app)
+    failed = 20
+    # No worker alone gets min_requests answers: only both workers' requests together fire the alert.
+    alerts = f"""
+    [alerts]
+    webhook_url = "{receiver.make_url("/alerts")}"
+    evaluate_seconds = 1
+
+    [[alerts.rule]]
+    name = "v-errors"
+    vendor = "v"
+    kind = "error_ratio"
+    threshold = 0.5
+    min_requests = {failed}
+    """
+    gw = await start_workers(write_config(local_only(server) + alerts, routes=LOCAL_ONLY_ROUTES))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sessions = await session_per_worker(gw, stack)
+            assert await call(gw, failed, "/v/fail") == [500] * failed
+            counts = await wait_for(
+                gw,
+                "snapshots of every request",
+                lambda: (c := per_worker(gw)) and sum(c.values()) == failed and c,
+            )
+            assert set(counts) == {1, 2} and all(n < failed for n in counts.values()), counts
+            for index, session in sessions.items():
+                firing = await until_answered(
+                    f"the alert in worker {index}'s /_gateway/alerts",
+                    lambda session=session: get_json(session, f"{gw.url}/_gateway/alerts"),
+                    lambda answer: answer["alerts"],
+                )
+                assert [(a["alert"], a["vendor"], a["value"]) for a in firing["alerts"]] == [
+                    ("v-errors", "v", 1.0)
+                ]
+                # Both workers' gauges say 1: merged, it is still 1 (the largest), not their sum.
+                assert (await scrape(session, gw))["gateway_alert_active"] == 1.0, index
+            # Enough good answers to bring the ratio under the threshold: the alert resolves.
+            assert await call(gw, failed + 10) == [200] * (failed + 10)
+            for index, session in sessions.items():
+                await until_answered(
+                    f"the alert resolved in worker {index}'s /_gateway/alerts",
+                    lambda session=session: get_json(session, f"{gw.url}/_gateway/alerts"),
+                    lambda answer: not answer["alerts"],
+                )
+            await wait_for(gw, "the resolved notice", lambda: any(n["status"] == "resolved" for n in notices))
+            # Every worker fired and resolved the alert (one event each), one of them sent the notices:
+            # a second firing notice, sent as the other worker fired, would have come long before.
+            assert len(events(gw, "alert_firing")) == 2 and len(events(gw, "alert_resolved")) == 2
+            assert [(n["status"], n["alert"], n["vendor"]) for n in notices] == [
+                ("firing", "v-errors", "v"),
+                ("resolved", "v-errors", "v"),
+            ], notices
     finally:
         await stop(gw)
 

@@ -1,9 +1,12 @@
 """Several workers (``gateway run --workers N``) without processes: what the config must allow, the
-metric snapshots and their merge, and a reload refused in a worker."""
+metric snapshots and their merge, the monitor's readings from them, and a reload refused in a worker."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,9 @@ from gateway.http.app import reload
 from gateway.http.supervisor import _make_run_dir
 from gateway.http.worker import RunDir, Worker, per_process_warnings, shared_state_problems
 from gateway.observability.collector import GAUGES_BY_MAX, GAUGES_BY_MIN, decode, encode, merge, retired
+from gateway.observability.history import Reading
 from gateway.observability.metrics import DURATION_BUCKETS, Family, Histogram
+from gateway.observability.monitor import readings, readings_of
 from tests.conftest import CapturedLogs
 
 BASE = "http://127.0.0.1:9"
@@ -239,6 +244,90 @@ def test_a_file_folded_while_a_scrape_reads_is_counted_once(tmp_path: Path) -> N
     run.retire(2)
     run.write(2, data)  # as a scrape that listed and read worker-2.json just before it was folded
     assert total_requests(run.peers()) == 12
+
+
+async def test_readings_of_a_process_own_families_are_the_readings_its_features_keep(gateway: Any) -> None:
+    # Vendor names longer than one letter: a label value read as a string instead of a tuple would
+    # come out as its first letter, and match no vendor.
+    client = await gateway(
+        f'[vendors.acme]\nbase_url = "{BASE}"\nconcurrency = 1\n[vendors.quiet]\nbase_url = "{BASE}"\n'
+    )
+    services, config = client.app.services, client.app.live.runtime.config
+    for status in (200, 200, 404, 429, 499, 502, 503):
+        services.metrics.observe("acme", "/x", "GET", status, status / 1e5, 0.0, 0, 0)
+    services.metrics.observe("-", "*", "GET", 404, 0.001, 0.0, 0, 0)  # no vendor: in no reading
+    services.retries.sent[("acme", "503")] += 2
+    services.retries.sent[("acme", "timeout")] += 1
+    services.ratelimits.count_rejection("acme", "queue_full")
+    services.deliveries.dead = {"acme": 3}
+    breaker = services.circuits.breaker(config.vendors["quiet"])
+    assert breaker is not None
+    breaker.state = "open"
+    limiter = services.ratelimits.vendor(config.vendors["acme"])
+    held = await limiter.acquire(None, time.monotonic() + 60)  # the one concurrency slot
+    waiting = asyncio.ensure_future(limiter.acquire(None, time.monotonic() + 60))
+    await asyncio.sleep(0)
+    try:
+        vendors = frozenset(config.vendors)
+        own = [family for reporter in services.reporters() for family in reporter.families()]
+        kept = readings(services, vendors)
+        assert readings_of(merge(own, []), vendors) == kept
+        acme, quiet = kept["acme"], kept["quiet"]
+        assert (acme.requests, acme.client_errors, acme.server_errors) == (7, 3, 2)
+        assert (acme.rejected, acme.retries, acme.queued, acme.dead_letters) == (1, 3, 1, 3)
+        assert sum(acme.latency) == 7 and acme.circuit_open == 0
+        assert quiet.circuit_open == 1 and quiet.requests == 0 and sum(quiet.latency) == 0
+    finally:
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        if held:
+            limiter.release()
+
+
+def worker_families(ok: int, failed: int, queued: int, circuit: int, dead: int) -> list[Family]:
+    """One worker's families for vendor acme, named and labelled as the features report them."""
+    labels = ("vendor", "route", "method", "status")
+    return [
+        Family(
+            "gateway_requests",
+            "",
+            "counter",
+            labels,
+            {("acme", "/x", "GET", "200"): ok, ("acme", "/x", "GET", "503"): failed},
+        ),
+        Family(
+            "gateway_request_duration_seconds",
+            "",
+            "histogram",
+            ("vendor",),
+            {"acme": hist(*[0.01] * (ok + failed))},
+        ),
+        Family("gateway_ratelimit_queue_depth", "", "gauge", ("vendor",), {"acme": queued}),
+        Family("gateway_circuit_open", "", "gauge", ("vendor",), {"acme": circuit}),
+        Family("gateway_dlq_depth", "", "gauge", ("vendor",), {"acme": dead}),
+    ]
+
+
+def test_readings_of_several_workers_count_them_all_and_never_go_down_when_one_exits(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    own = worker_families(5, 1, queued=2, circuit=1, dead=3)
+
+    def reading() -> Reading:
+        return readings_of(merge(own, run.peers(own=1)), {"acme"})["acme"]
+
+    run.write(2, encode(worker_families(7, 3, queued=1, circuit=1, dead=3)))
+    both = reading()
+    assert (both.requests, both.server_errors, sum(both.latency)) == (16, 4, 16)
+    # Queues are each process's own (summed); the breaker and the dead letters are the store's (the
+    # largest: one worker's view may be a second behind another's).
+    assert (both.queued, both.circuit_open, both.dead_letters) == (3, 1, 3)
+    run.retire(2)  # worker 2 exited: its counters stay (retired.json), its gauges go with it
+    gone = reading()
+    assert (gone.requests, gone.server_errors, sum(gone.latency)) == (16, 4, 16)
+    assert (gone.queued, gone.circuit_open, gone.dead_letters) == (2, 1, 3)
+    run.write(3, encode(worker_families(1, 0, queued=0, circuit=0, dead=3)))  # its restart
+    assert reading().requests == 17
 
 
 async def test_a_reload_the_workers_could_not_share_is_refused(

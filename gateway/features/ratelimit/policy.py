@@ -540,6 +540,13 @@ class RateLimits:
             ("vendor",),
             self.rejected,
         )
+        yield Family(
+            "gateway_ratelimit_queue_depth",
+            "Requests waiting in the vendor's rate-limit queues (its own and its routes') now.",
+            "gauge",
+            ("vendor",),
+            self.queued_per_vendor(),
+        )
 
     def commit(self) -> None:
         pending, self._pending = self._pending, []
@@ -589,10 +596,14 @@ class RateLimits:
         """Requests waiting in any limiter's queue right now."""
         return sum(limiter.depth for limiter in self._limiters.values())
 
-    def queued_for(self, vendor: str) -> int:
-        """Requests waiting in the vendor's own queue and its routes' right now (the dashboard's)."""
-        limiters = self._limiters.items()
-        return sum(limiter.depth for key, limiter in limiters if key[0] != "client" and key[1] == vendor)
+    def queued_per_vendor(self) -> Counter[str]:
+        """vendor -> requests waiting in its own queue and its routes' right now (the dashboard's,
+        gateway_ratelimit_queue_depth{vendor})."""
+        queued: Counter[str] = Counter()
+        for key, limiter in self._limiters.items():
+            if key[0] != "client":
+                queued[key[1]] += limiter.depth
+        return queued
 
     def observe_wait(self, vendor: str, seconds: float) -> None:
         histogram = self.wait_seconds.get(vendor)
