@@ -42,6 +42,9 @@ def parse_target(raw: str) -> Target:
     if not rest:
         return Target(vendor, "", query, ())
     raw_segments = rest[1:].split("/")
+    if "%" not in rest and "\\" not in rest and "/." not in rest and "//" not in rest and rest.isascii():
+        # Nothing to decode, no empty segment but maybe the last, none starting with ".": as sent.
+        return Target(vendor, rest, query, tuple(raw_segments))
     last = len(raw_segments) - 1
     segments: list[str] = []
     for i, seg in enumerate(raw_segments):

@@ -31,7 +31,7 @@ from ..features.webhooks.receiver import WEBHOOK_PREFIX, WebhookReceiver
 from ..messages import Answer, json_answer, problem_answer
 from ..observability.collector import GatewayCollector, registry_for, render
 from ..observability.dashboard import render_dashboard
-from ..observability.logging import Logger, capture_library_logs, new_request_id
+from ..observability.logging import Logger, capture_library_logs, milliseconds, new_request_id
 from ..observability.metrics import UNKNOWN_VENDOR
 from ..observability.monitor import Monitor
 from ..observability.status import parse_window, status
@@ -280,12 +280,12 @@ class Gateway:
                 method=request.method,
                 path=request.target.partition("?")[0],
                 status=status,
-                duration_ms=round(seconds * 1000, 3),
-                upstream_ms=round(upstream_seconds * 1000, 3),
+                duration_ms=milliseconds(seconds),
+                upstream_ms=milliseconds(upstream_seconds),
                 attempts=ex.attempts if ex else 0,
                 bytes_in=bytes_in,
                 bytes_out=bytes_out,
-                **({"fault": ex.fault} if ex is not None and ex.fault is not None else {}),
+                fault=ex.fault if ex is not None else None,
             )
 
     # -- /_gateway/...

@@ -55,7 +55,7 @@ class Logger:
 
     def _write(self, record: dict[str, Any], *, batch: bool = False) -> None:
         if self.format == "json":
-            line = orjson.dumps(record, default=str) + b"\n"
+            line = orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
         else:
             head = f"{record.pop('ts')} {record.pop('level').upper():5} {record.pop('event')}"
             rest = " ".join(f"{k}={v}" for k, v in record.items() if v is not None and k != "traceback")
@@ -96,8 +96,48 @@ class Logger:
                 self._stream.write(data)
                 self._stream.flush()
 
-    def access(self, **fields: Any) -> None:
-        self._write({"ts": _now(), "level": "info", "event": "access", **fields}, batch=True)
+    def access(
+        self,
+        *,
+        request_id: str,
+        client: str | None,
+        vendor: str | None,
+        route: str | None,
+        method: str | None,
+        path: str | None,
+        status: int,
+        duration_ms: float,
+        upstream_ms: float,
+        attempts: int,
+        bytes_in: int,
+        bytes_out: int,
+        fault: str | None = None,
+        **extra: Any,
+    ) -> None:
+        """One access record: the fields docs/operations.md lists, in that order, ``fault`` when one was
+        injected, then ``extra`` (a delivery's or a webhook's own fields)."""
+        record = {
+            "ts": _now(),
+            "level": "info",
+            "event": "access",
+            "request_id": request_id,
+            "client": client,
+            "vendor": vendor,
+            "route": route,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "upstream_ms": upstream_ms,
+            "attempts": attempts,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        }
+        if fault is not None:
+            record["fault"] = fault
+        if extra:
+            record.update(extra)
+        self._write(record, batch=True)
 
     def event(self, event: str, *, level: str = "info", **fields: Any) -> None:
         self._write({"ts": _now(), "level": level, "event": event, **fields})
@@ -148,6 +188,11 @@ def capture_library_logs(logger: Logger) -> LibraryLogHandler:
 def _flush_all() -> None:
     for logger in list(_LOGGERS):
         logger.flush()
+
+
+def milliseconds(seconds: float) -> float:
+    """Seconds as milliseconds to three decimals (``round(x, 3)`` costs several times more)."""
+    return round(seconds * 1_000_000) / 1000
 
 
 _second: list[Any] = [-1, ""]  # the last whole second _now() formatted, and its text

@@ -37,6 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ...config import DEFAULT_MAX_PAUSE_SECONDS, Config, DeliverySettings, Route, Vendor
 from ...errors import CircuitOpen, GatewayError, TooManyRequests
 from ...messages import Answer, Request
+from ...observability.logging import milliseconds
 from ...pipeline import Exchange, Handler
 from ...services import Services
 from ...store import StoreUnavailable
@@ -318,8 +319,8 @@ class DeliveryWorkers:
             method=req.method,
             path=f"/{req.vendor}{req.path}",
             status=status,
-            duration_ms=round(seconds * 1000, 3),
-            upstream_ms=round(ex.upstream_seconds * 1000, 3),
+            duration_ms=milliseconds(seconds),
+            upstream_ms=milliseconds(ex.upstream_seconds),
             attempts=ex.attempts,
             bytes_in=ex.bytes_in,
             bytes_out=ex.bytes_out,

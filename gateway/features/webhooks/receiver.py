@@ -40,6 +40,7 @@ from ...errors import (
     ServiceUnavailable,
 )
 from ...messages import Answer, Request, json_answer, problem_answer
+from ...observability.logging import milliseconds
 from ...services import Services
 from ...store import StoreUnavailable
 from ...transform import TransformError, apply
@@ -113,7 +114,7 @@ class WebhookReceiver:
             method=method,
             path=path if webhook is not None else None,  # an unknown name is not echoed into the logs
             status=answer.status,
-            duration_ms=round(seconds * 1000, 3),
+            duration_ms=milliseconds(seconds),
             upstream_ms=state["publish_ms"],
             attempts=0,
             bytes_in=state["bytes_in"],
@@ -203,7 +204,7 @@ class WebhookReceiver:
         try:
             await self.services.bus.publish(webhook.publish, message)
         except BusUnavailable as exc:
-            state["publish_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            state["publish_ms"] = milliseconds(time.perf_counter() - started)
             await _release_quietly(store, webhook.name, event_id, owner)  # else its lease runs out
             raise ServiceUnavailable(
                 f"the event was not published: {exc}", headers={"Retry-After": "1"}
@@ -212,7 +213,7 @@ class WebhookReceiver:
             # Cancelled (shutdown) or failed mid-publish: the claim must not hold the vendor's retry.
             await asyncio.shield(_release_quietly(store, webhook.name, event_id, owner))
             raise
-        state["publish_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        state["publish_ms"] = milliseconds(time.perf_counter() - started)
         try:
             await store.webhook_published(webhook.name, event_id, keep_seconds=webhook.dedupe_seconds)
         except StoreUnavailable as exc:
