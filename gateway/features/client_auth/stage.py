@@ -96,9 +96,15 @@ class ClientAuth:
             name: tuple(rule.route for rule in client.allow if rule.vendor == vendor.name)
             for name, client in clients.items()
         }
+        # Clients allowed the whole vendor: no rule to match.
+        self.whole_vendor = frozenset(
+            name for name, rules in self.rules.items() if any(rule is None for rule in rules)
+        )
 
     def allowed(self, client: str, method: str, segments: tuple[str, ...]) -> bool:
-        return any(rule is None or rule.matches(method, segments) for rule in self.rules.get(client, ()))
+        if client in self.whole_vendor:
+            return True
+        return any(rule is not None and rule.matches(method, segments) for rule in self.rules.get(client, ()))
 
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Answer:
         ex = exchange
@@ -119,8 +125,8 @@ def presented_key(headers: CIMultiDictProxy[str]) -> tuple[str | None, bool]:
     if presented is not None:
         return presented or None, False
     scheme, _, credentials = headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip(), True
+    if scheme.lower() == "bearer" and (credentials := credentials.strip()):
+        return credentials, True
     return None, False
 
 

@@ -253,9 +253,17 @@ class Limiter:
         Returns whether a concurrency slot was taken, to be given back with ``release()``.
         """
         now = self._clock.now()
+        held = self.admit_now(now)
+        if held is not None:
+            return held
+        return await self._wait(client, deadline, now)
+
+    def admit_now(self, now: float) -> bool | None:
+        """The turn without waiting, if nobody queues, no pause holds and one is due: whether a
+        concurrency slot was taken (as ``acquire``); None when the request has to queue."""
         if not self._depth and now >= self._paused_until and self._slot_free() and self._take_local(now):
             return self._hold()
-        return await self._wait(client, deadline, now)
+        return None
 
     def release(self) -> None:
         self._in_flight -= 1

@@ -50,7 +50,16 @@ class RateLimitStage:
             limiters = self.limiters
             if self.clients and ex.client is not None and (quota := self.clients.get(ex.client)) is not None:
                 limiters = (quota, *limiters)
-            await self._admit(ex, limiters, held)
+            now = self.registry.clock.now()
+            for i, limiter in enumerate(limiters):
+                slot = limiter.admit_now(now)
+                if slot is None:  # this one queues: it and the rest wait their turn
+                    await self._admit(ex, limiters[i:], held, now)
+                    break
+                if slot:
+                    held.append(limiter)
+            else:
+                self.registry.observe_wait(self.vendor, 0.0)
             response = await call_next(ex)
             if response.status in PAUSING_STATUSES:
                 self._pause(ex, response)
@@ -63,9 +72,10 @@ class RateLimitStage:
             for limiter in held:
                 limiter.release()
 
-    async def _admit(self, ex: Exchange, limiters: tuple[Limiter, ...], held: list[Limiter]) -> None:
+    async def _admit(
+        self, ex: Exchange, limiters: tuple[Limiter, ...], held: list[Limiter], start: float
+    ) -> None:
         clock = self.registry.clock
-        start = clock.now()
         try:
             for limiter in limiters:
                 if await limiter.acquire(ex.client, start + limiter.settings.max_wait_seconds):
