@@ -136,10 +136,10 @@ async def test_requests_and_deliveries_outliving_the_drain_share_one_shutdown_ti
                 resp = await in_flight
                 await resp.read()
         # In flight work gets the whole drain, and the drain is spent once: the request and the
-        # delivery wait together, and nothing waits a second time after them. The slack is for
-        # closing up and the interpreter's exit, far less than the timeout itself.
+        # delivery wait together, and nothing waits a second time after them (that would take two
+        # timeouts). The slack below that is for closing up and the interpreter's exit on a busy machine.
         assert elapsed >= SHUTDOWN_SECONDS - 0.05, gw.output()
-        assert elapsed < SHUTDOWN_SECONDS * 1.5, gw.output()
+        assert elapsed < SHUTDOWN_SECONDS * 1.9, gw.output()
         output = gw.output()
         assert '"event":"stopped"' in output
         access = [line for line in output.splitlines() if '"event":"access"' in line and "/v/slow" in line]

@@ -155,7 +155,8 @@ async def test_two_gateways_on_redis_share_one_breaker(
 ) -> None:
     server = await vendor(resilience_vendor())
     rec = server.app[RECORDER]
-    circuit = "circuit = { min_requests = 4, failure_ratio = 0.5, window_seconds = 5, open_seconds = 2.6 }"
+    # open_seconds leaves b's refusal (1.4 s after the breaker opened) 3.6 s of room on a loaded machine.
+    circuit = "circuit = { min_requests = 4, failure_ratio = 0.5, window_seconds = 8, open_seconds = 5 }"
     text = config(server, circuit=circuit, head=f'[gateway]\nstore = "{redis_server.url}"')
     a = await gateway(text)
     b = await gateway(text)
@@ -169,7 +170,7 @@ async def test_two_gateways_on_redis_share_one_breaker(
     assert len(rec.calls) == 5  # 1 + 4: b did not call the vendor
 
     rec.down = False
-    await asyncio.sleep(max(0.0, opened + 2.8 - time.monotonic()))
+    await asyncio.sleep(max(0.0, opened + 5.2 - time.monotonic()))
     assert (await b.get("/v/probe")).status == 200  # b probes; the breaker closes for both
     await asyncio.sleep(1.4)
     assert (await a.get("/v/again")).status == 200

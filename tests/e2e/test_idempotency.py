@@ -211,7 +211,11 @@ async def test_25_concurrent_duplicates_reach_the_vendor_once(
     client, fake = await start(gateway, vendor, store_url)
     fake.release.clear()
     pending = [asyncio.ensure_future(post(client, "/v/v1/charges", "dup")) for _ in range(25)]
-    await asyncio.sleep(0.3)  # everyone has arrived; the first is held at the vendor
+    # Released once the other 24 were refused as in flight (the first is held at the vendor meanwhile).
+    deadline = time.monotonic() + 10
+    while outcomes(client)[("v", "in_flight")] < 24:
+        assert time.monotonic() < deadline, outcomes(client)
+        await asyncio.sleep(0.02)
     fake.release.set()
     responses = await asyncio.gather(*pending)
     statuses = Counter(r.status for r in responses)
