@@ -258,7 +258,11 @@ class HttpConnection(asyncio.Protocol):
         self.closed = False
         self.must_close = False  # close after the answer in progress (drain, broken framing, timeout)
         self.requests: deque[ServerRequest] = deque()
-        self.task: asyncio.Task[None] | None = None  # running the requests in ``requests``
+        # The connection's task: runs the requests in ``requests`` and waits for the next between them.
+        self.task: asyncio.Task[None] | None = None
+        self.busy = False  # a request is queued or running (the task may still be waiting to run it)
+        self._next: asyncio.Future[None] | None = None  # the idle task waits on it for the next request
+        self._refusal: bytes | None = None  # written after the answer in progress (broken pipelined input)
         # The connection's one timer: ``on_deadline`` runs once loop time passes ``deadline`` (Server._sweep).
         self.deadline = 0.0
         self.on_deadline: Callable[[], None] | None = None
@@ -328,7 +332,7 @@ class HttpConnection(asyncio.Protocol):
             self._current.body.fail(
                 ClientClosedRequest("the caller closed the connection before its body was in")
             )
-        if self.task is None:
+        if not self.busy:
             self.close()
         return None
 
@@ -339,7 +343,7 @@ class HttpConnection(asyncio.Protocol):
         self._url_bytes = 0
         self._fields = []
         self._field_bytes = 0
-        if self.task is None and not self.requests:
+        if not self.busy:
             self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
@@ -359,7 +363,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self.task is None and not self.requests:
+        if not self.busy:
             self._disarm()
         parser = self.parser
         method = parser.get_method().decode("ascii")
@@ -386,8 +390,11 @@ class HttpConnection(asyncio.Protocol):
         self._current = request
         if method != "CONNECT":  # answered once llhttp reports the upgrade
             self.requests.append(request)
+            self.busy = True
             if self.task is None:
                 self.task = self.loop.create_task(self._run())
+            elif (waiter := self._next) is not None and not waiter.done():
+                waiter.set_result(None)
 
     def on_body(self, data: bytes) -> None:
         request = self._current
@@ -401,16 +408,26 @@ class HttpConnection(asyncio.Protocol):
 
     # -- running requests
     async def _run(self) -> None:
+        """The connection's requests, one at a time and in order; between two it waits for the next
+        (one task per connection, not one per request: a task costs twice what a wake-up does)."""
         try:
-            while self.requests and not self.closed:
+            while not self.closed:
+                if not self.requests:
+                    self.busy = False
+                    if not self._between_requests():
+                        return
+                    self._next = self.loop.create_future()
+                    await self._next
+                    continue
                 request = self.requests[0]
                 try:
                     await self.app(request)
                 except Exception as exc:  # App promises never to raise; a broken promise is still answered
                     self.server.logger.exception("unhandled_error", exc)
-                self.requests.popleft()
+                if self.requests and self.requests[0] is request:
+                    self.requests.popleft()
                 if not request.responded:
-                    self.task = None
+                    self.busy = False
                     self._refuse(GatewayError("the gateway failed unexpectedly; the error was logged"))
                     return
                 if self._closing_after(request):
@@ -418,21 +435,31 @@ class HttpConnection(asyncio.Protocol):
                     return
         finally:
             self.task = None
+            self.busy = False
+            self._next = None
+
+    def _between_requests(self) -> bool:
+        """Every request so far is answered: the timer until the next one; False if there is none."""
         if self.closed or self.must_close:
-            return
+            return False
         if self._in_head:  # the next request's head is coming in (pipelined): its clock runs from now
             self._arm(self.limits.header_timeout, self._head_timed_out)
         elif self.server.draining:
             self.close()
+            return False
         else:
             self._arm(self.limits.keepalive_timeout, self.close)
+        return True
 
     def _closing_after(self, request: ServerRequest) -> bool:
         body_unread = request.body is not None and not request.body.done
         return self.must_close or self.server.draining or not request.keep_alive or body_unread
 
     def _close_after_answer(self, request: ServerRequest) -> None:
-        if request.body is not None and not request.body.done:
+        if self._refusal is not None:
+            self.write(self._refusal)  # what came after this request was refused meanwhile
+            self._linger()
+        elif request.body is not None and not request.body.done:
             self._linger()  # answered before its body was in (a refusal)
         else:
             self.close()
@@ -529,11 +556,14 @@ class HttpConnection(asyncio.Protocol):
         with contextlib.suppress(httptools.HttpParserError, UnicodeDecodeError):
             method = self.parser.get_method().decode("ascii")
         self.app.refused(error, request_id, method, b"".join(self._url).decode("latin-1")[:200])
-        if self.task is None and not self.closed:
+        if not self.busy and not self.closed:
             self.write(_problem_head(error, request_id, self.server.date()))
             self._linger()
-        elif self.task is not None:
-            self.requests.clear()  # the one in progress answers, then the connection closes
+        elif self.busy:
+            # The first request (in progress, or next) is answered, then this refusal, then the close.
+            while len(self.requests) > 1:
+                self.requests.pop()
+            self._refusal = _problem_head(error, request_id, self.server.date())
 
     def _upgrade(self) -> None:
         request, self._current = self._current, None
@@ -546,7 +576,7 @@ class HttpConnection(asyncio.Protocol):
             request.body.end()
 
     def _head_timed_out(self) -> None:
-        if not self._in_head and self.task is None:
+        if not self._in_head and not self.busy:
             self.close()  # nothing of a request came in: an idle new connection, closed quietly
             return
         self._refuse(
@@ -577,7 +607,7 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def idle(self) -> bool:
-        return self.task is None and not self._in_head
+        return not self.busy and not self._in_head
 
 
 class Server:
@@ -726,11 +756,11 @@ class Server:
         for conn in list(self.connections):
             if conn.idle():
                 conn.close()
-        while any(conn.task is not None for conn in self.connections):
+        while any(conn.busy for conn in self.connections):
             if self.loop.time() >= deadline:
                 break
             await asyncio.sleep(min(0.05, max(0.0, deadline - self.loop.time())))
-        running = [conn.task for conn in self.connections if conn.task is not None]
+        running = [conn.task for conn in self.connections if conn.busy and conn.task is not None]
         for task in running:
             task.cancel()
         if running:

@@ -239,6 +239,25 @@ async def test_pipelined_requests_are_answered_in_order(gateway: Start, vendor: 
     assert calls == [b"", b"abc", b""]
 
 
+async def test_broken_framing_behind_a_request_in_progress_closes_after_its_answer(
+    gateway: Start, vendor: Start, logs: CapturedLogs
+) -> None:
+    calls: list[bytes] = []
+    client = await start(gateway, vendor, calls)
+    raw = await exchange(
+        client.port,
+        b"GET /v/one HTTP/1.1\r\nHost: gw\r\n\r\n"
+        b"GET /v/two HTTP/1.1\r\nHost: gw\r\nBad Name: x\r\n\r\n"
+        b"GET /v/three HTTP/1.1\r\nHost: gw\r\n\r\n",
+    )
+    first = Answer(raw)
+    length = int(first.headers["content-length"])
+    assert first.status == 200 and orjson.loads(first.body[:length])["path"] == "/one"
+    assert_problem(Answer(first.body[length:]), 400)  # then the refusal, then the close
+    assert calls == [b""]  # nothing after the broken head was read as a request
+    assert [r["event"] for r in logs.records() if r["level"] == "error"] == []
+
+
 @pytest.mark.parametrize(
     "head",
     [
