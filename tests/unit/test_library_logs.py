@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import orjson
 
@@ -39,6 +40,11 @@ def test_a_record_is_one_json_event_with_logger_level_and_message() -> None:
     assert all(line.startswith(b"{") for line in stream.getvalue().splitlines())
 
 
+ACCESS: dict[str, Any] = dict.fromkeys(
+    ("client", "vendor", "route", "method", "path", "request_id"), None
+) | dict.fromkeys(("status", "duration_ms", "upstream_ms", "attempts", "bytes_in", "bytes_out"), 0)
+
+
 def test_records_from_other_threads_keep_every_line_whole() -> None:
     stream = CapturedLogs()
     logger = Logger(stream=stream)
@@ -52,7 +58,8 @@ def test_records_from_other_threads_keep_every_line_whole() -> None:
     for thread in threads:
         thread.start()
     for i in range(500):
-        logger.access(i=i)  # held for the loop's next flush, or written at once without a loop
+        # held for the loop's next flush, or written at once without a loop
+        logger.access(**{**ACCESS, "request_id": str(i)})
     for thread in threads:
         thread.join()
     lines = stream.getvalue().splitlines()
