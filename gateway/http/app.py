@@ -153,18 +153,22 @@ class Gateway:
 
     # -- the server's side
     async def __call__(self, request: ServerRequest) -> None:
-        if request.target.startswith(ADMIN_PREFIX) or request.target.partition("?")[0] == ADMIN_PREFIX[:-1]:
-            await request.respond(await self._admin(request))
-        elif request.target.startswith(WEBHOOK_PREFIX):
-            answer = await self.webhooks(
-                self.live.runtime.config,
-                request.method,
-                request.target,
-                request.as_request(),
-                _request_id(request.headers),
-            )
-            await request.respond(answer)
-        elif self.tracing is None:
+        target = request.target
+        if target.startswith("/_"):  # the gateway's own paths (one check for a vendor's)
+            if target.startswith(ADMIN_PREFIX) or target.partition("?")[0] == ADMIN_PREFIX[:-1]:
+                await request.respond(await self._admin(request))
+                return
+            if target.startswith(WEBHOOK_PREFIX):
+                answer = await self.webhooks(
+                    self.live.runtime.config,
+                    request.method,
+                    target,
+                    request.as_request(),
+                    _request_id(request.headers),
+                )
+                await request.respond(answer)
+                return
+        if self.tracing is None:
             await self._proxy(request, None)
         else:
             with self.tracing.server_span(

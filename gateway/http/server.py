@@ -498,7 +498,8 @@ class HttpConnection(asyncio.Protocol):
         if head_only:
             pass  # a HEAD answer keeps the vendor's Content-Length; 204/304 have none to add
         elif answer.stream is None:
-            fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
+            if "Content-Length" in headers:
+                fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
             fields.append(("Content-Length", str(len(answer.body or b""))))
         elif "Content-Length" not in headers:
             if request.version == "1.1":

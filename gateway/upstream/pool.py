@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 # RFC 9110 section 9.2.2.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -797,7 +797,8 @@ class Connection(asyncio.Protocol):
             length = int(value)  # llhttp has checked it is one decimal number
         elif (coding := headers.get("Transfer-Encoding")) is not None:
             chunked = "chunked" in coding.lower()
-        response = Response(self, status, self._reason, CIMultiDictProxy(headers), length)
+        # Handed over as parsed (the forwarder edits it into the caller's answer in place, no copy).
+        response = Response(self, status, self._reason, headers, length)
         if not values.isascii() or not self._reason.isascii():
             response.obs_text = _obs_text(raw, self._reason)
         self._response = response
@@ -880,7 +881,7 @@ class Response:
         conn: Connection,
         status: int,
         reason: str,
-        headers: CIMultiDictProxy[str],
+        headers: CIMultiDict[str],
         content_length: int | None,
     ) -> None:
         self._conn = conn
