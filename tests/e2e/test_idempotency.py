@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.features.idempotency.stage import fingerprint
 from gateway.features.idempotency.store import IdempotencyKey, StoredResponse
+from tests.conftest import CapturedLogs
 from tests.redis_server import RedisServer
 
 ROUTES = {
@@ -472,6 +473,25 @@ async def test_lease_is_renewed_while_a_slow_vendor_works(gateway: Any, vendor: 
     assert (await pending).status == 201
     assert (await post(client, "/v/v1/charges?delay=1", "k")).headers["Idempotent-Replayed"] == "true"
     assert fake.calls["/v1/charges"] == 1
+
+
+async def test_a_lease_lost_while_the_vendor_works_is_logged_once_and_the_answer_still_comes(
+    gateway: Any, vendor: Any, logs: CapturedLogs
+) -> None:
+    client, fake = await start(
+        gateway, vendor, "memory://", idempotency='forward_header = "Idempotency-Key", lease_seconds = 0.3'
+    )
+    pending = asyncio.ensure_future(post(client, "/v/v1/charges?delay=1", "k"))
+    deadline = time.monotonic() + 5
+    while fake.calls["/v1/charges"] < 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    client.app.services.store.idempotency.clear()  # the claim is gone, as if it had lapsed
+    assert (await pending).status == 201
+    lost = [r for r in logs.records() if r["event"] == "idempotency_lease_lost"]
+    # The renewal that found it gone says so once (no renewal after it); then the answer is not stored.
+    assert [("detail" in r, r["key"]) for r in lost] == [(False, "k"), (True, "k")]
+    assert outcomes(client)[("v", "lease_lost")] == 1
 
 
 async def test_two_authenticated_callers_with_the_same_key_never_collide(

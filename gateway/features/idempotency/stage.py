@@ -124,48 +124,51 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
-class _Lease:
-    """Renews an in-flight claim every third of its lease while the request runs.
+class _Leases:
+    """The claims a stage's requests hold while they run, renewed by one ticker every sixth of the
+    lease: a request shorter than that costs a dict entry, not a timer. A lease is renewed between a
+    third and a half of a lease after it was taken or last renewed, so it never lapses while its
+    owner lives. A renewal that finds the lease gone is logged (another process may now run the same
+    key) and that lease is not renewed again."""
 
-    Costs one timer handle for a request shorter than that; a renewal that finds the lease gone is
-    logged (another process may now run the same key) and stops.
-    """
-
-    __slots__ = ("handle", "key", "owner", "seconds", "stage", "task")
-
-    def __init__(self, stage: IdempotencyStage, key: IdempotencyKey, owner: str) -> None:
+    def __init__(self, stage: IdempotencyStage) -> None:
         self.stage = stage
-        self.key = key
-        self.owner = owner
         self.seconds = stage.vendor.idempotency.lease_seconds
-        self.task: asyncio.Task[None] | None = None
-        self.handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            self.seconds / 3, self._fire
-        )
+        self.held: dict[str, tuple[IdempotencyKey, float]] = {}  # owner -> (key, taken or renewed at)
+        self._ticker: asyncio.TimerHandle | None = None
+        self._renewals: set[asyncio.Task[None]] = set()
 
-    def _fire(self) -> None:
-        self.handle = None
-        self.task = asyncio.ensure_future(self._renew())
+    def hold(self, key: IdempotencyKey, owner: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.held[owner] = (key, loop.time())
+        if self._ticker is None:
+            self._ticker = loop.call_later(self.seconds / 6, self._tick, loop)
 
-    async def _renew(self) -> None:
+    def drop(self, owner: str) -> None:
+        self.held.pop(owner, None)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._ticker = None
+        now = loop.time()
+        for owner, (key, since) in list(self.held.items()):
+            if now - since >= self.seconds / 3:
+                self.held[owner] = (key, now)
+                task = loop.create_task(self._renew(key, owner))
+                self._renewals.add(task)
+                task.add_done_callback(self._renewals.discard)
+        if self.held:
+            self._ticker = loop.call_later(self.seconds / 6, self._tick, loop)
+
+    async def _renew(self, key: IdempotencyKey, owner: str) -> None:
+        stage = self.stage
         try:
-            held = await self.stage.store.extend(self.key, owner=self.owner, lease_seconds=self.seconds)
+            held = await stage.store.extend(key, owner=owner, lease_seconds=self.seconds)
         except StoreUnavailable as exc:
-            self.stage.store_warning("idempotency_lease_renewal_failed", exc)
-            held = True  # unknown: try again next time; the lease may still hold
-        if not held:
-            self.stage.logger.event(
-                "idempotency_lease_lost", level="warning", vendor=self.key.vendor, key=self.key.key
-            )
-            return
-        self.handle = asyncio.get_running_loop().call_later(self.seconds / 3, self._fire)
-        self.task = None
-
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        if self.task is not None:
-            self.task.cancel()
+            stage.store_warning("idempotency_lease_renewal_failed", exc)
+            return  # unknown: tried again next time; the lease may still hold
+        if not held and owner in self.held:
+            self.drop(owner)
+            stage.logger.event("idempotency_lease_lost", level="warning", vendor=key.vendor, key=key.key)
 
 
 class IdempotencyStage:
@@ -184,6 +187,7 @@ class IdempotencyStage:
         self.store: IdempotencyOps = services.store.idempotency
         self.logger: Logger = services.logger
         self.forward_header = vendor.idempotency.forward_header
+        self.leases = _Leases(self)
         self._next_store_warning = 0.0
 
     def count(self, outcome: str) -> None:
@@ -269,17 +273,17 @@ class IdempotencyStage:
     async def _run(self, ex: Exchange, call_next: Handler, scope: IdempotencyKey, owner: str) -> Answer:
         settings = self.vendor.idempotency
         ex.capture_response_bytes = max(ex.capture_response_bytes, settings.max_body_bytes)
-        lease = _Lease(self, scope, owner)
+        self.leases.hold(scope, owner)
         try:
             response = await call_next(ex)
         except BaseException:
             # Gateway-made errors, timeouts, network errors, a broken stream, a cancelled request:
             # nothing final happened that a retry must not repeat.
-            lease.stop()
+            self.leases.drop(owner)
             self.count("not_stored")
             await self._release(scope, owner)
             raise
-        lease.stop()
+        self.leases.drop(owner)
         if not storable(response.status):
             self.count("not_stored")
             await self._release(scope, owner)
