@@ -43,6 +43,7 @@ class Logger:
         self._redacted: tuple[bytes, ...] = ()
         self._held: list[bytes] = []  # access lines not written yet
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # a flush is scheduled on this loop
+        self._flush_thread = 0  # the thread that loop runs in
         # Over _held, _flush_loop and writes to the stream; reentrant, so a record logged from inside a
         # write can never deadlock the process.
         self._lock = threading.RLock()
@@ -66,8 +67,14 @@ class Logger:
             if secret in line:
                 line = line.replace(secret, b"[redacted]")
         if batch:
+            thread = threading.get_ident()
+            with self._lock:
+                due = self._flush_loop
+                if due is not None and self._flush_thread == thread and due.is_running():
+                    self._held.append(line)  # a flush is due on this thread's running loop already
+                    return
             try:
-                loop = asyncio.get_running_loop()
+                loop = asyncio.get_running_loop()  # a getpid() system call in Python 3.11: once per flush
             except RuntimeError:
                 loop = None
             if loop is not None:
@@ -75,7 +82,7 @@ class Logger:
                     self._held.append(line)
                     if self._flush_loop is loop:
                         return
-                    self._flush_loop = loop
+                    self._flush_loop, self._flush_thread = loop, thread
                 loop.call_soon(self.flush)
                 return
         with self._lock:

@@ -101,13 +101,14 @@ class _Protocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.lost: Exception | None = None
         self.pending: list[bytes] = []  # written together at the end of this loop iteration
+        self.loop = asyncio.get_running_loop()  # asked once (a getpid() system call in Python 3.11)
 
     def send(self, data: bytes, future: asyncio.Future[Any], deadline: float) -> None:
         self.waiters.append((future, deadline))
         pending = self.pending
         pending.append(data)
         if len(pending) == 1:
-            asyncio.get_running_loop().call_soon(self.flush)
+            future.get_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
@@ -175,7 +176,7 @@ class Multiplexed:
         protocol = self._protocol
         if protocol is None:
             protocol = await self._connect()
-        loop = asyncio.get_running_loop()
+        loop = protocol.loop
         future: asyncio.Future[Any] = loop.create_future()
         protocol.send(data, future, loop.time() + self.timeout)
         if self._ticker is None:

@@ -278,6 +278,7 @@ class Origin:
         self._host_line = f"Host: {host}"
         self._ua_line = f"User-Agent: {pool.user_agent}" if pool.user_agent else None
         self._where = f"{endpoint.host}:{endpoint.port}"
+        self._loop: asyncio.AbstractEventLoop | None = None  # see request()
 
     def __repr__(self) -> str:
         endpoint = self.endpoint
@@ -302,7 +303,11 @@ class Origin:
         chunked. ``idempotent`` overrides the method's idempotency for the one stale-connection retry.
         The caller must ``release()`` the Response.
         """
-        loop = asyncio.get_running_loop()
+        # The loop this origin runs on, asked for once: Python 3.11's get_running_loop() makes a
+        # getpid() system call each time.
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
         deadline = None if timeout.total is None else loop.time() + timeout.total
         streamed = body is not None and not isinstance(body, bytes)
         chunked = streamed and "Content-Length" not in headers

@@ -139,9 +139,9 @@ class _Leases:
         self._renewals: set[asyncio.Task[None]] = set()
 
     def hold(self, key: IdempotencyKey, owner: str) -> None:
-        loop = asyncio.get_running_loop()
-        self.held[owner] = (key, loop.time())
+        self.held[owner] = (key, time.monotonic())
         if self._ticker is None:
+            loop = asyncio.get_running_loop()
             self._ticker = loop.call_later(self.seconds / 6, self._tick, loop)
 
     def drop(self, owner: str) -> None:
@@ -149,7 +149,7 @@ class _Leases:
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ticker = None
-        now = loop.time()
+        now = time.monotonic()
         for owner, (key, since) in list(self.held.items()):
             if now - since >= self.seconds / 3:
                 self.held[owner] = (key, now)
