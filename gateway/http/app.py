@@ -533,6 +533,7 @@ async def serve(
         # /_gateway/metrics, and the history and alerts from the same figures, for every worker.
         gateway.collector.peers = worker.peers
         gateway.monitor.families = gateway.collector.families
+        gateway.services.deprecations.peers = worker.deprecations
         if not worker.notifies:
             gateway.services.alerts.notify = None  # it evaluates the alerts, another sends the notices
     await gateway.start()

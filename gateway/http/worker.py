@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..config import IDEMPOTENCY_DEFAULT_METHODS, Config, Problem
 from ..observability.collector import decode, encode, merge, retired
@@ -210,11 +211,9 @@ class RunDir:
             return [], []
         return [int(n) for n in meta.get("folded", ())], families
 
-    def peers(self, own: int | None = None) -> list[Sequence[Family]]:
-        """Every other worker's latest families, and the retired ones. The worker files are read first
-        and retired.json after: a file folded meanwhile is then either dropped (its incarnation is
-        listed as folded) or already gone, and counted once either way."""
-        found: list[tuple[int, list[Family]]] = []
+    def _snapshots(self, own: int | None) -> list[tuple[int, dict[str, Any], list[Family]]]:
+        """(incarnation, meta, families) of every other running worker's latest snapshot."""
+        found = []
         for path in self.path.glob("worker-*.json"):
             try:
                 incarnation = int(path.stem.partition("-")[2])
@@ -223,14 +222,31 @@ class RunDir:
             if incarnation == own:
                 continue
             try:
-                found.append((incarnation, decode(path.read_bytes())[1]))
+                found.append((incarnation, *decode(path.read_bytes())))
             except (FileNotFoundError, ValueError):
                 continue  # gone (folded), or not a snapshot
+        return found
+
+    def peers(self, own: int | None = None) -> list[Sequence[Family]]:
+        """Every other worker's latest families, and the retired ones. The worker files are read first
+        and retired.json after: a file folded meanwhile is then either dropped (its incarnation is
+        listed as folded) or already gone, and counted once either way."""
+        found = self._snapshots(own)
         folded, old = self._retired()
-        out: list[Sequence[Family]] = [families for n, families in found if n not in folded]
+        out: list[Sequence[Family]] = [families for n, _, families in found if n not in folded]
         if old:
             out.append(old)
         return out
+
+    def deprecations(self, own: int | None = None) -> list[dict[str, Any]]:
+        """Every other running worker's deprecation notices (a worker's go with it when it exits;
+        its counts stay in gateway_vendor_deprecations_total)."""
+        notices: list[dict[str, Any]] = []
+        for _, meta, _ in self._snapshots(own):
+            records = meta.get("deprecations")
+            if isinstance(records, list):
+                notices.extend(record for record in records if isinstance(record, dict))
+        return notices
 
     def retire(self, incarnation: int) -> None:
         """A worker exited (the supervisor reaped it): fold its counters and histograms into
@@ -279,6 +295,10 @@ class Worker:
         """What /_gateway/metrics merges with this worker's live figures: every other one's."""
         return self.run_dir.peers(self.incarnation)
 
+    def deprecations(self) -> list[dict[str, Any]]:
+        """What /_gateway/deprecations and the dashboard show with this worker's notices."""
+        return self.run_dir.deprecations(self.incarnation)
+
     @property
     def notifies(self) -> bool:
         return self.index == NOTIFYING_WORKER
@@ -305,9 +325,15 @@ class Worker:
 
     def snapshot(self) -> None:
         assert self._services is not None
-        families = (family for reporter in self._services().reporters() for family in reporter.families())
+        services = self._services()
+        families = (family for reporter in services.reporters() for family in reporter.families())
         data = encode(
-            families, worker=self.index, pid=os.getpid(), incarnation=self.incarnation, written=time.time()
+            families,
+            worker=self.index,
+            pid=os.getpid(),
+            incarnation=self.incarnation,
+            written=time.time(),
+            deprecations=services.deprecations.export(),
         )
         try:
             self.run_dir.write(self.incarnation, data)

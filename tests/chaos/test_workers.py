@@ -50,7 +50,8 @@ def local_only(server: Any, extra: str = "") -> str:
 
 
 class Vendor:
-    """Answers /ok at once, /fail with a 500 and /slow after ``slow_seconds``; records what arrived."""
+    """Answers /ok at once, /fail with a 500, /slow after ``slow_seconds`` and /old with a Sunset
+    header; records what arrived."""
 
     def __init__(self, slow_seconds: float = 1.5) -> None:
         self.slow_seconds = slow_seconds
@@ -74,7 +75,11 @@ class Vendor:
             self.calls += 1
             return web.json_response({"id": f"ch_{self.calls}"}, status=201)
 
+        async def old(request: web.Request) -> web.Response:
+            return web.Response(text="ok", headers={"Sunset": "Wed, 01 Dec 2027 00:00:00 GMT"})
+
         app = web.Application()
+        app.router.add_get("/old", old)
         app.router.add_get("/ok", ok)
         app.router.add_get("/fail", fail)
         app.router.add_get("/slow", slow)
@@ -254,7 +259,7 @@ def vendor_v(status: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-async def test_status_and_the_dashboard_on_either_worker_count_the_requests_of_both(
+async def test_status_deprecations_and_the_dashboard_on_either_worker_count_the_requests_of_both(
     vendor: VendorFactory, write_config: Callable[..., Path]
 ) -> None:
     backend = Vendor()
@@ -285,6 +290,20 @@ async def test_status_and_the_dashboard_on_either_worker_count_the_requests_of_b
                     page = await resp.text()
                 initial = page.split('<script id="initial" type="application/json">')[1].split("</script>")[0]
                 assert vendor_v(orjson.loads(initial))["requests"] == sent, index
+            # Each worker sees the vendor's Sunset on its own connection; either shows both's count.
+            for session in sessions.values():
+                for _ in range(3):
+                    async with session.get(f"{gw.url}/v/old") as resp:
+                        assert resp.status == 200
+            for index, session in sessions.items():
+                notices = await until_answered(
+                    f"both workers' deprecation notices in worker {index}'s /_gateway/deprecations",
+                    lambda session=session: get_json(session, f"{gw.url}/_gateway/deprecations"),
+                    lambda answer: sum(n["count"] for n in answer["deprecations"]) >= 6,
+                )
+                assert [
+                    (n["vendor"], n["route"], n["count"], n["sunset_at"]) for n in notices["deprecations"]
+                ] == [("v", "/**", 6, "2027-12-01T00:00:00Z")], index
     finally:
         await stop(gw)
 

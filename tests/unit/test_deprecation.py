@@ -60,3 +60,24 @@ def test_hostile_header_values_are_clipped_and_made_printable() -> None:
     tracker.observe("acme", None, "GET", "/x", CIMultiDict({"Deprecation": "true\x1b[31m" + "x" * 1000}))
     line = stream.getvalue().decode()
     assert "\x1b" not in line and len(line) < 600
+
+
+def test_another_workers_notices_merge_per_vendor_and_route() -> None:
+    mine, theirs = (DeprecationTracker(Logger(io.BytesIO())) for _ in range(2))
+    old = CIMultiDict({"Sunset": "Wed, 01 Dec 2027 00:00:00 GMT"})
+    new = CIMultiDict({"Sunset": "Thu, 01 Jun 2028 00:00:00 GMT"})
+    for _ in range(2):
+        mine.observe("v", None, "GET", "/a", old)
+    theirs.observe("v", None, "GET", "/b", old)
+    theirs.observe("w", None, "GET", "/c", old)
+    for _ in range(3):
+        theirs.observe("v", None, "GET", "/b", new)  # the latest, seen by the other worker
+    # What crosses between workers is JSON (a snapshot file); a broken record is left out.
+    records = [*orjson.loads(orjson.dumps(theirs.export())), {"vendor": "v"}]
+    mine.peers = lambda: records
+    merged = {(n.vendor, n.route): n for n in mine.notices()}
+    v = merged[("v", "*")]
+    assert (v.count, v.sunset_at, v.path) == (6, datetime(2028, 6, 1, tzinfo=UTC), "/b")
+    assert v.first_seen == min(n.first_seen for n in (*mine._notices.values(), v))
+    assert merged[("w", "*")].count == 1
+    assert [n.count for n in mine.notices()] == [6, 1] and mine.export()[0]["count"] == 2  # own only

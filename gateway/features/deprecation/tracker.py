@@ -2,7 +2,8 @@
 
 Every vendor answer carrying either header is counted per (vendor, route); the first one for a key,
 and any later one whose dates differ, is logged as a ``vendor_deprecation`` event. The counts live on
-``Services`` (app-wide) and are exported as ``gateway_vendor_deprecations_total{vendor,route}``.
+``Services`` (app-wide) and are exported as ``gateway_vendor_deprecations_total{vendor,route}``; with
+several workers each one's snapshot carries its notices (``export``) and every worker shows them all.
 The route label is the route's path glob, or ``*`` for a request no route matched (pass-through):
 raw paths would give a metric one series per customer id.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -70,6 +71,8 @@ class DeprecationTracker:
     def __init__(self, logger: Logger) -> None:
         self.logger = logger
         self._notices: dict[tuple[str, str], Notice] = {}
+        # One of several workers: the other workers' notices (``export``'s records) to show with its own.
+        self.peers: Callable[[], Iterable[dict[str, Any]]] | None = None
 
     def observe(
         self, vendor: str, route: Route | None, method: str, path: str, headers: Mapping[str, str]
@@ -125,7 +128,56 @@ class DeprecationTracker:
         )
 
     def notices(self) -> list[Notice]:
-        return sorted(self._notices.values(), key=lambda n: (n.vendor, n.route))
+        """Every notice, this process's and (with ``peers``) the other workers': per vendor and route,
+        counts summed, first and last seen over all, the headers of the latest."""
+        merged = dict(self._notices)
+        for record in self.peers() if self.peers is not None else ():
+            other = _imported(record)
+            if other is None:
+                continue
+            key = (other.vendor, other.route)
+            mine = merged.get(key)
+            if mine is not None:
+                latest = other if other.last_seen > mine.last_seen else mine
+                other = replace(
+                    latest,
+                    count=mine.count + other.count,
+                    first_seen=min(mine.first_seen, other.first_seen),
+                    last_seen=max(mine.last_seen, other.last_seen),
+                )
+            merged[key] = other
+        return sorted(merged.values(), key=lambda n: (n.vendor, n.route))
+
+    def export(self) -> list[dict[str, Any]]:
+        """This process's notices as JSON-able records, for the other workers (``peers``)."""
+        return [{name: getattr(n, name) for name in _EXPORTED} for n in self._notices.values()]
+
+
+_EXPORTED = (
+    "vendor",
+    "route",
+    "deprecation",
+    "sunset",
+    "link",
+    "method",
+    "path",
+    "count",
+    "first_seen",
+    "last_seen",
+)
+
+
+def _imported(record: dict[str, Any]) -> Notice | None:
+    """``export``'s record back as a Notice (the dates parsed again from the headers); None if broken."""
+    try:
+        fields = {name: record[name] for name in _EXPORTED}
+        return Notice(
+            **fields,
+            deprecated_at=parse_deprecation(fields["deprecation"]),
+            sunset_at=parse_http_date(fields["sunset"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def parse_deprecation(value: str | None) -> datetime | None:
