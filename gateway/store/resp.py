@@ -162,6 +162,7 @@ class Multiplexed:
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        self._closed = False
         self._ticker: asyncio.TimerHandle | None = None
 
     async def execute(self, *args: Any) -> Any:
@@ -175,6 +176,8 @@ class Multiplexed:
     async def _send(self, data: bytes) -> Any:
         protocol = self._protocol
         if protocol is None:
+            if self._closed:
+                raise ConnectionLost("the store was closed")
             protocol = await self._connect()
         loop = protocol.loop
         future: asyncio.Future[Any] = loop.create_future()
@@ -252,6 +255,7 @@ class Multiplexed:
         return protocol
 
     def close(self) -> None:
+        self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None

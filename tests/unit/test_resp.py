@@ -11,7 +11,7 @@ import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.store.resp import _INCOMPLETE, Multiplexed, ReplyError, Script, encode, parse
+from gateway.store.resp import _INCOMPLETE, ConnectionLost, Multiplexed, ReplyError, Script, encode, parse
 from tests.redis_server import RedisServer
 
 LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -117,4 +117,22 @@ async def test_a_connection_killed_under_it_is_replaced(redis_server: RedisServe
         assert await client.execute("CLIENT", "ID") != first
     finally:
         client.close()
+        await other.aclose()
+
+
+async def test_commands_after_close_fail_and_open_no_connection(redis_server: RedisServer) -> None:
+    client = Multiplexed(redis_server.url, timeout=2)
+    other = aioredis.Redis(port=redis_server.port)
+    try:
+        await client.execute("CLIENT", "SETNAME", "lean")
+        pending = asyncio.ensure_future(client.execute("BLPOP", "nothing", "1"))  # in flight at close
+        await asyncio.sleep(0.05)
+        client.close()
+        with pytest.raises(ConnectionLost):
+            await pending  # not sent again on a new connection
+        with pytest.raises(ConnectionLost):
+            await client.execute("PING")
+        names = [c.get("name") for c in await other.client_list()]
+        assert "lean" not in names and names.count("") <= 1, names
+    finally:
         await other.aclose()
