@@ -108,7 +108,7 @@ class _Protocol(asyncio.Protocol):
         pending = self.pending
         pending.append(data)
         if len(pending) == 1:
-            future.get_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
