@@ -691,7 +691,9 @@ class Load:
         cpu = used(target.server)
         helpers = sum(used(h) for h in target.helpers)
         others = foreign_ticks(procs_before, procs_after) / CLOCK_TICKS
-        self.outputs.append(f"== round {round_no} {target.name}: {' '.join(command)}\n{text}")
+        # The caller key wrk sends is a secret of the run: the kept record shows where it went, not it.
+        shown = ("Authorization: ***" if arg.startswith("Authorization:") else arg for arg in command)
+        self.outputs.append(f"== round {round_no} {target.name}: {' '.join(shown)}\n{text}")
         figures = parse_wrk(text)
         self.answered[target.name] += figures.requests
 
