@@ -19,7 +19,7 @@ from typing import Protocol
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import PROBLEM_CONTENT_TYPE, GatewayError
+from .errors import PROBLEM_CONTENT_TYPE, GatewayError, PayloadTooLarge
 
 
 class BodySource(Protocol):
@@ -49,6 +49,25 @@ class Request:
     @property
     def has_body(self) -> bool:
         return self.body is not None or self.source is not None
+
+    async def read_whole(self, limit: int, what: str = "request body") -> bytes:
+        """The body whole, refused with PayloadTooLarge (naming ``what``) once it passes ``limit``
+        bytes: at once when the announced length does, else as soon as the bytes read do."""
+        if self.body is not None:
+            return self.body
+        if self.source is None:
+            return b""
+        length = self.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"{what} of {length} bytes is larger than {limit} bytes")
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.source.chunks(65536):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
 
 
 @dataclass(slots=True, eq=False)

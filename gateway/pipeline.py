@@ -15,7 +15,6 @@ from typing import Any, Protocol
 from multidict import CIMultiDict
 
 from .config import Route, Vendor
-from .errors import PayloadTooLarge
 from .messages import Answer, Request
 
 Handler = Callable[["Exchange"], Awaitable[Answer]]
@@ -70,23 +69,9 @@ class Exchange:
         """The caller's body, read once (bounded by the vendor's max_body_bytes) and kept for later stages."""
         if self.body is None:
             request = self.request
-            if request.body is not None:
-                self.body = request.body
-            elif request.source is None:
+            if not request.has_body:
                 return b""
-            else:
-                limit = self.vendor.max_body_bytes
-                length = request.content_length
-                if length is not None and length > limit:
-                    raise PayloadTooLarge(f"request body of {length} bytes is larger than {limit} bytes")
-                parts: list[bytes] = []
-                size = 0
-                async for chunk in request.source.chunks(65536):
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-                    parts.append(chunk)
-                self.body = b"".join(parts)
+            self.body = await request.read_whole(self.vendor.max_body_bytes)
             self.bytes_in = len(self.body)
         return self.body
 

@@ -35,7 +35,6 @@ from ...errors import (
     GatewayError,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     SchemaViolation,
     ServiceUnavailable,
 )
@@ -129,7 +128,7 @@ class WebhookReceiver:
     async def _receive(
         self, config: Config, webhook: Webhook, request: Request, request_id: str, state: dict[str, Any]
     ) -> Answer:
-        body = await _read_body(request, config.gateway.max_body_bytes)
+        body = await request.read_whole(config.gateway.max_body_bytes, "webhook body")
         state["bytes_in"] = len(body)
         verify(webhook.verify, request.headers, body, time.time())
         names = webhook.publish.subject.names
@@ -233,24 +232,6 @@ class WebhookReceiver:
 async def _release_quietly(store: WebhookOps, webhook: str, event_id: str, owner: str) -> None:
     with contextlib.suppress(StoreUnavailable):
         await store.webhook_release(webhook, event_id, owner=owner)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    if request.body is not None:
-        return request.body
-    if request.source is None:
-        return b""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"webhook body of {length} bytes is larger than {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.source.chunks(65536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"webhook body is larger than {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _parse(body: bytes) -> Any:
