@@ -6,14 +6,12 @@ Tests never touch a NATS they did not start (a developer's 127.0.0.1:4222 is lef
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
+
+from tests.server_process import ServerProcess
 
 
 def nats_server_binary() -> str | None:
@@ -25,22 +23,14 @@ def nats_required() -> bool:
     return os.environ.get("CI", "").lower() == "true" or os.environ.get("GATEWAY_REQUIRE_NATS") == "1"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class NatsServer:
+class NatsServer(ServerProcess):
     """One nats-server process with JetStream on 127.0.0.1; ``token``: clients must send it."""
 
+    name = "nats-server"
+
     def __init__(self, binary: str, directory: Path, *, token: str | None = None) -> None:
-        self.binary = binary
-        self.directory = directory
+        super().__init__(binary, directory)
         self.token = token
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -71,32 +61,8 @@ class NatsServer:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         # "Server is ready" is logged once the client port listens and JetStream is up.
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}:\n{self.log()}")
-            if "Server is ready" in self.log()[offset:]:
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"nats-server not ready on port {self.port}:\n{self.log()}")
+        self._wait_ready(timeout, lambda: "Server is ready" in self.log()[offset:])
 
     def stop(self) -> None:
         """Stop it hard (SIGKILL): the bus is gone, as after a crash; its storage stays for ``start``."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGCONT)
-                os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def pause(self) -> None:
-        """SIGSTOP: the port stays open but nothing answers (a hung bus)."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        self.kill()
