@@ -12,6 +12,7 @@ stopped on exit, Ctrl-C or failure. Missing ``nginx`` or ``wrk`` are installed w
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -1043,6 +1044,17 @@ def profile_table(name: str, profile: dict[str, Any], top: int = 20) -> str:
         lines.append(f"  {title}:")
         lines += [f"    {row['percent']:>5.1f}%  {row['name']}" for row in profile[key][:top]]
     return "\n".join(lines)
+
+
+def check_ranges(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, limits: dict[str, tuple[int, int]]
+) -> None:
+    """Refuse (``parser.error``) an option outside its (low, high) or more wrk threads than connections."""
+    for name, (low, high) in limits.items():
+        if not low <= getattr(args, name) <= high:
+            parser.error(f"--{name} must be between {low} and {high}")
+    if args.threads > args.connections:
+        parser.error("--threads must not exceed --connections (each wrk thread needs a connection)")
 
 
 def find_py_spy() -> str:

@@ -66,6 +66,7 @@ from harness import (
     Target,
     TargetSummary,
     Tools,
+    check_ranges,
     drive,
     ensure_importable,
     ensure_tools,
@@ -288,11 +289,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "threads": (1, 64),
         "profile": (0, 120),
     }
-    for name, (low, high) in limits.items():
-        if not low <= getattr(args, name) <= high:
-            parser.error(f"--{name} must be between {low} and {high}")
-    if args.threads > args.connections:
-        parser.error("--threads must not exceed --connections (each wrk thread needs a connection)")
+    check_ranges(parser, args, limits)
     args.scenarios = [s for s in SCENARIOS if s in args.scenarios]  # the order of the rounds
     return args
 

@@ -46,6 +46,7 @@ from harness import (
     Target,
     TargetSummary,
     Tools,
+    check_ranges,
     drive,
     ensure_importable,
     ensure_tools,
@@ -146,11 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "threads": (1, 64),
         "profile": (0, 60),
     }
-    for name, (low, high) in limits.items():
-        if not low <= getattr(args, name) <= high:
-            parser.error(f"--{name} must be between {low} and {high}")
-    if args.threads > args.connections:
-        parser.error("--threads must not exceed --connections (each wrk thread needs a connection)")
+    check_ranges(parser, args, limits)
     return args
 
 
