@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from harness import free_port
 
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,13 +76,6 @@ idempotency = "optional"
 """
 
 BODY = b'{"amount":1999,"currency":"eur","customer":"cus_0001","description":"bench"}'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Any, what: str, timeout: float = 20.0) -> None:

@@ -18,7 +18,6 @@ import asyncio
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,14 +28,14 @@ from typing import Any
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
-from multidict import CIMultiDict
+from harness import free_port
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import load_config
+from gateway.messages import Answer, Request
 from gateway.observability.logging import Logger
-from gateway.pipeline import Exchange, Services, compose
+from gateway.pipeline import Exchange, compose
+from gateway.services import Services
 from gateway.stages import route_stages
 from gateway.store import open_store
 
@@ -54,26 +53,18 @@ circuit = {{ enabled = false }}
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def measure(store_url: str, requests: int) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp())
     (folder / "config.toml").write_text(CONFIG.format(store=store_url))
     config = load_config(folder / "config.toml")
-    session = aiohttp.ClientSession()
-    services = Services(session=session, logger=Logger(stream=io.BytesIO()), store=open_store(store_url))
-    answer = web.Response(status=200, body=b'{"ok":true}')
+    services = Services(logger=Logger(stream=io.BytesIO()), store=open_store(store_url))
+    answer = Answer(status=200, body=b'{"ok":true}')
 
-    async def endpoint(ex: Exchange) -> web.StreamResponse:
+    async def endpoint(ex: Exchange) -> Answer:
         ex.attempts += 1
         return answer
 
-    request = make_mocked_request("GET", "/v/x")
+    request = Request(method="GET", headers=CIMultiDictProxy(CIMultiDict()))
     results: dict[str, float] = {}
     try:
         for name in ("off", "on", "off", "on"):
@@ -96,7 +87,7 @@ async def measure(store_url: str, requests: int) -> dict[str, float]:
             results[name] = min(results.get(name, float("inf")), per_request)
     finally:
         services.circuits.close()
-        await session.close()
+        await services.pool.close()
         await services.store.close()
         shutil.rmtree(folder, ignore_errors=True)
     return results
