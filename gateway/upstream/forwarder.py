@@ -340,6 +340,8 @@ class Forwarder:
                     f"vendor {ex.vendor.name} answered {length} bytes, more than the {limit} this route reads"
                 )
             try:
+                if body is None and length is not None:  # checked against the limit above
+                    body = upstream.whole()  # a small answer is often in whole with its head
                 if body is None:
                     body = await _read_limited(upstream, limit)
             except _TooLong:

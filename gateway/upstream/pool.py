@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -130,7 +130,7 @@ class Transport(Protocol):
     """The one seam between the gateway and the network: every vendor call (OAuth2 token calls too)
     goes through ``send``; its failures are ``PoolError``s. ``Pool`` is the implementation."""
 
-    async def send(self, request: VendorRequest, timeout: Timeouts) -> Response: ...  # noqa: ASYNC109
+    def send(self, request: VendorRequest, timeout: Timeouts) -> Awaitable[Response]: ...
 
 
 class Pool:
@@ -166,10 +166,11 @@ class Pool:
             origin = self._origins[endpoint] = Origin(self, endpoint, self._ssl_context(endpoint))
         return origin
 
-    async def send(self, request: VendorRequest, timeout: Timeouts) -> Response:  # noqa: ASYNC109
-        """``Transport.send``: the request through its endpoint's pool of connections."""
+    def send(self, request: VendorRequest, timeout: Timeouts) -> Awaitable[Response]:
+        """``Transport.send``: the request through its endpoint's pool of connections (the origin's
+        own coroutine, not one wrapped in another)."""
         origin = self._origins.get(request.endpoint) or self.origin(request.endpoint)
-        return await origin.request(
+        return origin.request(
             request.method,
             request.target,
             request.headers,
@@ -911,6 +912,17 @@ class Response:
     def content(self) -> Response:
         """The body stream (aiohttp's name for it): ``iter_chunked`` and ``read`` live on the Response."""
         return self
+
+    def whole(self) -> bytes | None:
+        """The rest of the body if all of it is in already (no wait), else None: ``read`` waits."""
+        if not self._done:
+            return None
+        chunks = self._chunks
+        body = b"" if not chunks else chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        self._conn._resume()
+        return body
 
     async def read(self) -> bytes:
         """The rest of the body, whole."""

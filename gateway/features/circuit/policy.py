@@ -96,6 +96,13 @@ class Breaker:
 
     # -- before the call --------------------------------------------------------------------------
 
+    def admits_now(self) -> bool:
+        """Whether a call may go as usual (ticket None) without asking anything: closed, and (Redis)
+        the fleet's view fresh. False: ``admit`` decides."""
+        return self.state == "closed" and (
+            not self._shared or time.monotonic() - self._reported_at <= REFRESH_SECONDS
+        )
+
     async def admit(self) -> Ticket:
         """None to call the vendor as usual, a token when this call is the half-open probe; raises
         ``CircuitOpen`` when the vendor must not be called."""
@@ -144,22 +151,34 @@ class Breaker:
 
     # -- after the call ---------------------------------------------------------------------------
 
+    def finished_now(self, ticket: Ticket, outcome: Outcome) -> bool:
+        """Count an ordinary call's outcome when that needs no report now (nothing to report, or a
+        success inside the memory store's bucket); False: ``finish`` reports it."""
+        if ticket is not None:
+            return False
+        if outcome == "none":
+            return True
+        if outcome != "success" or self._shared:
+            return False
+        if time.monotonic() - self._reported_at >= self.settings.bucket_seconds:
+            return False
+        # Successes alone are counted here and reported once per bucket (or with the next failure):
+        # a passing call costs an increment. A success opens a breaker only when enough failures
+        # are in already, so that decision may come up to one bucket later; a failure's, never.
+        self._successes += 1
+        return True
+
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        if self.finished_now(ticket, outcome):
+            return
         if ticket is not None:
             view = await self._call(
                 lambda ops: ops.circuit_settle(self.vendor, self.settings, token=ticket, outcome=outcome)
             )
             self._apply(view, probe=outcome)
             return
-        if outcome == "none":
-            return
         if outcome == "success":
             self._successes += 1
-            # Successes alone are counted here and reported once per bucket (or with the next failure):
-            # a passing call costs an increment. A success opens a breaker only when enough failures
-            # are in already, so that decision may come up to one bucket later; a failure's, never.
-            if not self._shared and time.monotonic() - self._reported_at < self.settings.bucket_seconds:
-                return
         else:
             self._failures += 1
         if not self._shared:

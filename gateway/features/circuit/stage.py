@@ -26,7 +26,8 @@ class CircuitStage:
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         breaker = self.breaker
-        ticket = await breaker.admit()
+        # The usual case without a coroutine each way: closed going in, a counted outcome coming out.
+        ticket = None if breaker.admits_now() else await breaker.admit()
         before = ex.attempts
         outcome: Outcome = "none"
         try:
@@ -49,7 +50,8 @@ class CircuitStage:
             raise
         if ex.attempts > before:
             outcome = "failure" if response.status >= 500 else "success"
-        await breaker.finish(ticket, outcome)
+        if not breaker.finished_now(ticket, outcome):
+            await breaker.finish(ticket, outcome)
         return response
 
 
