@@ -62,6 +62,11 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def observe_zero(self) -> None:
+        """``observe(0.0)`` (in the first bucket) without the search."""
+        self.counts[0] += 1
+        self.count += 1
+
     def cumulative(self) -> list[tuple[str, float]]:
         """Prometheus buckets: (upper bound, count of observations <= it), ending with +Inf."""
         out: list[tuple[str, float]] = []

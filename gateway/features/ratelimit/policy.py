@@ -261,9 +261,18 @@ class Limiter:
     def admit_now(self, now: float) -> bool | None:
         """The turn without waiting, if nobody queues, no pause holds and one is due: whether a
         concurrency slot was taken (as ``acquire``); None when the request has to queue."""
-        if not self._depth and now >= self._paused_until and self._slot_free() and self._take_local(now):
-            return self._hold()
-        return None
+        if self._depth or now < self._paused_until:
+            return None
+        settings = self.settings
+        limit = settings.concurrency
+        if limit is not None and self._in_flight >= limit:
+            return None
+        if settings.rate is not None and not self._take_local(now):
+            return None
+        if limit is None:
+            return False
+        self._in_flight += 1
+        return True
 
     def release(self) -> None:
         self._in_flight -= 1
@@ -613,11 +622,15 @@ class RateLimits:
                 queued[key[1]] += limiter.depth
         return queued
 
-    def observe_wait(self, vendor: str, seconds: float) -> None:
+    def waits(self, vendor: str) -> Histogram:
+        """The vendor's gateway_ratelimit_wait_seconds (kept across reloads, like the limiters)."""
         histogram = self.wait_seconds.get(vendor)
         if histogram is None:
             histogram = self.wait_seconds[vendor] = Histogram(WAIT_BUCKETS)
-        histogram.observe(seconds)
+        return histogram
+
+    def observe_wait(self, vendor: str, seconds: float) -> None:
+        self.waits(vendor).observe(seconds)
 
     def count_rejection(self, vendor: str, reason: str) -> None:
         self.rejected[vendor] += 1

@@ -43,6 +43,7 @@ class RateLimitStage:
             (route_limiter, self.vendor_limiter) if route_limiter is not None else (self.vendor_limiter,)
         )
         self.clients = dict(clients)
+        self.waits = registry.waits(vendor.name)
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         held: list[Limiter] = []
@@ -59,7 +60,7 @@ class RateLimitStage:
                 if slot:
                     held.append(limiter)
             else:
-                self.registry.observe_wait(self.vendor, 0.0)
+                self.waits.observe_zero()
             response = await call_next(ex)
             if response.status in PAUSING_STATUSES:
                 self._pause(ex, response)
