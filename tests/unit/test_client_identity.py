@@ -46,3 +46,23 @@ def test_a_certificate_of_no_client_or_of_two_is_refused() -> None:
         AUTH.identify(fields(), both)
     with pytest.raises(Unauthorized, match="send your gateway key"):
         AUTH.identify(fields(), None)  # no certificate (plain HTTP) and no key
+
+
+def test_a_remembered_key_names_its_client_and_nothing_else_is_let_in() -> None:
+    auth = Authenticator(
+        {
+            "ops": Client(name="ops", key=Secret("env:K", "ops-key-123456")),
+            "web": Client(name="web", key=Secret("env:W", "web-key-654321")),
+        }
+    )
+    for _ in range(3):  # the first time by digest, then remembered: the same answer each time
+        assert auth.identify(fields(Authorization="Bearer ops-key-123456")) == ("ops", True)
+        assert auth.identify(fields(X_Gateway_Key="web-key-654321")) == ("web", False)
+    for wrong in ("ops-key-12345", "ops-key-1234567", "web-key-654321 ", "OPS-KEY-123456"):
+        with pytest.raises(Unauthorized, match="not known"):
+            auth.identify(fields(X_Gateway_Key=wrong))
+    # Unknown keys are never remembered: a caller guessing keys cannot make the gateway hold more.
+    for n in range(100):
+        with pytest.raises(Unauthorized):
+            auth.identify(fields(X_Gateway_Key=f"guess-{n}"))
+    assert len(auth._known) == 2

@@ -6,9 +6,11 @@ latter wins when both are sent), or, with ``[gateway] tls.client_ca_file``, is k
 the certificate it presented (``cert_subject``): a request that carries a key is identified by the key,
 one without a key by its certificate. The key is compared with every client's key in constant time (SHA-256
 digests, ``hmac.compare_digest``, no early exit), so neither timing nor the answer reveals which
-client or how much of a key matched. The key never reaches the vendor: ``X-Gateway-Key`` is dropped
-for every request (``upstream.REQUEST_DROP``) and an ``Authorization`` header that carried the key is
-removed here; a vendor with ``auth`` configured gets its own credentials in its place.
+client or how much of a key matched; a key found valid is remembered (per process, until the next
+reload), so its later requests cost a dict lookup. The key never reaches the vendor:
+``X-Gateway-Key`` is dropped for every request (``upstream.REQUEST_DROP``) and an ``Authorization``
+header that carried the key is removed here; a vendor with ``auth`` configured gets its own
+credentials in its place.
 
 ``allow`` rules are ``AllowRule``s from the config: a whole vendor, or a method and path glob matched
 with ``Route.matches`` (the same ``*``/``**`` semantics as routes files; a GET rule also admits HEAD).
@@ -40,6 +42,11 @@ class Authenticator:
     def __init__(self, clients: Mapping[str, Client]) -> None:
         self._digests = [(_digest(c.key.reveal()), name) for name, c in clients.items() if c.key is not None]
         self._subjects = [(c.cert_subject, name) for name, c in clients.items() if c.cert_subject is not None]
+        # Keys seen to be valid -> their client: a known caller costs a dict lookup, not a digest per
+        # request. Only keys that matched go in (at most one entry per client key), so unknown keys
+        # cannot grow it; a lookup compares randomly seeded hashes first, so it tells nothing about how
+        # much of a key matched, only whether it is valid, which the answer says anyway.
+        self._known: dict[str, str] = {}
 
     def identify(
         self, headers: CIMultiDictProxy[str], client_cert: frozenset[tuple[str, str]] | None = None
@@ -54,11 +61,16 @@ class Authenticator:
                 "send your gateway key as 'Authorization: Bearer KEY' or 'X-Gateway-Key: KEY'",
                 headers=_CHALLENGE,
             )
+        found = self._known.get(presented)
+        if found is not None:
+            return found, via_authorization
         found = self.known(presented)
         if found is None:
             raise Unauthorized(
                 "the gateway key is not known", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
+        if len(self._known) < len(self._digests):
+            self._known[presented] = found
         return found, via_authorization
 
     def known(self, presented: str) -> str | None:
