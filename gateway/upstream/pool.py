@@ -936,13 +936,8 @@ class Response:
                 self._size = 0
                 self._conn._resume()
             await self._wait()
-        parts.extend(chunks)
-        chunks.clear()
-        self._size = 0
-        self._conn._resume()
-        if not parts:
-            return b""
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        rest = self.whole() or b""
+        return b"".join((*parts, rest)) if parts else rest
 
     async def iter_chunked(self, size: int) -> AsyncIterator[bytes]:
         """The body in pieces of at most ``size`` bytes, as it arrives."""
