@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,22 @@ def gateway_container() -> dict[str, Any]:
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return data
+
+
+# ${NAME}, ${NAME:-default}, ${NAME:?message}: what compose takes from the host's environment.
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def compose_environment(service: dict[str, Any], host: Mapping[str, str]) -> dict[str, str]:
+    """A compose service's environment as compose resolves it from ``host``; a ``:?`` variable that
+    ``host`` lacks fails, as compose would refuse to start."""
+
+    def resolve(match: re.Match[str]) -> str:
+        name, kind, rest = match.group(1), match.group(2) or "", match.group(3) or ""
+        if host.get(name):
+            return host[name]
+        if kind.endswith("?"):
+            raise KeyError(f"{name}: {rest}")
+        return rest if kind.endswith("-") else ""
+
+    return {name: _VARIABLE.sub(resolve, str(value)) for name, value in service["environment"].items()}

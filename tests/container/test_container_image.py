@@ -410,7 +410,8 @@ def test_the_shipped_configs_pass_gateway_check_in_the_image(
         for volume in gateway["volumes"]:
             source, target, *_ = volume.split(":")
             mounts += ["--volume", f"{(manifests.COMPOSE.parent / source).resolve()}:{target}:ro"]
-        for name, value in gateway["environment"].items():
+        host = {"SANDBOX_API_KEY": uuid.uuid4().hex}  # what the user exports before `compose up`
+        for name, value in manifests.compose_environment(gateway, host).items():
             mounts += ["--env", f"{name}={value}"]
     result = podman(
         "run", "--rm", "--network", "host", "--read-only", *mounts, IMAGE, "check", "--config", "/etc/gateway/config.toml",

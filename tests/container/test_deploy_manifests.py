@@ -125,3 +125,9 @@ def test_compose_runs_the_image_with_redis() -> None:
     )
     config = tomllib.loads((manifests.COMPOSE.parent / source / "config.toml").read_text())
     assert config["gateway"]["store"].startswith("redis://redis:")
+    # The vendor key comes from the host's environment, never from the file: without it compose
+    # refuses to start, with it the gateway gets exactly that value.
+    assert config["vendors"]["sandbox"]["auth"]["value"] == "env:SANDBOX_API_KEY"
+    with pytest.raises(KeyError, match="SANDBOX_API_KEY"):
+        manifests.compose_environment(gateway, {})
+    assert manifests.compose_environment(gateway, {"SANDBOX_API_KEY": "k-1"})["SANDBOX_API_KEY"] == "k-1"
