@@ -153,7 +153,7 @@ class Breaker:
 
     def finished_now(self, ticket: Ticket, outcome: Outcome) -> bool:
         """Count an ordinary call's outcome when that needs no report now (nothing to report, or a
-        success inside the memory store's bucket); False: ``finish`` reports it."""
+        success inside the memory store's bucket); False: ``report`` must."""
         if ticket is not None:
             return False
         if outcome == "none":
@@ -169,8 +169,11 @@ class Breaker:
         return True
 
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
-        if self.finished_now(ticket, outcome):
-            return
+        if not self.finished_now(ticket, outcome):
+            await self.report(ticket, outcome)
+
+    async def report(self, ticket: Ticket, outcome: Outcome) -> None:
+        """What ``finished_now`` left: the probe's outcome, a failure, or a success whose report is due."""
         if ticket is not None:
             view = await self._call(
                 lambda ops: ops.circuit_settle(self.vendor, self.settings, token=ticket, outcome=outcome)

@@ -51,7 +51,7 @@ class CircuitStage:
         if ex.attempts > before:
             outcome = "failure" if response.status >= 500 else "success"
         if not breaker.finished_now(ticket, outcome):
-            await breaker.finish(ticket, outcome)
+            await breaker.report(ticket, outcome)
         return response
 
 
