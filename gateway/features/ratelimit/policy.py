@@ -261,18 +261,9 @@ class Limiter:
     def admit_now(self, now: float) -> bool | None:
         """The turn without waiting, if nobody queues, no pause holds and one is due: whether a
         concurrency slot was taken (as ``acquire``); None when the request has to queue."""
-        if self._depth or now < self._paused_until:
-            return None
-        settings = self.settings
-        limit = settings.concurrency
-        if limit is not None and self._in_flight >= limit:
-            return None
-        if settings.rate is not None and not self._take_local(now):
-            return None
-        if limit is None:
-            return False
-        self._in_flight += 1
-        return True
+        if not self._depth and now >= self._paused_until and self._slot_free() and self._take_local(now):
+            return self._hold()
+        return None
 
     def release(self) -> None:
         self._in_flight -= 1
