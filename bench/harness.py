@@ -660,61 +660,77 @@ class Load:
         rest = ["--", *token, *target.script_args] if token or target.script_args else []
         return [*head, *target.wrk_args, target.url, *rest]
 
-    def wrk_run(self, target: Target, seconds: int) -> tuple[list[str], str]:
-        """wrk's command line and its output."""
-        out = self.work / "wrk.out"
-        command = self.command(target, seconds)
-        with out.open("wb") as sink:
-            child = self.supervisor.start(
-                "wrk", command, cpu=self.cpu, stdout=sink, log=self.work / "wrk.err"
-            )
+    def wrk_runs(self, targets: Sequence[Target], seconds: int) -> list[tuple[list[str], str]]:
+        """wrk on every target at once, started in the order given: each one's command line and output."""
+        started = []
+        for index, target in enumerate(targets):
+            out = self.work / f"wrk{index}.out"
+            command = self.command(target, seconds)
+            with out.open("wb") as sink:
+                child = self.supervisor.start(
+                    "wrk", command, cpu=self.cpu, stdout=sink, log=self.work / "wrk.err"
+                )
+            started.append((child, command, out))
+        results = []
+        for child, command, out in started:
             try:
                 code = child.process.wait(timeout=seconds + WRK_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 raise BenchError(f"wrk did not finish within {seconds + WRK_GRACE_SECONDS:.0f}s") from None
             finally:
                 self.supervisor.stop(child)
-        text = out.read_text(errors="replace")
-        if code != 0:
-            raise BenchError(f"wrk exited with status {code}:\n{tail(text)}{log_tail(child)}")
-        return command, text
+            text = out.read_text(errors="replace")
+            if code != 0:
+                raise BenchError(f"wrk exited with status {code}:\n{tail(text)}{log_tail(child)}")
+            results.append((command, text))
+        return results
 
     def measure(self, round_no: int, target: Target) -> Run:
+        return self.measure_together(round_no, [target])[0]
+
+    def measure_together(self, round_no: int, targets: Sequence[Target]) -> list[Run]:
+        """One run of each target, all loaded at once (each by its own wrk) over the same seconds."""
         if self.warmup > 0:
-            self.answered[target.name] += parse_wrk(self.wrk_run(target, self.warmup)[1]).requests
+            for target, (_, text) in zip(targets, self.wrk_runs(targets, self.warmup), strict=True):
+                self.answered[target.name] += parse_wrk(text).requests
         procs_before, cores_before = sample_processes(), core_ticks()
-        command, text = self.wrk_run(target, self.duration)
+        outputs = self.wrk_runs(targets, self.duration)
         procs_after, cores_after = sample_processes(), core_ticks()
 
         def used(child: Child) -> float:
             return (tree_ticks(procs_after, child.pid) - tree_ticks(procs_before, child.pid)) / CLOCK_TICKS
 
-        cpu = used(target.server)
-        helpers = sum(used(h) for h in target.helpers)
         others = foreign_ticks(procs_before, procs_after) / CLOCK_TICKS
-        # The caller key wrk sends is a secret of the run: the kept record shows where it went, not it.
-        shown = ("Authorization: ***" if arg.startswith("Authorization:") else arg for arg in command)
-        self.outputs.append(f"== round {round_no} {target.name}: {' '.join(shown)}\n{text}")
-        figures = parse_wrk(text)
-        self.answered[target.name] += figures.requests
+        runs = []
+        for target, (command, text) in zip(targets, outputs, strict=True):
+            cpu = used(target.server)
+            helpers = sum(used(h) for h in target.helpers)
+            # The caller key wrk sends is a secret of the run: the kept record shows where it went, not it.
+            shown = ("Authorization: ***" if arg.startswith("Authorization:") else arg for arg in command)
+            self.outputs.append(f"== round {round_no} {target.name}: {' '.join(shown)}\n{text}")
+            figures = parse_wrk(text)
+            self.answered[target.name] += figures.requests
 
-        def per_request(seconds: float) -> float | None:
-            return round(seconds / figures.requests * 1e6, 1) if figures.requests else None
+            def per_request(seconds: float, requests: int = figures.requests) -> float | None:
+                return round(seconds / requests * 1e6, 1) if requests else None
 
-        return Run(
-            round=round_no,
-            target=target.name,
-            rps=figures.rps,
-            p50_ms=figures.p50_ms,
-            p99_ms=figures.p99_ms,
-            requests=figures.requests,
-            errors=figures.errors,
-            cpu_us_per_request=per_request(cpu),
-            helper_cpu_us_per_request=per_request(helpers) if target.helpers else None,
-            load_cpu_busy_percent=busy_percent(cores_before, cores_after, self.cpu),
-            server_cpu_busy_percent=busy_percent(cores_before, cores_after, target.cpu),
-            others_cpu_percent=round(100 * others / self.duration, 1),
-        )
+            runs.append(
+                Run(
+                    round=round_no,
+                    target=target.name,
+                    rps=figures.rps,
+                    p50_ms=figures.p50_ms,
+                    p99_ms=figures.p99_ms,
+                    requests=figures.requests,
+                    errors=figures.errors,
+                    cpu_us_per_request=per_request(cpu),
+                    helper_cpu_us_per_request=per_request(helpers) if target.helpers else None,
+                    load_cpu_busy_percent=busy_percent(cores_before, cores_after, self.cpu),
+                    server_cpu_busy_percent=busy_percent(cores_before, cores_after, target.cpu),
+                    others_cpu_percent=round(100 * others / self.duration, 1),
+                )
+            )
+        return runs
 
 
 def drive(load: Load, targets: Sequence[Target], rounds: int) -> list[Run]:

@@ -5,6 +5,7 @@ this machine, in one run.
         [--duration 8] [--warmup 2] [--connections 50] [--threads 1] [--workers-cpus all|proxy]
         [--workers-store redis|memory] [--with-logs] [--profile [SECONDS]] [--profile-scenarios LIST]
         [--no-pin] [--json] [--keep]
+    .venv/bin/python bench/proxy.py --ab REV [--scenarios pass-through,policy,idempotency] [--rounds 3] ...
 
 One nginx worker plays the vendor (a fixed ~100-byte JSON body). A second single-worker nginx with an
 upstream keep-alive pool is the reference proxy. Each gateway is its own process (``python -m gateway
@@ -31,6 +32,10 @@ cpu 0, the gateway under test has cpu 1 to itself; the 2 workers by default may 
 (``proxy``: the same CPU per request as one worker means the workers add no cost). Everything is
 written under ``bench/.work/`` and every process started here is stopped on exit, Ctrl-C or failure.
 Missing ``nginx`` or ``wrk`` are installed with apt-get (Debian). Shared machinery: bench/harness.py.
+
+``--ab REV`` measures a change instead: each scenario's gateway from git revision REV (a worktree in the
+work dir) and from this checkout, both on the gateway's core, loaded at once by two wrk; the report is
+the difference in CPU per request (bench/README.md says why and how).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import os
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -278,6 +284,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[PASS],
         help="which gateways --profile records (default pass-through)",
     )
+    parser.add_argument(
+        "--ab",
+        metavar="REV",
+        help="instead: each scenario (of pass-through,policy,idempotency) from git revision REV and from "
+        "this checkout, loaded at once on the same core; reports the difference in CPU per request",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, wrk output)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = parser.parse_args(argv)
@@ -291,6 +303,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     }
     check_ranges(parser, args, limits)
     args.scenarios = [s for s in SCENARIOS if s in args.scenarios]  # the order of the rounds
+    if args.ab is not None:
+        others = [s for s in args.scenarios if s not in AB_SCENARIOS]
+        if others and args.scenarios != list(SCENARIOS):  # asked for by name, not the default "all"
+            parser.error(f"--ab compares {','.join(AB_SCENARIOS)}, not {','.join(others)}")
+        if args.profile:
+            parser.error("--ab and --profile do not go together")
+        args.scenarios = [s for s in args.scenarios if s in AB_SCENARIOS]
     return args
 
 
@@ -359,8 +378,9 @@ def write_gateway(
     redis_port: int | None = None,
     with_logs: bool = False,
     workers_store: str = "redis",
+    folder_name: str | None = None,
 ) -> Gateway:
-    folder = work / key
+    folder = work / (folder_name or key)
     for sub in ("routes", "transforms"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -410,7 +430,8 @@ def write_gateway(
     return Gateway(key, folder, port, env, wrk_args, fresh_token, path, access_log, workers)
 
 
-def start_gateway(supervisor: Supervisor, gateway: Gateway, cpu: int | None) -> Child:
+def start_gateway(supervisor: Supervisor, gateway: Gateway, cpu: int | None, code: Path = REPO_DIR) -> Child:
+    """``code``: the checkout whose gateway package runs (another one's comes first on PYTHONPATH)."""
     # fmt: off
     argv = [sys.executable, "-m", "gateway", "run", "--config", str(gateway.folder / "config.toml"),
             "--listen", f"127.0.0.1:{gateway.port}", "--log-format", "json"]
@@ -431,8 +452,8 @@ def start_gateway(supervisor: Supervisor, gateway: Gateway, cpu: int | None) -> 
             cpu=cpu,
             stdout=out,
             log=gateway.folder / "stderr.log",
-            cwd=REPO_DIR,
-            env=gateway.env,
+            cwd=code,
+            env=gateway.env if code == REPO_DIR else {**gateway.env, "PYTHONPATH": str(code)},
         )
 
 
@@ -752,6 +773,168 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
     }
 
 
+# --------------------------------------------------------------------------- --ab REV
+
+AB_SCENARIOS = (PASS, POLICY, IDEMPOTENCY)
+
+
+def checkout(revision: str, folder: Path) -> str:
+    """A detached worktree of ``revision`` in ``folder``; its short commit."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            raise BenchError(f"git {' '.join(args)}: {(done.stdout + done.stderr).strip()}")
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--verify", "--short", f"{revision}^{{commit}}")
+    git("worktree", "add", "--detach", "--force", str(folder), commit)
+    return commit
+
+
+def remove_checkout(folder: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(REPO_DIR), "worktree", "remove", "--force", str(folder)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def run_ab(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, str]) -> dict[str, Any]:
+    """Each scenario's gateway from ``args.ab`` and from this checkout, both on the gateway's core, loaded
+    at once by two wrk (the first started alternating by round): their difference in CPU per request,
+    with every disturbance of the machine shared by both."""
+    load_cpu, proxy_cpu, pinning = plan_cpus(args.no_pin)
+    scenarios = [s for s in args.scenarios if s not in skipped]
+    names = row_names(args.workers_store)
+    raise_fd_limit()
+    supervisor = Supervisor(tools.taskset)
+    base_code = work / "base"
+    revision = checkout(args.ab, base_code)
+    this = gateway_revision()
+    sides = {"base": base_code, "this": REPO_DIR}
+    pairs: dict[str, tuple[Target, Target]] = {}
+    runs: list[Run] = []
+    try:
+        _, vendor_port = start_vendor(supervisor, tools, work, load_cpu)
+        redis: Child | None = None
+        redis_port: int | None = None
+        if IDEMPOTENCY in scenarios:
+            started = start_redis(supervisor, work, load_cpu)
+            if started is None:
+                raise BenchError("redis-server is gone from PATH since the start")
+            redis, redis_port = started
+        for key in scenarios:
+            pair = []
+            for side, code in sides.items():
+                gateway = write_gateway(
+                    work, key, vendor_port, redis_port=redis_port, folder_name=f"{key}-{side}"
+                )
+                child = start_gateway(supervisor, gateway, proxy_cpu, code)
+                wait_ready(child, gateway.url, ready_probe(gateway, child))
+                helpers = (redis,) if key == IDEMPOTENCY and redis is not None else ()
+                name = f"{names[key]} ({side})"
+                pair.append(
+                    Target(
+                        name,
+                        gateway.url,
+                        child,
+                        proxy_cpu,
+                        gateway.wrk_args,
+                        (),
+                        gateway.fresh_token,
+                        helpers,
+                    )
+                )
+            pairs[key] = (pair[0], pair[1])
+        say(f"ready: {', '.join(t.name for pair in pairs.values() for t in pair)}; work dir {work}")
+        load = Load(
+            wrk=tools.wrk,
+            supervisor=supervisor,
+            cpu=load_cpu,
+            threads=args.threads,
+            connections=args.connections,
+            duration=args.duration,
+            warmup=args.warmup,
+            work=work,
+        )
+        for round_no in range(1, args.rounds + 1):
+            for key, (base, new) in pairs.items():
+                order = [base, new] if round_no % 2 else [new, base]
+                say(f"round {round_no}/{args.rounds}: {names[key]}, both at once ({order[0].name} first)")
+                runs += sorted(load.measure_together(round_no, order), key=lambda r: r.target != base.name)
+        (work / "wrk-outputs.txt").write_text("\n".join(load.outputs))
+    finally:
+        stop_everything(supervisor)
+        remove_checkout(base_code)
+    differences = {}
+    for key, (base, new) in pairs.items():
+        deltas = []
+        for round_no in range(1, args.rounds + 1):
+            a, b = (next(r for r in runs if r.round == round_no and r.target == t.name) for t in (base, new))
+            if a.cpu_us_per_request and b.cpu_us_per_request:
+                deltas.append((b.cpu_us_per_request - a.cpu_us_per_request, a.cpu_us_per_request))
+        differences[names[key]] = {
+            "base": base.name,
+            "this": new.name,
+            "us_per_request": [round(d, 1) for d, _ in deltas],
+            "median_us": round(statistics.median(d for d, _ in deltas), 1) if deltas else None,
+            "median_percent": round(statistics.median(100 * d / a for d, a in deltas), 1) if deltas else None,
+        }
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {**machine_info(), "load_average_after": load_averages()},
+        "versions": {"base": revision, "this": this, "nginx": version([tools.nginx, "-v"])},
+        "settings": {
+            "ab": args.ab,
+            "scenarios": scenarios,
+            "rounds": args.rounds,
+            "duration_seconds": args.duration,
+            "warmup_seconds": args.warmup,
+            "connections": args.connections,
+            "threads": args.threads,
+            "pinning": pinning,
+        },
+        "skipped": skipped,
+        "runs": [asdict(r) for r in runs],
+        "differences": differences,
+    }
+
+
+def report_ab(result: dict[str, Any]) -> str:
+    settings = result["settings"]
+    runs = [Run(**r) for r in result["runs"]]
+
+    def median_cpu(name: str) -> str:
+        values = [r.cpu_us_per_request for r in runs if r.target == name and r.cpu_us_per_request]
+        return f"{statistics.median(values):.1f}" if values else "-"
+
+    head = (
+        f"{'scenario':<{NAME_WIDTH}} {'rounds':>6} {'base µs/req':>11} {'this µs/req':>11} {'this-base':>9}"
+    )
+    lines = [head + f" {'%':>6}  per round"]
+    for scenario, diff in result["differences"].items():
+        deltas = diff["us_per_request"]
+        lines.append(
+            f"{scenario:<{NAME_WIDTH}} {len(deltas):>6} {median_cpu(diff['base']):>11} "
+            f"{median_cpu(diff['this']):>11} {diff['median_us'] or 0:>+9.1f} "
+            f"{diff['median_percent'] or 0:>+6.1f}"
+            f"  {', '.join(f'{d:+.1f}' for d in deltas)}"
+        )
+    lines += [
+        "(CPU µs per request of each gateway, both loaded at once on the same core; this-base: median of "
+        "the rounds' differences, negative is cheaper; --ab HEAD on a clean tree shows the method's noise)",
+        f"base: {result['versions']['base']} ({settings['ab']}); this: {result['versions']['this']}; "
+        f"pinning: {settings['pinning']}; two wrk -t{settings['threads']} -c{settings['connections']}, "
+        f"{settings['warmup_seconds']}s warm-up + {settings['duration_seconds']}s per round",
+    ]
+    width = max((len(r.target) for r in runs), default=NAME_WIDTH)
+    return rounds_table(runs, width=width) + "\n\n" + "\n".join(lines)
+
+
 def report_text(result: dict[str, Any]) -> str:
     runs = [Run(**r) for r in result["runs"]]
     summaries = [TargetSummary(**s) for s in result["summary"]]
@@ -806,6 +989,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if all(s in skipped for s in args.scenarios):
         say("error: every scenario asked for is skipped; nothing to measure")
         return 1
+    if args.ab is not None:
+        return main_frame(
+            "proxy-ab",
+            lambda work: run_ab(args, tools, work, skipped),
+            report_ab,
+            as_json=args.json,
+            keep=args.keep,
+        )
     return main_frame(
         "proxy",
         lambda work: run(args, tools, work, skipped),
