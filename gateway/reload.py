@@ -7,7 +7,10 @@ moves ``routes_dir`` watches the new one.
 
 What is watched: the folder holding config.toml (not recursively: it is often a repository root),
 ``routes_dir`` and ``transforms_dir`` (recursively), and the folders of the certificate files the
-config names (``[gateway] tls`` and vendors' ``tls``: a rotated certificate is read by a reload).
+config names (``[gateway] tls`` and vendors' ``tls``: a rotated certificate is read by a reload). In
+the folders of config.toml and of the certificates only their own names count (and a Kubernetes
+volume's ``..data`` swap): an access log or anything else written there makes the watcher read
+nothing.
 Watching folders rather than files survives editors and deploy tools that rename a new file over the
 old one, and Kubernetes ConfigMap and Secret volumes, which swap a ``..data`` symlink. Because a folder
 sees unrelated changes too, a burst of events reloads only when the contents of config.toml,
@@ -24,13 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError, Problem, load_config
 from .observability.logging import Logger
+
+if TYPE_CHECKING:
+    from watchfiles import Change
 
 # How long the watcher waits for more changes before it looks (watchfiles' step), and the most it
 # groups changes over (its debounce): a deploy that copies a tree becomes one reload, not fifty.
@@ -171,15 +179,17 @@ async def watch_files(
         seen = await asyncio.to_thread(watched.digest)
         changes: asyncio.Queue[set[str]] = asyncio.Queue()
         restart = asyncio.Event()  # set to stop this round's watchers (stop, or folders moved)
-        groups = [
-            ([watched.config_file.parent], False),
-            ([watched.routes_dir, watched.transforms_dir], True),
+        # (folders, recursive, the names that matter in them: None for every name)
+        groups: list[tuple[list[Path], bool, frozenset[str] | None]] = [
+            ([watched.config_file.parent], False, frozenset({watched.config_file.name})),
+            ([watched.routes_dir, watched.transforms_dir], True, None),
         ]
         if watched.tls_files:  # a Kubernetes Secret volume swaps its ..data link: its folder is watched
-            groups.append((sorted({path.parent for path in watched.tls_files}), False))
+            tls_names = frozenset(path.name for path in watched.tls_files)
+            groups.append((sorted({path.parent for path in watched.tls_files}), False, tls_names))
         feeds = [
-            asyncio.create_task(_feed(folders, recursive, changes, restart, logger))
-            for folders, recursive in groups
+            asyncio.create_task(_feed(folders, recursive, only, changes, restart, logger))
+            for folders, recursive, only in groups
         ]
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -206,13 +216,26 @@ async def watch_files(
             await asyncio.gather(*feeds, return_exceptions=True)
 
 
+def _named(names: frozenset[str]) -> Callable[[Change, str], bool]:
+    """A watchfiles filter passing ``names`` and the ``..``-names of a Kubernetes volume's atomic swap
+    (``..data``, ``..2026_12_01_...``), so an access log written beside config.toml is not looked at."""
+
+    def keep(_change: Change, path: str) -> bool:
+        name = os.path.basename(path)
+        return name in names or name.startswith("..")
+
+    return keep
+
+
 async def _feed(
     folders: list[Path],
     recursive: bool,
+    names: frozenset[str] | None,
     out: asyncio.Queue[set[str]],
     restart: asyncio.Event,
     logger: Logger,
 ) -> None:
+    """Each batch of changes under ``folders`` (to ``names`` only, unless None) onto ``out``."""
     existing = sorted({f for f in folders if f.is_dir()})
     if not existing:
         return
@@ -221,7 +244,8 @@ async def _feed(
     try:
         async for found in awatch(
             *existing,
-            watch_filter=DefaultFilter(),  # no .git, editor swap files, caches
+            # no .git, editor swap files, caches; in a folder of other files, only the config's own
+            watch_filter=DefaultFilter() if names is None else _named(names),
             recursive=recursive,
             step=STEP_MS,
             debounce=DEBOUNCE_MS,

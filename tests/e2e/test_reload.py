@@ -18,7 +18,7 @@ import pytest
 from gateway.config import load_config
 from gateway.http.app import reload
 from gateway.observability.logging import Logger
-from gateway.reload import Watched, watch_files
+from gateway.reload import Watched, _feed, watch_files
 from tests.conftest import CapturedLogs
 from tests.gateway_proc import GatewayProcess
 from tests.ratelimit_vendor import ARRIVALS, long_run_rate, rate_vendor
@@ -287,6 +287,29 @@ async def test_the_watcher_reloads_when_config_routes_or_transforms_change_and_n
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_in_the_config_folder_only_the_config_file_counts(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # An access log beside config.toml must not have the watcher re-read the config at every write.
+    path = write_config('[vendors.a]\nbase_url = "http://127.0.0.1:1"\n')
+    changes: asyncio.Queue[set[str]] = asyncio.Queue()
+    restart = asyncio.Event()
+    only = frozenset({path.name})
+    feed = asyncio.ensure_future(
+        _feed([path.parent], False, only, changes, restart, Logger(stream=io.BytesIO()))
+    )
+    try:
+        await asyncio.sleep(0.5)  # the watch is in place
+        (tmp_path / "access.log").write_text("a line\n")
+        (tmp_path / "notes.toml").write_text("# not the config\n")
+        path.write_text(path.read_text() + "# edited\n")
+        assert await asyncio.wait_for(changes.get(), 10) == {str(path)}
+        assert changes.empty()
+    finally:
+        restart.set()
+        await asyncio.wait_for(feed, 5)
 
 
 async def test_the_watcher_reloads_once_the_files_hold_still(
