@@ -62,14 +62,7 @@ def startup_notes(config: Config, listen_host: str) -> list[Note]:
             "the network unencrypted"
         )
         notes.append(("listener", "warning", {"tls": False, "detail": detail}))
-    for warning in config.warnings:
-        notes.append(
-            (
-                "config_warning",
-                "warning",
-                {"file": warning.file, "key": warning.key, "detail": warning.message},
-            )
-        )
+    notes += [("config_warning", "warning", warning.fields()) for warning in config.warnings]
     return notes
 
 

@@ -79,6 +79,10 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
 
+    def fields(self) -> dict[str, str]:
+        """Its log fields, as a ``config_warning`` event carries them."""
+        return {"file": self.file, "key": self.key, "detail": self.message}
+
 
 class ConfigError(Exception):
     """The config could not be loaded; ``problems`` lists every reason."""

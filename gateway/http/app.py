@@ -494,9 +494,7 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
             needs_restart=needs_restart or None,
         )
         for warning in config.warnings:
-            logger.event(
-                "config_warning", level="warning", file=warning.file, key=warning.key, detail=warning.message
-            )
+            logger.event("config_warning", level="warning", **warning.fields())
         return True
 
 

@@ -204,13 +204,7 @@ class Supervisor:
                 run_dir=str(self.run_dir.path),
             )
             for warning in per_process_warnings(self.config, self.workers):
-                self.logger.event(
-                    "config_warning",
-                    level="warning",
-                    file=warning.file,
-                    key=warning.key,
-                    detail=warning.message,
-                )
+                self.logger.event("config_warning", level="warning", **warning.fields())
             if self.sandbox is not None:
                 self._start_sandbox(self.sandbox)
             for slot in self.slots:

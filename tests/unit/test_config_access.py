@@ -261,7 +261,8 @@ def test_tls_verify_false_is_accepted_with_a_warning(write_config: Callable[...,
     (warning,) = config.warnings
     assert warning.key == "vendors.a.tls.verify" and "not checked" in warning.message
     notes = startup_notes(config, "127.0.0.1")
-    assert ("config_warning", "warning") in [(event, level) for event, level, _ in notes]
+    fields = {"file": warning.file, "key": "vendors.a.tls.verify", "detail": warning.message}
+    assert ("config_warning", "warning", fields) in notes
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", str(path)], capture_output=True, text=True
     )
