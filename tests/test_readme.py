@@ -10,13 +10,13 @@ running ends with the run; elsewhere the runner moves those ports to free ones.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from tests import readme_runner
+from tests.gateway_proc import free_ports
 from tests.readme_runner import README, ROOT, check_markers, expected_output, match_output, parse
 
 
@@ -106,24 +106,13 @@ def _netns_works() -> bool:
     return probe.returncode == 0
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @pytest.mark.slow
 def test_the_readme_runs_as_pasted() -> None:
     runner = [sys.executable, str(ROOT / "tests" / "readme_runner.py")]
     if _netns_works():
         command = ["unshare", "-rnmpf", "--mount-proc", *runner, "--isolate"]
     else:
-        moves = zip(readme_runner.PORTS, _free_ports(len(readme_runner.PORTS)), strict=True)
+        moves = zip(readme_runner.PORTS, free_ports(len(readme_runner.PORTS)), strict=True)
         command = [*runner, "--ports", ",".join(f"{old}={new}" for old, new in moves)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-12000:]

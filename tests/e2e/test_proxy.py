@@ -12,6 +12,7 @@ import orjson
 from aiohttp import ClientSession, web
 
 from tests.conftest import CapturedLogs
+from tests.gateway_proc import free_port
 from tests.streaming_vendor import StreamingVendor
 
 
@@ -325,12 +326,7 @@ async def test_slow_vendor_is_504_and_unreachable_vendor_is_502(gateway: Any, ve
     app = web.Application()
     app.router.add_get("/slow", slow)
     server = await vendor(app)
-    # A port that was free a moment ago: nothing listens there.
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead_port = sock.getsockname()[1]
+    dead_port = free_port()  # free a moment ago: nothing listens there
     client = await gateway(
         f"""
         [vendors.slow]

@@ -25,6 +25,7 @@ from gateway.upstream.pool import (
     ProtocolError,
     Timeout,
 )
+from tests.gateway_proc import free_port
 
 # Read by tests/conftest.py: every test here runs on both loops.
 LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -508,11 +509,7 @@ async def test_unasked_bytes_close_the_connection(
 
 
 async def test_connect_refused_is_a_connect_error(pool: Pool) -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # free a moment ago: nothing listens there
     dead = Endpoint(scheme="http", host="127.0.0.1", port=port, host_header=f"127.0.0.1:{port}")
     with pytest.raises(ConnectError, match=f"cannot connect to 127.0.0.1:{port}"):
         await pool.origin(dead).request("GET", "/", CIMultiDict(), timeout=LIMITS)
