@@ -532,8 +532,8 @@ async def serve(
         gateway.collector.peers = worker.peers
         gateway.monitor.families = gateway.collector.families
         gateway.services.deprecations.peers = worker.deprecations
-        if not worker.notifies:
-            gateway.services.alerts.notify = None  # it evaluates the alerts, another sends the notices
+        # Every worker evaluates the alerts; one logs and sends each firing and resolving.
+        gateway.services.alerts.announces = worker.announces
     await gateway.start()
     server = gateway.server = Server(gateway, Limits.of(config.gateway), logger)
     try:

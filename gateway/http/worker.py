@@ -21,8 +21,8 @@ only grow, whichever worker answers each scrape.
 
 The monitor of each worker reads the same merged figures into its history once a second
 (``gateway.observability.monitor``), so every worker evaluates the alerts on all the requests and
-agrees on which fire; only worker 1 (``NOTIFYING_WORKER``, restarted under the same index) sends their
-webhook notices, so each goes out once.
+agrees on which fire; only worker 1 (``ANNOUNCING_WORKER``, restarted under the same index) logs their
+firing and resolving and sends their webhook notices, so each is said once.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from ..observability.metrics import Family
 from ..services import Services
 
 SNAPSHOT_SECONDS = 1.0
-NOTIFYING_WORKER = 1
+ANNOUNCING_WORKER = 1
 RETIRED = "retired.json"
 # Incarnations folded into retired.json that a scrape may still have read the file of: kept in it so the
 # scrape drops that file rather than count it twice. Far more than can exit while one scrape runs.
@@ -272,8 +272,8 @@ class RunDir:
 class Worker:
     """What serve() does as worker ``index`` (1..``workers``) of a supervisor: ``serving`` once it
     listens (tells the supervisor, starts the snapshots), ``stopped`` once it has drained (the last
-    snapshot), ``check`` on every reload, ``peers`` for /_gateway/metrics and the monitor, ``notifies``:
-    whether it sends the alert notices."""
+    snapshot), ``check`` on every reload, ``peers`` for /_gateway/metrics and the monitor, ``announces``:
+    whether it logs the alerts' firing and resolving and sends their notices."""
 
     def __init__(self, *, index: int, workers: int, run_dir: RunDir, incarnation: int, ready_fd: int) -> None:
         self.index = index
@@ -300,8 +300,8 @@ class Worker:
         return self.run_dir.deprecations(self.incarnation)
 
     @property
-    def notifies(self) -> bool:
-        return self.index == NOTIFYING_WORKER
+    def announces(self) -> bool:
+        return self.index == ANNOUNCING_WORKER
 
     def serving(self, services: Callable[[], Services], logger: Logger) -> None:
         """The worker listens and handles signals: tell the supervisor, start writing snapshots."""

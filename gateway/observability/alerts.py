@@ -4,8 +4,9 @@ Each (rule, vendor) pair is one alert, in one of three states. "ok": the conditi
 "pending": it holds, for less than the rule's ``for_seconds`` so far. "firing": it has held that long
 (at once with ``for_seconds = 0``), until an evaluation finds it no longer holds: then it is resolved
 and "ok" again. Firing and resolving each log one event (``alert_firing``, ``alert_resolved``) and hand
-one notice to ``notify`` (the webhook notifier, when configured); ``gateway_alert_active{vendor,alert}``
-is 1 while firing and 0 otherwise, for every pair from the start.
+one notice to ``notify`` (the webhook notifier, when configured), unless ``announces`` is off (all
+but one of several workers: they keep the same states, one of them says so);
+``gateway_alert_active{vendor,alert}`` is 1 while firing and 0 otherwise, for every pair from the start.
 
 Evaluation is a plain function of the history and the clock time it is given (``Alerts.evaluate``):
 the monitor calls it every ``evaluate_seconds``; tests call it with the time they choose.
@@ -82,6 +83,7 @@ class Alerts:
         self.wall = wall  # for the ``since`` people read; the evaluation itself uses the clock it is given
         self.hostname = socket.gethostname()
         self.notify: Callable[[Notice], None] | None = None
+        self.announces = True  # log each firing and resolving, and hand it to notify
         self._alerts: dict[tuple[str, str], Alert] = {}
         self.evaluations = 0
 
@@ -128,6 +130,8 @@ class Alerts:
         self._announce(alert, "resolved")
 
     def _announce(self, alert: Alert, status: str) -> None:
+        if not self.announces:
+            return
         notice = alert.notice(status, self.hostname)
         self.logger.event(
             f"alert_{status}",

@@ -206,6 +206,21 @@ def test_error_ratio_pends_for_its_for_seconds_then_fires_then_resolves() -> Non
     assert alerts.firing() == []
 
 
+def test_alerts_that_do_not_announce_keep_their_states_and_say_nothing() -> None:
+    # All but one of several workers: the same states, no log line and no notice of their own.
+    rule = AlertRule(name="errors", vendor="v", kind="error_ratio", threshold=0.2, window_seconds=60)
+    alerts, stream, notices = alerts_with(rule)
+    alerts.announces = False
+    history, v = History(), Vendor()
+    history.record(0.0, {"v": v.reading()})
+    v.answer(500, count=30)
+    history.record(1.0, {"v": v.reading()})
+    alerts.evaluate(history, 1.0)
+    assert [(a["alert"], a["vendor"]) for a in alerts.firing()] == [("errors", "v")]
+    assert active(alerts) == {("v", "errors"): 1}
+    assert stream.events("alert_firing") == [] and notices == []
+
+
 def test_ratios_stay_quiet_below_min_requests_and_a_short_spike_never_fires() -> None:
     rule = AlertRule(
         name="e", vendor="v", kind="error_ratio", threshold=0.1, window_seconds=60, min_requests=50
