@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import IDEMPOTENCY_DEFAULT_METHODS, Config, Problem
+from ..features.deprecation.tracker import merge_records
 from ..observability.collector import decode, encode, merge, retired
 from ..observability.logging import Logger
 from ..observability.metrics import Family
@@ -48,6 +49,12 @@ RETIRED = "retired.json"
 # scrape drops that file rather than count it twice. Far more than can exit while one scrape runs.
 FOLDED_KEPT = 256
 SHARED_STORE_EXAMPLE = 'store = "redis://127.0.0.1:6379/0"'
+
+
+def _records(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The deprecation notices a snapshot's meta carries (``DeprecationTracker.export``'s records)."""
+    records = meta.get("deprecations")
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 
 
 def _display(path: Path) -> str:
@@ -189,7 +196,7 @@ def per_process_warnings(config: Config, workers: int) -> list[Problem]:
 class RunDir:
     """The supervisor's folder of metric snapshots: ``worker-<incarnation>.json`` per running worker
     (an incarnation is one fork, numbered by the supervisor, so a restarted worker starts a new file)
-    and ``retired.json``, the counters and histograms of workers that exited."""
+    and ``retired.json``, the counters, histograms and deprecation notices of workers that exited."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -204,12 +211,13 @@ class RunDir:
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
-    def _retired(self) -> tuple[list[int], list[Family]]:
+    def _retired(self) -> tuple[list[int], list[Family], list[dict[str, Any]]]:
+        """retired.json: the incarnations folded into it, their families and deprecation notices."""
         try:
             meta, families = decode((self.path / RETIRED).read_bytes())
         except (FileNotFoundError, ValueError):
-            return [], []
-        return [int(n) for n in meta.get("folded", ())], families
+            return [], [], []
+        return [int(n) for n in meta.get("folded", ())], families, _records(meta)
 
     def _snapshots(self, own: int | None) -> list[tuple[int, dict[str, Any], list[Family]]]:
         """(incarnation, meta, families) of every other running worker's latest snapshot."""
@@ -232,37 +240,39 @@ class RunDir:
         and retired.json after: a file folded meanwhile is then either dropped (its incarnation is
         listed as folded) or already gone, and counted once either way."""
         found = self._snapshots(own)
-        folded, old = self._retired()
+        folded, old, _ = self._retired()
         out: list[Sequence[Family]] = [families for n, _, families in found if n not in folded]
         if old:
             out.append(old)
         return out
 
     def deprecations(self, own: int | None = None) -> list[dict[str, Any]]:
-        """Every other running worker's deprecation notices (a worker's go with it when it exits;
-        its counts stay in gateway_vendor_deprecations_total)."""
-        notices: list[dict[str, Any]] = []
-        for _, meta, _ in self._snapshots(own):
-            records = meta.get("deprecations")
-            if isinstance(records, list):
-                notices.extend(record for record in records if isinstance(record, dict))
-        return notices
+        """Every other worker's deprecation notices: the running ones' and those of workers that exited
+        (read in the order of ``peers``, for the same reason)."""
+        found = self._snapshots(own)
+        folded, _, retired_notices = self._retired()
+        notices = [record for n, meta, _ in found if n not in folded for record in _records(meta)]
+        return notices + retired_notices
 
     def retire(self, incarnation: int) -> None:
-        """A worker exited (the supervisor reaped it): fold its counters and histograms into
-        retired.json, then remove its file (in that order: see ``peers``)."""
+        """A worker exited (the supervisor reaped it): fold its counters, histograms and deprecation
+        notices into retired.json, then remove its file (in that order: see ``peers``)."""
         path = self.snapshot(incarnation)
         path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # killed while writing
         try:
-            _, families = decode(path.read_bytes())
+            meta, families = decode(path.read_bytes())
         except FileNotFoundError:
             return  # it died before its first snapshot: nothing counted yet
         except ValueError:
             path.unlink(missing_ok=True)
             return
-        folded, old = self._retired()
+        folded, old, old_notices = self._retired()
         total = merge(old, [retired(families)])
-        data = encode(total, folded=[*folded, incarnation][-FOLDED_KEPT:])
+        data = encode(
+            total,
+            folded=[*folded, incarnation][-FOLDED_KEPT:],
+            deprecations=merge_records([*old_notices, *_records(meta)]),  # one per vendor and route
+        )
         tmp = self.path / (RETIRED + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, self.path / RETIRED)

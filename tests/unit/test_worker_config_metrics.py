@@ -246,6 +246,39 @@ def test_a_file_folded_while_a_scrape_reads_is_counted_once(tmp_path: Path) -> N
     assert total_requests(run.peers()) == 12
 
 
+def notice(count: int, last_seen: float, sunset: str = "Wed, 01 Jan 2031 00:00:00 GMT") -> dict[str, Any]:
+    """One worker's deprecation record (DeprecationTracker.export) for vendor v, route /x."""
+    return {
+        "vendor": "v",
+        "route": "/x",
+        "deprecation": "true",
+        "sunset": sunset,
+        "link": None,
+        "method": "GET",
+        "path": "/v/x",
+        "count": count,
+        "first_seen": last_seen - 1,
+        "last_seen": last_seen,
+    }
+
+
+def test_deprecation_notices_of_workers_that_exited_stay(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.write(1, encode([], deprecations=[notice(2, 100.0)]))
+    run.write(2, encode([], deprecations=[notice(3, 200.0)]))
+    run.retire(2)  # worker 2 exited: its notice stays, for the other workers to show
+    assert run.deprecations(own=1) == [notice(3, 200.0)]
+    run.write(3, encode([], deprecations=[notice(4, 300.0, sunset="Thu, 01 Jan 2032 00:00:00 GMT")]))
+    data = run.snapshot(3).read_bytes()
+    run.retire(3)  # its restart exited too: one record for the pair, the latest headers, counts summed
+    (kept,) = run.deprecations(own=1)
+    assert (kept["count"], kept["first_seen"], kept["last_seen"]) == (7, 199.0, 300.0)
+    assert kept["sunset"] == "Thu, 01 Jan 2032 00:00:00 GMT"
+    run.write(3, data)  # as a reader that listed and read worker-3.json just before it was folded
+    assert sum(record["count"] for record in run.deprecations(own=1)) == 7
+    assert sum(record["count"] for record in run.deprecations()) == 9  # worker 1's own 2 as well
+
+
 async def test_readings_of_a_process_own_families_are_the_readings_its_features_keep(gateway: Any) -> None:
     # Vendor names longer than one letter: a label value read as a string instead of a tuple would
     # come out as its first letter, and match no vendor.

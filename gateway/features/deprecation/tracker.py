@@ -130,27 +130,42 @@ class DeprecationTracker:
     def notices(self) -> list[Notice]:
         """Every notice, this process's and (with ``peers``) the other workers': per vendor and route,
         counts summed, first and last seen over all, the headers of the latest."""
-        merged = dict(self._notices)
-        for record in self.peers() if self.peers is not None else ():
-            other = _imported(record)
-            if other is None:
-                continue
-            key = (other.vendor, other.route)
-            mine = merged.get(key)
-            if mine is not None:
-                latest = other if other.last_seen > mine.last_seen else mine
-                other = replace(
-                    latest,
-                    count=mine.count + other.count,
-                    first_seen=min(mine.first_seen, other.first_seen),
-                    last_seen=max(mine.last_seen, other.last_seen),
-                )
-            merged[key] = other
-        return sorted(merged.values(), key=lambda n: (n.vendor, n.route))
+        peers = self.peers() if self.peers is not None else ()
+        imported = (notice for notice in map(_imported, peers) if notice is not None)
+        merged = _merged([*self._notices.values(), *imported])
+        return sorted(merged, key=lambda n: (n.vendor, n.route))
 
     def export(self) -> list[dict[str, Any]]:
         """This process's notices as JSON-able records, for the other workers (``peers``)."""
-        return [{name: getattr(n, name) for name in _EXPORTED} for n in self._notices.values()]
+        return [_exported(n) for n in self._notices.values()]
+
+
+def merge_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``export``'s records of several processes as one per vendor and route (broken ones dropped)."""
+    return [_exported(n) for n in _merged(n for n in map(_imported, records) if n is not None)]
+
+
+def _merged(notices: Iterable[Notice]) -> list[Notice]:
+    """One notice per vendor and route: counts summed, first and last seen over all, the headers of
+    the latest."""
+    out: dict[tuple[str, str], Notice] = {}
+    for notice in notices:
+        key = (notice.vendor, notice.route)
+        seen = out.get(key)
+        if seen is not None:
+            latest = notice if notice.last_seen > seen.last_seen else seen
+            notice = replace(
+                latest,
+                count=seen.count + notice.count,
+                first_seen=min(seen.first_seen, notice.first_seen),
+                last_seen=max(seen.last_seen, notice.last_seen),
+            )
+        out[key] = notice
+    return list(out.values())
+
+
+def _exported(notice: Notice) -> dict[str, Any]:
+    return {name: getattr(notice, name) for name in _EXPORTED}
 
 
 _EXPORTED = (
