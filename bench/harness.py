@@ -1069,7 +1069,7 @@ def check_ranges(
     for name, (low, high) in limits.items():
         if not low <= getattr(args, name) <= high:
             parser.error(f"--{name} must be between {low} and {high}")
-    if args.threads > args.connections:
+    if getattr(args, "threads", 1) > args.connections:
         parser.error("--threads must not exceed --connections (each wrk thread needs a connection)")
 
 

@@ -430,10 +430,17 @@ def write_gateway(
     return Gateway(key, folder, port, env, wrk_args, fresh_token, path, access_log, workers)
 
 
-def start_gateway(supervisor: Supervisor, gateway: Gateway, cpu: int | None, code: Path = REPO_DIR) -> Child:
-    """``code``: the checkout whose gateway package runs (another one's comes first on PYTHONPATH)."""
+def start_gateway(
+    supervisor: Supervisor,
+    gateway: Gateway,
+    cpu: int | None,
+    code: Path = REPO_DIR,
+    prefix: Sequence[str] = (),
+) -> Child:
+    """``code``: the checkout whose gateway package runs (another one's comes first on PYTHONPATH);
+    ``prefix``: what runs the interpreter (valgrind, for bench/instructions.py)."""
     # fmt: off
-    argv = [sys.executable, "-m", "gateway", "run", "--config", str(gateway.folder / "config.toml"),
+    argv = [*prefix, sys.executable, "-m", "gateway", "run", "--config", str(gateway.folder / "config.toml"),
             "--listen", f"127.0.0.1:{gateway.port}", "--log-format", "json"]
     # fmt: on
     if gateway.workers > 1:
