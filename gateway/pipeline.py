@@ -30,7 +30,7 @@ class Exchange:
     route: Route | None
     method: str
     path: str  # raw vendor path as sent by the caller (validated by gateway.target)
-    query: str  # raw query string, forwarded byte-for-byte
+    query: str | None  # raw query string, forwarded byte-for-byte; None: no "?" ("" for a bare one)
     headers: CIMultiDict[str]  # what will be sent to the vendor (hop-by-hop etc. already removed)
     client: str | None = None  # the [clients] name that called, once client auth has run
     segments: tuple[str, ...] = ()  # the vendor path's decoded segments, as routes and allow rules match

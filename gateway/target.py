@@ -22,7 +22,7 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 class Target:
     vendor: str
     path: str  # raw vendor path as the caller sent it, "" or starting with "/"
-    query: str  # raw query string without the "?", "" when absent
+    query: str | None  # raw query string without the "?"; None when there is no "?" ("" for a bare one)
     segments: tuple[str, ...]  # decoded path segments, for route matching
 
 
@@ -31,7 +31,8 @@ def parse_target(raw: str) -> Target:
     # Absolute-form ("http://evil/x"), authority-form and asterisk-form never address a vendor.
     if not raw.startswith("/") or raw.startswith("//"):
         raise BadRequest("request target must be a path starting with a single '/'")
-    path, _, query = raw.partition("?")
+    path, mark, text = raw.partition("?")
+    query = text if mark else None
     if "#" in path:
         raise BadRequest("request target must not contain a fragment")
     slash = path.find("/", 1)

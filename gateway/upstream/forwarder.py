@@ -228,10 +228,11 @@ class Forwarder:
             headers[name] = value
         query = ex.query
         for name, value in transport.set_query:
-            query = _replace_query_param(query, name, value)
-        if "#" in query:
-            query = query.partition("#")[0]  # a fragment is never sent (yarl dropped it too)
-        target = (transport.path_prefix + ex.path or "/") + ("?" + query if query else "")
+            query = _replace_query_param(query or "", name, value)
+        if query is not None and "#" in query:
+            query = query.partition("#")[0]  # a fragment is never sent
+        # As the caller sent it: no "?" without one, a bare "?" kept.
+        target = (transport.path_prefix + ex.path or "/") + ("" if query is None else "?" + query)
 
         whole = ex.body if ex.body is not None else request.body
         data: bytes | AsyncIterator[bytes] | None = whole

@@ -92,7 +92,7 @@ class AsyncDelivery:
             vendor=self.vendor.name,
             method=ex.method,
             path=ex.path,
-            query=ex.query,
+            query=ex.query or "",  # a bare "?" is not kept in the queue
             segments=ex.segments,
             headers=headers,
             body=body,

@@ -244,7 +244,7 @@ class DeliveryWorkers:
             route=route,
             method=req.method,
             path=req.path,
-            query=req.query,
+            query=req.query or None,
             headers=headers,
             client=req.client,
             segments=req.segments,

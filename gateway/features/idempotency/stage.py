@@ -223,7 +223,7 @@ class IdempotencyStage:
         exchange.idempotency_key = key
         body = await exchange.read_body()
         scope = IdempotencyKey(vendor=self.vendor.name, client=exchange.client, key=key)
-        digest = fingerprint(exchange.method, exchange.path, exchange.query, body)
+        digest = fingerprint(exchange.method, exchange.path, exchange.query or "", body)
         owner = os.urandom(12).hex()
         settings = self.vendor.idempotency
         try:
