@@ -263,6 +263,7 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False  # a request is queued or running (the task may still be waiting to run it)
         self._next: asyncio.Future[None] | None = None  # the idle task waits on it for the next request
         self._refusal: bytes | None = None  # written after the answer in progress (broken pipelined input)
+        self._said_close = False  # the last answer's head said Connection: close (nothing may follow it)
         # The connection's one timer: ``on_deadline`` runs once loop time passes ``deadline`` (Server._sweep).
         self.deadline = 0.0
         self.on_deadline: Callable[[], None] | None = None
@@ -456,11 +457,11 @@ class HttpConnection(asyncio.Protocol):
         return self.must_close or self.server.draining or not request.keep_alive or body_unread
 
     def _close_after_answer(self, request: ServerRequest) -> None:
-        if self._refusal is not None:
+        if self._refusal is not None and not self._said_close:
             self.write(self._refusal)  # what came after this request was refused meanwhile
             self._linger()
-        elif request.body is not None and not request.body.done:
-            self._linger()  # answered before its body was in (a refusal)
+        elif self._refusal is not None or (request.body is not None and not request.body.done):
+            self._linger()  # answered before its body was in (a refusal), or garbage coming after it
         else:
             self.close()
 
@@ -491,7 +492,7 @@ class HttpConnection(asyncio.Protocol):
         head_only = request.method == "HEAD" or answer.status in _NO_BODY_STATUSES or answer.status < 200
         headers = answer.headers
         lines = [f"HTTP/1.1 {answer.status} {answer.reason or _reason(answer.status)}"]
-        chunked = False
+        chunked = to_eof = False
         fields = list(headers.items())
         if "Date" not in headers:
             fields.append(("Date", self.server.date()))
@@ -506,9 +507,14 @@ class HttpConnection(asyncio.Protocol):
                 chunked = True
                 fields.append(("Transfer-Encoding", "chunked"))
             else:
-                closing = True  # an HTTP/1.0 caller reads to the end of the connection
+                closing = to_eof = True  # an HTTP/1.0 caller reads to the end of the connection
+        # Broken input behind this request: its refusal follows this answer and carries the close
+        # (as nginx answers a request, then the garbage after it), unless this one must say it.
+        refusal_next = self._refusal is not None and request.keep_alive and not self.server.draining
+        self._said_close = closing and (to_eof or not refusal_next)
         if closing:
             self.must_close = True
+        if self._said_close:
             fields.append(("Connection", "close"))
         elif request.version == "1.0":
             fields.append(("Connection", "keep-alive"))
@@ -550,8 +556,13 @@ class HttpConnection(asyncio.Protocol):
         self._disarm()
         self.must_close = True
         self._ignoring = True  # the parser's state is lost: nothing after this is a request
-        if self._current is not None and self._current.body is not None:
-            self._current.body.fail(error)
+        current = self._current
+        if current is not None and current.body is not None:
+            current.body.fail(error)
+            if self.busy and self.requests and self.requests[0] is current:
+                # The request being answered is the one whose body broke: the app reads the error from
+                # its body and answers it (with its own access record); nothing more follows but the close.
+                return
         request_id = new_request_id()
         method = ""
         with contextlib.suppress(httptools.HttpParserError, UnicodeDecodeError):

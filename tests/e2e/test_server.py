@@ -253,9 +253,41 @@ async def test_broken_framing_behind_a_request_in_progress_closes_after_its_answ
     first = Answer(raw)
     length = int(first.headers["content-length"])
     assert first.status == 200 and orjson.loads(first.body[:length])["path"] == "/one"
-    assert_problem(Answer(first.body[length:]), 400)  # then the refusal, then the close
+    # As nginx: the request is answered as it asked (keep-alive), then the refusal says the close.
+    assert "connection" not in first.headers
+    refusal = Answer(first.body[length:])
+    assert_problem(refusal, 400)
+    assert refusal.headers["connection"] == "close"
     assert calls == [b""]  # nothing after the broken head was read as a request
     assert [r["event"] for r in logs.records() if r["level"] == "error"] == []
+
+
+async def test_a_body_whose_framing_breaks_gets_one_answer(
+    gateway: Start, vendor: Start, logs: CapturedLogs
+) -> None:
+    calls: list[bytes] = []
+    client = await start(gateway, vendor, calls)
+    head = b"POST /v/a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw = await exchange(client.port, head + b"3\r\nabc\r\nZZ\r\n")  # "ZZ" is no chunk size
+    problem = assert_problem(Answer(raw), 400)
+    assert "chunk size" in problem["detail"]
+    assert raw.count(b"X-Request-Id: ") == 1  # not the request's answer and then the refusal again
+    assert [r["status"] for r in logs.access()] == [400]
+    assert calls == []
+
+
+async def test_a_caller_that_said_close_gets_no_refusal_after_its_answer(
+    gateway: Start, vendor: Start
+) -> None:
+    calls: list[bytes] = []
+    client = await start(gateway, vendor, calls)
+    raw = await exchange(
+        client.port, b"GET /v/a HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\nGARBAGE\r\n"
+    )
+    answer = Answer(raw)
+    assert answer.status == 200 and answer.headers["connection"] == "close"
+    assert raw.count(b"X-Request-Id: ") == 1  # nothing may follow an answer that said close
+    assert calls == [b""]
 
 
 @pytest.mark.parametrize(
