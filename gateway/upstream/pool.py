@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
@@ -63,6 +64,8 @@ _ENCODING = "utf-8"
 # Header bytes the caller or vendor sent that are not UTF-8 travel unchanged (as aiohttp's parser keeps
 # them): decoded with surrogateescape, encoded back the same way.
 _ERRORS = "surrogateescape"
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class PoolError(Exception):
@@ -788,9 +791,10 @@ class Connection(asyncio.Protocol):
         size = len(values) + sum([len(name) for name, _ in raw]) + 4 * len(raw) + len(self._reason) + 17
         if size > pool.max_head_bytes:
             raise ProtocolError(f"{self._where} sent a head of more than {pool.max_head_bytes} bytes")
-        # As aiohttp's parser: NUL is never part of a value, nor is trailing whitespace.
-        if b"\0" in values:
-            raise ProtocolError(f"{self._where} sent a header value with a NUL byte")
+        # No control character but HTAB in a value or the reason (RFC 9110 5.5: such a message may be
+        # rejected; relayed, strict clients such as llhttp's refuse it), and no trailing whitespace.
+        if _CONTROL.search(values) or _CONTROL_TEXT.search(self._reason):
+            raise ProtocolError(f"{self._where} sent a header field or reason with a control character")
         headers = CIMultiDict(
             [
                 (name.decode(_ENCODING, _ERRORS), value.rstrip(b" \t").decode(_ENCODING, _ERRORS))

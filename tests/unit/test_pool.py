@@ -451,6 +451,9 @@ async def test_truncated_body_fails_the_reader(
         b"NOT HTTP\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-Nul: a\x00b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Ctl: a\x01b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Del: a\x7fb\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     ],
 )
