@@ -18,23 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import httptools
 import orjson
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import load_config
-from gateway.observability.logging import Logger
-from tests.conftest import CapturedLogs
-from tests.gateway_client import GatewayClient
+from tests.threaded_gateway import MUTATIONS, Threaded, cut, gateway_beside, mutate
 
 READ_SECONDS = 10.0  # above the vendor timeouts below: an answer still incomplete then hangs
 GOOD = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -83,52 +77,28 @@ class ScriptedVendor(asyncio.Protocol):
             transport.close()
 
 
-@dataclass
-class Served:
-    loop: asyncio.AbstractEventLoop
-    port: int
-    logs: CapturedLogs
-    script: Script
+CONFIG = """\
+[vendors.v]
+base_url = "http://127.0.0.1:{port}"
+retry = { attempts = 1 }
+circuit = { enabled = false }
+timeout = { total_seconds = 2, read_idle_seconds = 1 }
+"""
 
-    def unexpected(self) -> list[dict[str, Any]]:
-        return [r for r in self.logs.records() if r["event"] == "unhandled_error"]
+
+@dataclass
+class Served(Threaded):
+    script: Script = field(default_factory=Script)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    loop = uvloop.new_event_loop()  # the gateway's loop in production
-    thread = threading.Thread(target=loop.run_forever, name="served", daemon=True)
-    thread.start()
-    logs = CapturedLogs()
     script = Script()
-    folder: Path = tmp_path_factory.mktemp("pool-properties")
-    (folder / "routes").mkdir()
-    (folder / "transforms").mkdir()
-
-    async def start() -> tuple[asyncio.AbstractServer, GatewayClient]:
-        vendor = await loop.create_server(lambda: ScriptedVendor(script), "127.0.0.1", 0)
-        port = vendor.sockets[0].getsockname()[1]
-        (folder / "config.toml").write_text(
-            f'[vendors.v]\nbase_url = "http://127.0.0.1:{port}"\nretry = {{ attempts = 1 }}\n'
-            "circuit = { enabled = false }\ntimeout = { total_seconds = 2, read_idle_seconds = 1 }\n"
-        )
-        client = await GatewayClient.start(load_config(folder / "config.toml"), Logger(stream=logs))
-        return vendor, client
-
-    vendor, client = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    try:
-        yield Served(loop, client.port, logs, script)
-    finally:
-
-        async def stop() -> None:
-            await client.close()
-            vendor.close()
-            await vendor.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    folder = tmp_path_factory.mktemp("pool")
+    with gateway_beside(
+        lambda: ScriptedVendor(script), lambda port: CONFIG.replace("{port}", str(port)), folder
+    ) as it:
+        yield Served(it.loop, it.port, it.logs, script)
 
 
 # -- what the vendor answers ---------------------------------------------------------------------
@@ -265,16 +235,11 @@ def call(port: int, method: str = "GET") -> Answer | None:
     return reader.answer
 
 
-def cut(data: bytes, points: list[int]) -> list[bytes]:
-    at = sorted({p % len(data) for p in points} - {0})
-    return [data[a:b] for a, b in zip([0, *at], [*at, len(data)], strict=True)]
-
-
 def script(served: Served, pieces: list[bytes], close: bool) -> None:
     async def set_it() -> None:  # on the loop, between two answers
         served.script.pieces, served.script.close = pieces, close
 
-    asyncio.run_coroutine_threadsafe(set_it(), served.loop).result(5)
+    served.run(set_it(), 5)
 
 
 # -- the properties ------------------------------------------------------------------------------
@@ -298,27 +263,10 @@ def test_a_vendor_answer_in_any_pieces_reaches_the_caller_as_sent(
     assert served.unexpected() == []
 
 
-mutations = st.one_of(
-    st.tuples(st.just("replace"), st.integers(0, 10**6), st.binary(min_size=1, max_size=4)),
-    st.tuples(st.just("insert"), st.integers(0, 10**6), st.binary(min_size=1, max_size=8)),
-    st.tuples(st.just("delete"), st.integers(0, 10**6), st.integers(1, 40).map(bytes)),
-)
-
-
-def mutate(data: bytes, how: tuple[str, int, bytes]) -> bytes:
-    kind, at, what = how
-    at %= len(data)
-    if kind == "replace":
-        return data[:at] + what + data[at + len(what) :]
-    if kind == "insert":
-        return data[:at] + what + data[at:]
-    return data[:at] + data[at + len(what) :]
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     reply=replies,
-    how=st.lists(mutations, min_size=1, max_size=3),
+    how=st.lists(MUTATIONS, min_size=1, max_size=3),
     points=st.lists(st.integers(0, 10**6), max_size=3),
 )
 def test_a_damaged_vendor_answer_is_relayed_or_502_and_leaves_the_pool_sound(

@@ -19,24 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import httptools
 import orjson
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import load_config
-from gateway.observability.logging import Logger
-from tests.conftest import CapturedLogs
-from tests.gateway_client import GatewayClient
+from tests.threaded_gateway import MUTATIONS, Threaded, cut, gateway_beside, mutate
 
 READ_SECONDS = 10.0  # far above the gateway's timeouts below: a connection still open then hangs
 VENDOR_MARK = "X-Echo-Vendor"
@@ -89,53 +83,23 @@ class EchoVendor(asyncio.Protocol):
         self._reset()
 
 
-@dataclass
-class Served:
-    """The vendor and the gateway on their own loop and thread; ``logs`` is the gateway's output."""
+CONFIG = """\
+[gateway]
+header_timeout_seconds = 1
+body_timeout_seconds = 1
+keepalive_timeout_seconds = 2
 
-    loop: asyncio.AbstractEventLoop
-    port: int
-    logs: CapturedLogs
-    close: Any = None
-
-    def unexpected(self) -> list[dict[str, Any]]:
-        return [r for r in self.logs.records() if r["event"] == "unhandled_error"]
+[vendors.v]
+base_url = "http://127.0.0.1:{port}"
+"""
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    loop = uvloop.new_event_loop()  # the gateway's loop in production
-    thread = threading.Thread(target=loop.run_forever, name="served", daemon=True)
-    thread.start()
-    logs = CapturedLogs()
-    folder: Path = tmp_path_factory.mktemp("properties")
-    (folder / "routes").mkdir()
-    (folder / "transforms").mkdir()
-
-    async def start() -> tuple[asyncio.AbstractServer, GatewayClient]:
-        vendor = await loop.create_server(EchoVendor, "127.0.0.1", 0)
-        port = vendor.sockets[0].getsockname()[1]
-        (folder / "config.toml").write_text(
-            "[gateway]\nheader_timeout_seconds = 1\nbody_timeout_seconds = 1\nkeepalive_timeout_seconds = 2\n"
-            f'[vendors.v]\nbase_url = "http://127.0.0.1:{port}"\n'
-        )
-        client = await GatewayClient.start(load_config(folder / "config.toml"), Logger(stream=logs))
-        return vendor, client
-
-    vendor, client = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    try:
-        yield Served(loop, client.port, logs)
-    finally:
-
-        async def stop() -> None:
-            await client.close()
-            vendor.close()
-            await vendor.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Threaded]:
+    with gateway_beside(
+        EchoVendor, lambda port: CONFIG.format(port=port), tmp_path_factory.mktemp("server")
+    ) as it:
+        yield it
 
 
 # -- what callers send ---------------------------------------------------------------------------
@@ -251,19 +215,13 @@ def converse(
     return answers.done, False
 
 
-def cut(data: bytes, points: list[int]) -> list[bytes]:
-    """``data`` in pieces at ``points`` (each taken modulo its length)."""
-    at = sorted({p % len(data) for p in points} - {0})
-    return [data[a:b] for a, b in zip([0, *at], [*at, len(data)], strict=True)]
-
-
 # -- the properties ------------------------------------------------------------------------------
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sent=st.lists(requests, min_size=1, max_size=4), points=st.lists(st.integers(0, 10**6), max_size=6))
 def test_pipelined_requests_in_any_pieces_reach_the_vendor_as_sent_and_are_answered_in_order(
-    served: Served, sent: list[Sent], points: list[int]
+    served: Threaded, sent: list[Sent], points: list[int]
 ) -> None:
     wire = b"".join(request.wire() for request in sent)
     answers, _ = converse(served.port, cut(wire, points), wanted=len(sent))
@@ -280,27 +238,10 @@ def test_pipelined_requests_in_any_pieces_reach_the_vendor_as_sent_and_are_answe
     assert served.unexpected() == []
 
 
-mutations = st.one_of(
-    st.tuples(st.just("replace"), st.integers(0, 10**6), st.binary(min_size=1, max_size=4)),
-    st.tuples(st.just("insert"), st.integers(0, 10**6), st.binary(min_size=1, max_size=8)),
-    st.tuples(st.just("delete"), st.integers(0, 10**6), st.integers(1, 40).map(lambda n: bytes(n))),
-)
-
-
-def mutate(data: bytes, how: tuple[str, int, bytes]) -> bytes:
-    kind, at, what = how
-    at %= len(data)
-    if kind == "replace":
-        return data[:at] + what + data[at + len(what) :]
-    if kind == "insert":
-        return data[:at] + what + data[at:]
-    return data[:at] + data[at + len(what) :]
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sent=st.lists(requests, min_size=1, max_size=2), how=st.lists(mutations, min_size=1, max_size=3))
+@given(sent=st.lists(requests, min_size=1, max_size=2), how=st.lists(MUTATIONS, min_size=1, max_size=3))
 def test_damaged_requests_get_well_formed_answers_blaming_the_caller_and_a_close(
-    served: Served, sent: list[Sent], how: list[tuple[str, int, bytes]]
+    served: Threaded, sent: list[Sent], how: list[tuple[str, int, bytes]]
 ) -> None:
     wire = b"".join(request.wire() for request in sent)
     for change in how:
