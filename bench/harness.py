@@ -654,6 +654,22 @@ class Load:
     outputs: list[str] = field(default_factory=list)
     answered: Counter[str] = field(default_factory=Counter)  # target -> requests answered, warm-ups too
 
+    @classmethod
+    def of(
+        cls, args: argparse.Namespace, wrk: str, supervisor: Supervisor, cpu: int | None, work: Path
+    ) -> Load:
+        """As the command line's --threads, --connections, --duration and --warmup say."""
+        return cls(
+            wrk=wrk,
+            supervisor=supervisor,
+            cpu=cpu,
+            threads=args.threads,
+            connections=args.connections,
+            duration=args.duration,
+            warmup=args.warmup,
+            work=work,
+        )
+
     def command(self, target: Target, seconds: int) -> list[str]:
         head = [self.wrk, f"-t{self.threads}", f"-c{self.connections}", f"-d{seconds}s", "--latency"]
         token = [f"{os.getpid()}.{time.time_ns()}"] if target.fresh_token else []

@@ -692,16 +692,7 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
             + ", ".join(f"{names[k]} :{g.port}" for k, (g, _) in gateways.items())
             + f"; work dir {work}"
         )
-        load = Load(
-            wrk=tools.wrk,
-            supervisor=supervisor,
-            cpu=load_cpu,
-            threads=args.threads,
-            connections=args.connections,
-            duration=args.duration,
-            warmup=args.warmup,
-            work=work,
-        )
+        load = Load.of(args, tools.wrk, supervisor, load_cpu, work)
         runs = drive(load, targets, args.rounds)
         if IDEMPOTENCY in gateways and redis_port is not None:
             keyed = load.answered[names[IDEMPOTENCY]]
@@ -858,16 +849,7 @@ def run_ab(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str
                 )
             pairs[key] = (pair[0], pair[1])
         say(f"ready: {', '.join(t.name for pair in pairs.values() for t in pair)}; work dir {work}")
-        load = Load(
-            wrk=tools.wrk,
-            supervisor=supervisor,
-            cpu=load_cpu,
-            threads=args.threads,
-            connections=args.connections,
-            duration=args.duration,
-            warmup=args.warmup,
-            work=work,
-        )
+        load = Load.of(args, tools.wrk, supervisor, load_cpu, work)
         for round_no in range(1, args.rounds + 1):
             for key, (base, new) in pairs.items():
                 order = [base, new] if round_no % 2 else [new, base]

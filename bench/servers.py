@@ -284,16 +284,7 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, granian: str | None)
             wait_ready(child, url)
             targets.append(Target(target_name(kind, mode), url, child, proxy_cpu))
         say(f"ready: {len(targets)} targets (vendor nginx :{vendor_port}); work dir {work}")
-        load = Load(
-            wrk=tools.wrk,
-            supervisor=supervisor,
-            cpu=load_cpu,
-            threads=args.threads,
-            connections=args.connections,
-            duration=args.duration,
-            warmup=args.warmup,
-            work=work,
-        )
+        load = Load.of(args, tools.wrk, supervisor, load_cpu, work)
         runs = drive(load, targets, args.rounds)
         (work / "wrk-outputs.txt").write_text("\n".join(load.outputs))
         if args.profile:
