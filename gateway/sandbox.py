@@ -52,8 +52,9 @@ class SandboxConfig:
     token_ttl_seconds: int = 3600
     rate_limit_requests: int = 5
     rate_limit_window_seconds: float = 1.0
-    # What POST /_sandbox/webhooks/stripe signs with, unless the request names another secret.
-    webhook_secret: str = "whsec_sandbox"
+    # What POST /_sandbox/webhooks/stripe signs with, unless the request names the gateway's secret:
+    # made at start, so no signing secret is written down anywhere (and none works but by intent).
+    webhook_secret: str = field(default_factory=lambda: f"whsec_{secrets.token_hex(24)}")
 
 
 @dataclass
@@ -439,7 +440,7 @@ async def send_stripe_webhook(request: web.Request) -> web.Response:
     times with the same id (as Stripe retrying); answer what each send got back.
 
     Body (JSON, every field optional): ``url``, ``type`` ("customer.created"), ``id`` (a new
-    ``evt_...``), ``times`` (1, at most 10), ``secret`` (the sandbox's ``whsec_sandbox``),
+    ``evt_...``), ``times`` (1, at most 10), ``secret`` (by default the sandbox's own, made at start),
     ``age_seconds`` (sign a timestamp that old: a replay), ``tamper`` (change the body after signing).
     """
     config = request.app[SANDBOX_STATE].config

@@ -571,10 +571,13 @@ async def test_the_sandbox_sends_signed_stripe_webhooks_on_demand(
     subscriber: Subscriber,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gateway.sandbox import create_app
+    from gateway.sandbox import SANDBOX_STATE, create_app
 
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_sandbox")  # the sandbox's default secret
-    sandbox = await vendor(create_app())
+    app = create_app()
+    own = app[SANDBOX_STATE].config.webhook_secret  # the sandbox's default secret, made at start
+    assert own.startswith("whsec_") and own != create_app()[SANDBOX_STATE].config.webhook_secret
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", own)
+    sandbox = await vendor(app)
     client = await gateway(config(nats_server.url), files=FILES)
     await bus_connected(client)
     target = str(client.make_url("/_webhooks/stripe"))
@@ -595,8 +598,8 @@ async def test_the_sandbox_sends_signed_stripe_webhooks_on_demand(
     published = await subscriber.settled()
     assert [m.subject for m in published] == ["vendors.stripe.payment_intent.succeeded"]
     # What the sandbox signs, Stripe's own library accepts.
-    header = stripe_headers(published[0].data, "whsec_sandbox")["Stripe-Signature"]
-    assert stripe.Webhook.construct_event(published[0].data, header, "whsec_sandbox")["id"] == sent["id"]
+    header = stripe_headers(published[0].data, own)["Stripe-Signature"]
+    assert stripe.Webhook.construct_event(published[0].data, header, own)["id"] == sent["id"]
     assert [s["status"] for s in (await send(tamper=True))["sent"]] == [401]
     assert [s["status"] for s in (await send(age_seconds=600))["sent"]] == [401]
     assert [s["status"] for s in (await send(secret="whsec_other"))["sent"]] == [401]
