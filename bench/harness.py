@@ -195,6 +195,16 @@ def ensure_importable(modules: Sequence[str], argv: Sequence[str], script: Path)
     )
 
 
+def prepare(modules: Sequence[str], argv: Sequence[str], script: Path) -> Tools | None:
+    """``ensure_importable`` then ``ensure_tools``: the tools, or None once the reason is said."""
+    try:
+        ensure_importable(modules, argv, script)
+        return ensure_tools()
+    except BenchError as exc:
+        say(f"error: {exc}")
+        return None
+
+
 # --------------------------------------------------------------------------- processes
 
 

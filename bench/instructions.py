@@ -37,11 +37,10 @@ from harness import (
     Supervisor,
     Tools,
     check_ranges,
-    ensure_importable,
-    ensure_tools,
     gateway_revision,
     machine_info,
     main_frame,
+    prepare,
     raise_fd_limit,
     say,
     start_vendor,
@@ -275,11 +274,8 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    try:
-        ensure_importable(("gateway", "aiohttp"), argv, Path(__file__))
-        tools = ensure_tools()
-    except BenchError as exc:
-        say(f"error: {exc}")
+    tools = prepare(("gateway", "aiohttp"), argv, Path(__file__))
+    if tools is None:
         return 1
     return main_frame(
         "instructions", lambda work: run(args, tools, work), report, as_json=args.json, keep=args.keep

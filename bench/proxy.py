@@ -74,8 +74,6 @@ from harness import (
     Tools,
     check_ranges,
     drive,
-    ensure_importable,
-    ensure_tools,
     find_py_spy,
     free_port,
     gateway_revision,
@@ -86,6 +84,7 @@ from harness import (
     main_frame,
     measure_direct,
     plan_cpus,
+    prepare,
     profile_table,
     profile_target,
     raise_fd_limit,
@@ -968,11 +967,8 @@ def report_text(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    try:
-        ensure_importable(("gateway", "aiohttp"), argv, Path(__file__))
-        tools = ensure_tools()
-    except BenchError as exc:
-        say(f"error: {exc}")
+    tools = prepare(("gateway", "aiohttp"), argv, Path(__file__))
+    if tools is None:
         return 1
     skipped = plan_skips(args)
     if all(s in skipped for s in args.scenarios):

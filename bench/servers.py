@@ -38,7 +38,6 @@ from harness import (
     MAX_CONNECTIONS,
     NGINX,
     VENDOR_PATH,
-    BenchError,
     Child,
     Load,
     Run,
@@ -48,8 +47,6 @@ from harness import (
     Tools,
     check_ranges,
     drive,
-    ensure_importable,
-    ensure_tools,
     find_py_spy,
     free_port,
     gateway_revision,
@@ -58,6 +55,7 @@ from harness import (
     machine_info,
     main_frame,
     plan_cpus,
+    prepare,
     profile_table,
     profile_target,
     raise_fd_limit,
@@ -352,11 +350,8 @@ def report_text(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    try:
-        ensure_importable(("gateway", "aiohttp", "uvloop", "httptools"), argv, Path(__file__))
-        tools = ensure_tools()
-    except BenchError as exc:
-        say(f"error: {exc}")
+    tools = prepare(("gateway", "aiohttp", "uvloop", "httptools"), argv, Path(__file__))
+    if tools is None:
         return 1
     wants_granian = any(k.granian for k in KINDS if k.key in args.servers)
     granian = ensure_granian(not args.no_install) if wants_granian else None
