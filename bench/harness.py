@@ -736,10 +736,6 @@ class Load:
             self.outputs.append(f"== round {round_no} {target.name}: {' '.join(shown)}\n{text}")
             figures = parse_wrk(text)
             self.answered[target.name] += figures.requests
-
-            def per_request(seconds: float, requests: int = figures.requests) -> float | None:
-                return round(seconds / requests * 1e6, 1) if requests else None
-
             runs.append(
                 Run(
                     round=round_no,
@@ -749,14 +745,21 @@ class Load:
                     p99_ms=figures.p99_ms,
                     requests=figures.requests,
                     errors=figures.errors,
-                    cpu_us_per_request=per_request(cpu),
-                    helper_cpu_us_per_request=per_request(helpers) if target.helpers else None,
+                    cpu_us_per_request=_per_request(cpu, figures.requests),
+                    helper_cpu_us_per_request=_per_request(helpers, figures.requests)
+                    if target.helpers
+                    else None,
                     load_cpu_busy_percent=busy_percent(cores_before, cores_after, self.cpu),
                     server_cpu_busy_percent=busy_percent(cores_before, cores_after, target.cpu),
                     others_cpu_percent=round(100 * others / self.duration, 1),
                 )
             )
         return runs
+
+
+def _per_request(seconds: float, requests: int) -> float | None:
+    """Seconds of CPU over ``requests`` as µs each (None without a request)."""
+    return round(seconds / requests * 1e6, 1) if requests else None
 
 
 def drive(load: Load, targets: Sequence[Target], rounds: int) -> list[Run]:

@@ -599,6 +599,19 @@ def ready_probe(gateway: Gateway, child: Child) -> Probe:
     return vendor_probe(gateway.url)
 
 
+def run_settings(args: argparse.Namespace, scenarios: Sequence[str], pinning: str) -> dict[str, Any]:
+    """What every report says of how it was measured."""
+    return {
+        "scenarios": list(scenarios),
+        "rounds": args.rounds,
+        "duration_seconds": args.duration,
+        "warmup_seconds": args.warmup,
+        "connections": args.connections,
+        "threads": args.threads,
+        "pinning": pinning,
+    }
+
+
 def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, str]) -> dict[str, Any]:
     """Start everything, measure, stop everything; the report as JSON-ready data."""
     load_cpu, proxy_cpu, pinning = plan_cpus(args.no_pin)
@@ -742,16 +755,10 @@ def run(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, s
             "redis": version(["redis-server", "--version"]) if needs_redis else None,
         },
         "settings": {
-            "scenarios": scenarios,
-            "rounds": args.rounds,
-            "duration_seconds": args.duration,
-            "warmup_seconds": args.warmup,
-            "connections": args.connections,
-            "threads": args.threads,
+            **run_settings(args, scenarios, pinning),
             "gateway_access_log": "file" if args.with_logs else "/dev/null",
             "workers_cpus": args.workers_cpus,
             "workers_store": args.workers_store,
-            "pinning": pinning,
         },
         "names": names,
         "skipped": skipped,
@@ -876,16 +883,7 @@ def run_ab(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {**machine_info(), "load_average_after": load_averages()},
         "versions": {"base": revision, "this": this, "nginx": version([tools.nginx, "-v"])},
-        "settings": {
-            "ab": args.ab,
-            "scenarios": scenarios,
-            "rounds": args.rounds,
-            "duration_seconds": args.duration,
-            "warmup_seconds": args.warmup,
-            "connections": args.connections,
-            "threads": args.threads,
-            "pinning": pinning,
-        },
+        "settings": {"ab": args.ab, **run_settings(args, scenarios, pinning)},
         "skipped": skipped,
         "runs": [asdict(r) for r in runs],
         "differences": differences,
