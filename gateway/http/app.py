@@ -31,14 +31,21 @@ from ..features.webhooks.receiver import WEBHOOK_PREFIX, WebhookReceiver
 from ..messages import Answer, json_answer, problem_answer
 from ..observability.collector import GatewayCollector, registry_for, render
 from ..observability.dashboard import render_dashboard
-from ..observability.logging import Logger, capture_library_logs, milliseconds, new_request_id
+from ..observability.logging import (
+    Logger,
+    access_record,
+    capture_library_logs,
+    milliseconds,
+    new_request_id,
+    now,
+)
 from ..observability.metrics import UNKNOWN_VENDOR
 from ..observability.monitor import Monitor
 from ..observability.status import parse_window, status
 from ..observability.tracing import Tracing, finish_server_span
 from ..pipeline import Exchange
 from ..reload import read_config
-from ..runtime import Live, build_runtime, commit
+from ..runtime import Live, Runtime, build_runtime, commit
 from ..security import secret_values, startup_notes
 from ..services import Services
 from ..store import StoreUnavailable, open_store
@@ -56,6 +63,10 @@ ADMIN_PREFIX = "/_gateway/"
 DELIVERIES = "deliveries/"
 PROBLEMS = "problems/"
 
+# A proxied request whose metrics and access record are still to be made (Gateway._record_finished):
+# the request, its id, the vendor it named, its exchange (None: refused before one), status, seconds and
+# the Runtime it ran on.
+_Finished = tuple[ServerRequest, str, str | None, Exchange | None, int, float, Runtime]
 AdminHandler = Callable[[ServerRequest, str], Awaitable[Answer]]
 
 
@@ -130,6 +141,7 @@ class Gateway:
         self.server: Server | None = None  # set by serve(); its connection figures feed metrics
         self.webhooks = WebhookReceiver(self.services)  # POST /_webhooks/NAME
         self.worker: Worker | None = None  # set by serve() in one of several worker processes
+        self._finished: list[_Finished] = []  # proxied requests whose metrics and record are not made yet
 
     async def start(self) -> None:
         self.services.bus.start(self.config)
@@ -140,6 +152,7 @@ class Gateway:
         # Requests have drained by now: deliveries in progress get what is left of the drain (they ran
         # on meanwhile), then go back to the queue.
         services = self.services
+        self._record_finished()
         await self.workers.stop(self.drain.remaining())
         await services.bus.close()
         await self.monitor.stop()
@@ -258,39 +271,67 @@ class Gateway:
             # its request was cancelled when its connection closed).
             if status is None:
                 status = 499
-            route_path = ex.route.path if ex and ex.route else None
-            upstream_seconds = ex.upstream_seconds if ex else 0.0
-            bytes_in = ex.bytes_in if ex else 0
-            bytes_out = ex.bytes_out if ex else 0
-            self.services.metrics.observe(
-                vendor_name
-                if vendor_name is not None and vendor_name in runtime.config.vendors
-                else UNKNOWN_VENDOR,
+            if span is not None:
+                route_path = ex.route.path if ex is not None and ex.route is not None else None
+                finish_server_span(span, vendor=vendor_name, route=route_path, status=status)
+            # Its metrics and access record are made once this loop iteration is over, with those of
+            # every request that finished in it: one pass and one write for all of them, before any
+            # request that comes in later runs (so a scrape or a log reader that saw this answer sees
+            # them).
+            finished = self._finished
+            finished.append((request, request_id, vendor_name, ex, status, seconds, runtime))
+            if len(finished) == 1:
+                asyncio.get_running_loop().call_soon(self._record_finished)
+
+    def _record_finished(self) -> None:
+        """The metrics and access records of the requests finished since the last call."""
+        finished, self._finished = self._finished, []
+        if not finished:
+            return
+        observe = self.services.metrics.observe
+        ts = now()
+        records = []
+        for request, request_id, vendor_name, ex, answered, seconds, runtime in finished:
+            named = runtime.config.vendors.get(vendor_name or "")
+            vendor = named.name if named is not None else UNKNOWN_VENDOR
+            route_path: str | None = None
+            client: str | None = None
+            fault: str | None = None
+            upstream_seconds, attempts, bytes_in, bytes_out = 0.0, 0, 0, 0
+            if ex is not None:
+                route_path = ex.route.path if ex.route is not None else None
+                client, fault, attempts = ex.client, ex.fault, ex.attempts
+                upstream_seconds, bytes_in, bytes_out = ex.upstream_seconds, ex.bytes_in, ex.bytes_out
+            method = request.method
+            observe(
+                vendor,
                 route_path or UNROUTED,
-                request.method,
-                status,
+                method,
+                answered,
                 seconds,
                 upstream_seconds,
                 bytes_in,
                 bytes_out,
             )
-            if span is not None:
-                finish_server_span(span, vendor=vendor_name, route=route_path, status=status)
-            logger.access(
-                request_id=request_id,
-                client=ex.client if ex else None,
-                vendor=vendor_name,
-                route=route_path,
-                method=request.method,
-                path=request.target.partition("?")[0],
-                status=status,
-                duration_ms=milliseconds(seconds),
-                upstream_ms=milliseconds(upstream_seconds),
-                attempts=ex.attempts if ex else 0,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                fault=ex.fault if ex is not None else None,
+            records.append(
+                access_record(
+                    ts,
+                    request_id,
+                    client,
+                    vendor_name,
+                    route_path,
+                    method,
+                    request.target.partition("?")[0],
+                    answered,
+                    milliseconds(seconds),
+                    milliseconds(upstream_seconds),
+                    attempts,
+                    bytes_in,
+                    bytes_out,
+                    fault,
+                )
             )
+        self.logger.write_access(records)
 
     # -- /_gateway/...
     async def _admin(self, request: ServerRequest) -> Answer:

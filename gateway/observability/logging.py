@@ -6,7 +6,8 @@ built from fields the gateway chose, never from config objects, so secrets canno
 
 Access records are written once per event-loop iteration (every record the iteration made goes out in
 one write), not one write per record, whatever buffering the stream has (PYTHONUNBUFFERED is common in
-containers). Every other record is written at once, after anything still held; what is held at exit is
+containers); the proxy makes its records together after the iteration (``access_record``,
+``write_access``). Every other record is written at once, after anything still held; what is held at exit is
 written by an atexit hook, so a clean shutdown loses no line. Records may come from any thread (the
 span exporter's, ``asyncio.to_thread``'s): a lock keeps lines whole and none is lost.
 
@@ -54,7 +55,7 @@ class Logger:
         known = set(self._redacted) | {v.encode() for v in values if v}
         self._redacted = tuple(sorted(known, key=len, reverse=True))  # longest first: no partial leftovers
 
-    def _write(self, record: dict[str, Any], *, batch: bool = False) -> None:
+    def _line(self, record: dict[str, Any]) -> bytes:
         if self.format == "json":
             line = orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
         else:
@@ -66,6 +67,10 @@ class Logger:
         for secret in self._redacted:
             if secret in line:
                 line = line.replace(secret, b"[redacted]")
+        return line
+
+    def _write(self, record: dict[str, Any], *, batch: bool = False) -> None:
+        line = self._line(record)
         if batch:
             thread = threading.get_ident()
             with self._lock:
@@ -123,35 +128,80 @@ class Logger:
     ) -> None:
         """One access record: the fields docs/operations.md lists, in that order, ``fault`` when one was
         injected, then ``extra`` (a delivery's or a webhook's own fields)."""
-        record = {
-            "ts": _now(),
-            "level": "info",
-            "event": "access",
-            "request_id": request_id,
-            "client": client,
-            "vendor": vendor,
-            "route": route,
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "upstream_ms": upstream_ms,
-            "attempts": attempts,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-        }
-        if fault is not None:
-            record["fault"] = fault
+        record = access_record(
+            now(),
+            request_id,
+            client,
+            vendor,
+            route,
+            method,
+            path,
+            status,
+            duration_ms,
+            upstream_ms,
+            attempts,
+            bytes_in,
+            bytes_out,
+            fault,
+        )
         if extra:
             record.update(extra)
         self._write(record, batch=True)
 
+    def write_access(self, records: Iterable[dict[str, Any]]) -> None:
+        """Access records made together (``access_record``): written now, after anything still held,
+        in one write."""
+        lines = [self._line(record) for record in records]
+        with self._lock:
+            self._held.extend(lines)
+        self.flush()
+
     def event(self, event: str, *, level: str = "info", **fields: Any) -> None:
-        self._write({"ts": _now(), "level": level, "event": event, **fields})
+        self._write({"ts": now(), "level": level, "event": event, **fields})
 
     def exception(self, event: str, exc: BaseException, **fields: Any) -> None:
         tb = "".join(traceback.format_exception(exc))
         self.event(event, level="error", error=f"{type(exc).__name__}: {exc}", traceback=tb, **fields)
+
+
+def access_record(
+    ts: str,
+    request_id: str,
+    client: str | None,
+    vendor: str | None,
+    route: str | None,
+    method: str | None,
+    path: str | None,
+    status: int,
+    duration_ms: float,
+    upstream_ms: float,
+    attempts: int,
+    bytes_in: int,
+    bytes_out: int,
+    fault: str | None,
+) -> dict[str, Any]:
+    """An access record's fields, in the order docs/operations.md lists them (``fault`` only when
+    a fault was injected)."""
+    record = {
+        "ts": ts,
+        "level": "info",
+        "event": "access",
+        "request_id": request_id,
+        "client": client,
+        "vendor": vendor,
+        "route": route,
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
+        "upstream_ms": upstream_ms,
+        "attempts": attempts,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+    }
+    if fault is not None:
+        record["fault"] = fault
+    return record
 
 
 _LOGGERS: weakref.WeakSet[Logger] = weakref.WeakSet()
@@ -202,11 +252,12 @@ def milliseconds(seconds: float) -> float:
     return round(seconds * 1_000_000) / 1000
 
 
-_second: list[Any] = [-1, ""]  # the last whole second _now() formatted, and its text
+_second: list[Any] = [-1, ""]  # the last whole second now() formatted, and its text
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # no formatting per record: a lookup and a join
 
 
-def _now() -> str:
+def now() -> str:
+    """The time as log records give it: ISO 8601, UTC, milliseconds."""
     t = time.time()
     second = int(t)
     if second != _second[0]:
