@@ -17,7 +17,8 @@ forwarding is lost) and writes without backpressure. This server owns:
   is after the route, the caller's key and the declared size passed; a refusal before that is the
   final answer, at once;
 - backpressure both ways: reading pauses while a request body waits unread past ``BODY_HIGH_WATER``;
-  writing waits while the caller's socket buffer is full;
+  writing waits while the caller's socket buffer is full; whole answers go out once the loop iteration
+  that made them is over, all of them one after another (``HttpConnection.write_soon``);
 - a caller that leaves: its request task is cancelled at once (the idempotency stage shields what must
   finish), and a body being read raises ``ClientClosedRequest``;
 - the drain: ``Server.shutdown`` stops accepting, closes idle connections, lets requests in flight
@@ -36,7 +37,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Protocol, cast
@@ -102,9 +103,10 @@ class StreamAborted(Exception):
 
 class App(Protocol):
     """What the server serves: ``__call__`` answers one request (through ``request.respond``) and
-    never raises but for cancellation; ``refused`` records a request the server refused itself."""
+    never raises but for cancellation (an ``async def``, or a plain one handing back the coroutine that
+    does it); ``refused`` records a request the server refused itself."""
 
-    async def __call__(self, request: ServerRequest) -> None: ...
+    def __call__(self, request: ServerRequest) -> Awaitable[None]: ...
 
     def refused(self, error: GatewayError, request_id: str, method: str, target: str) -> None: ...
 
@@ -239,10 +241,11 @@ class ServerRequest:
             client_cert=self._conn.client_cert,
         )
 
-    async def respond(self, answer: Answer) -> None:
-        """Write ``answer``; raises ``StreamAborted`` when it breaks off after its head was sent."""
+    def respond(self, answer: Answer) -> Awaitable[None]:
+        """Write ``answer`` (await what this hands back); ``StreamAborted`` when it breaks off after its
+        head was sent."""
         self.responded = True
-        await self._conn.send(self, answer)
+        return self._conn.send(self, answer)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -277,6 +280,7 @@ class HttpConnection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._ignoring = False  # past a refusal or an answer to an unread body: what comes in is dropped
         self.client_cert: frozenset[tuple[str, str]] | None = None
+        self._queued: bytes | None = None  # whole answers to write once this loop iteration is over
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -472,13 +476,35 @@ class HttpConnection(asyncio.Protocol):
             return
         self._ignoring = True
         self.resume_reading()
+        self.flush()
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._arm(LINGER_SECONDS, self.close)
 
     # -- writing
     def write(self, data: bytes) -> None:
+        """Write now, after what ``write_soon`` still holds."""
         if not self.closed and self.transport is not None:
+            if self._queued is not None:
+                data, self._queued = self._queued + data, None
+            self.transport.write(data)
+
+    def write_soon(self, data: bytes) -> None:
+        """Write once this loop iteration is over, with every connection's answers of the iteration
+        (``Server.write_soon``): the sends then run one after another, not each between requests'
+        Python, which cost more than the send itself. Order is kept: ``write``, ``close`` and a lingering
+        close write what is held first."""
+        if self.closed or self.transport is None:
+            return
+        if self._queued is not None:
+            self._queued += data
+            return
+        self._queued = data
+        self.server.write_soon(self)
+
+    def flush(self) -> None:
+        data, self._queued = self._queued, None
+        if data is not None and not self.closed and self.transport is not None:
             self.transport.write(data)
 
     async def _drain(self) -> None:
@@ -487,7 +513,9 @@ class HttpConnection(asyncio.Protocol):
         if self._writable is not None and not self._writable.done():
             await self._writable
 
-    async def send(self, request: ServerRequest, answer: Answer) -> None:
+    def send(self, request: ServerRequest, answer: Answer) -> Awaitable[None]:
+        """Write ``answer``: a whole one at once (what this hands back is done already), a stream by
+        the coroutine it hands back. ValueError: a field holds CR or LF (nothing is written)."""
         closing = self._closing_after(request)
         head_only = request.method == "HEAD" or answer.status in _NO_BODY_STATUSES or answer.status < 200
         headers = answer.headers
@@ -524,14 +552,17 @@ class HttpConnection(asyncio.Protocol):
         except ValueError:
             answer.discard()
             raise
+        if head_only or answer.stream is None:
+            answer.discard()
+            self.write_soon(head if head_only or not answer.body else head + answer.body)
+            return self.server.done
+        return self._stream(head, answer.stream, chunked, answer)
+
+    async def _stream(self, head: bytes, stream: AsyncIterator[bytes], chunked: bool, answer: Answer) -> None:
         try:
-            if head_only or answer.stream is None:
-                answer.discard()
-                self.write(head if head_only or not answer.body else head + answer.body)
-                return
             self.write(head)
             try:
-                async for chunk in answer.stream:
+                async for chunk in stream:
                     if not chunk:
                         continue
                     self.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -615,6 +646,7 @@ class HttpConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._disarm()
+        self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -642,6 +674,10 @@ class Server:
         self._room.set()
         self._date = ""
         self._date_second = 0
+        self._writes: list[HttpConnection] = []  # connections holding answers to write (write_soon)
+        # What HttpConnection.send hands back for an answer it wrote whole: awaiting it costs nothing.
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.done.set_result(None)
         self._sweeper: asyncio.TimerHandle | None = None
 
     def watch(self) -> None:
@@ -667,6 +703,18 @@ class Server:
             armed = armed or conn.on_deadline is not None
         if armed:
             self.watch()
+
+    def write_soon(self, conn: HttpConnection) -> None:
+        """``conn.flush()`` once this loop iteration is over (see ``HttpConnection.write_soon``)."""
+        pending = self._writes
+        pending.append(conn)
+        if len(pending) == 1:
+            self.loop.call_soon(self._flush_writes)
+
+    def _flush_writes(self) -> None:
+        pending, self._writes = self._writes, []
+        for conn in pending:
+            conn.flush()
 
     def date(self) -> str:
         now = int(time.time())
