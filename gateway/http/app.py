@@ -165,29 +165,36 @@ class Gateway:
             await asyncio.to_thread(self.tracing.shutdown)  # flushes spans still batched
 
     # -- the server's side
-    async def __call__(self, request: ServerRequest) -> None:
+    def __call__(self, request: ServerRequest) -> Awaitable[None]:
+        """``App.__call__``: the coroutine that answers ``request`` (the proxy's own, not one wrapped
+        in another)."""
         target = request.target
-        if target.startswith("/_"):  # the gateway's own paths (one check for a vendor's)
-            if target.startswith(ADMIN_PREFIX) or target.partition("?")[0] == ADMIN_PREFIX[:-1]:
-                await request.respond(await self._admin(request))
-                return
-            if target.startswith(WEBHOOK_PREFIX):
-                answer = await self.webhooks(
-                    self.live.runtime.config,
-                    request.method,
-                    target,
-                    request.as_request(),
-                    _request_id(request.headers),
-                )
-                await request.respond(answer)
-                return
+        # The gateway's own paths (one check for a vendor's).
+        if target.startswith("/_") and (
+            target.startswith((ADMIN_PREFIX, WEBHOOK_PREFIX)) or target.partition("?")[0] == ADMIN_PREFIX[:-1]
+        ):
+            return self._own(request)
         if self.tracing is None:
-            await self._proxy(request, None)
+            return self._proxy(request, None)
+        return self._traced(request, self.tracing)
+
+    async def _own(self, request: ServerRequest) -> None:
+        target = request.target
+        if target.startswith(WEBHOOK_PREFIX):
+            answer = await self.webhooks(
+                self.live.runtime.config,
+                request.method,
+                target,
+                request.as_request(),
+                _request_id(request.headers),
+            )
         else:
-            with self.tracing.server_span(
-                request.method, request.target.partition("?")[0], request.headers
-            ) as span:
-                await self._proxy(request, span)
+            answer = await self._admin(request)
+        await request.respond(answer)
+
+    async def _traced(self, request: ServerRequest, tracing: Tracing) -> None:
+        with tracing.server_span(request.method, request.target.partition("?")[0], request.headers) as span:
+            await self._proxy(request, span)
 
     def refused(self, error: GatewayError, request_id: str, method: str, target: str) -> None:
         """The access record and count of a request the server refused before it could be routed."""
