@@ -45,6 +45,10 @@ class Request:
     # The subject of the certificate the caller presented over TLS ((OpenSSL name, value) pairs), when
     # the listener asks for one ([gateway] tls.client_ca_file); None otherwise.
     client_cert: frozenset[tuple[str, str]] | None = None
+    # Set by a stage that must see the request through even if its caller leaves (idempotency: the
+    # vendor's answer is stored for the caller's retry). The HTTP adapter then lets it run to its end
+    # instead of cancelling it, and drops its answer.
+    finish_without_caller: bool = False
 
     @property
     def has_body(self) -> bool:

@@ -19,8 +19,9 @@ forwarding is lost) and writes without backpressure. This server owns:
 - backpressure both ways: reading pauses while a request body waits unread past ``BODY_HIGH_WATER``;
   writing waits while the caller's socket buffer is full; whole answers go out once the loop iteration
   that made them is over, all of them one after another (``HttpConnection.write_soon``);
-- a caller that leaves: its request task is cancelled at once (the idempotency stage shields what must
-  finish), and a body being read raises ``ClientClosedRequest``;
+- a caller that leaves: its request task is cancelled at once, unless the pipeline asked to finish it
+  (``Request.finish_without_caller``: the idempotency stage), and a body being read raises
+  ``ClientClosedRequest``;
 - the drain: ``Server.shutdown`` stops accepting, closes idle connections, lets requests in flight
   finish (their answers say ``Connection: close``) until the deadline, then cancels them;
 - HTTPS when ``Server.ssl`` is set (``[gateway] tls``, see ``http/tls.py``): each accepted connection's
@@ -203,6 +204,7 @@ class ServerRequest:
         "responded",
         "target",
         "version",
+        "view",
     )
 
     def __init__(
@@ -225,6 +227,7 @@ class ServerRequest:
         self.content_length = content_length
         self.body = body
         self.responded = False
+        self.view: Request | None = None  # what as_request handed the pipeline
 
     @property
     def client_cert(self) -> frozenset[tuple[str, str]] | None:
@@ -233,13 +236,14 @@ class ServerRequest:
 
     def as_request(self) -> Request:
         """The gateway's own view of it, for the pipeline."""
-        return Request(
+        self.view = Request(
             method=self.method,
             headers=self.headers,
             content_length=self.content_length,
             source=self.body,
             client_cert=self._conn.client_cert,
         )
+        return self.view
 
     def respond(self, answer: Answer) -> Awaitable[None]:
         """Write ``answer`` (await what this hands back); ``StreamAborted`` when it breaks off after its
@@ -304,9 +308,14 @@ class HttpConnection(asyncio.Protocol):
                 )
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ConnectionResetError("the caller closed the connection"))
-        if self.task is not None:
+        if self.task is not None and not self._finishing():
             self.task.cancel()  # the caller left: its request is abandoned (see the module docstring)
         self.server.connection_closed()
+
+    def _finishing(self) -> bool:
+        """Whether the request running asked to run to its end without its caller."""
+        view = self.requests[0].view if self.busy and self.requests else None
+        return view is not None and view.finish_without_caller
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -515,7 +524,11 @@ class HttpConnection(asyncio.Protocol):
 
     def send(self, request: ServerRequest, answer: Answer) -> Awaitable[None]:
         """Write ``answer``: a whole one at once (what this hands back is done already), a stream by
-        the coroutine it hands back. ValueError: a field holds CR or LF (nothing is written)."""
+        the coroutine it hands back. ValueError: a field holds CR or LF (nothing is written);
+        StreamAborted: the caller left before it (a request that ran on without its caller)."""
+        if self.closed:
+            answer.discard()
+            raise StreamAborted("the caller closed the connection before its answer", caller=True)
         closing = self._closing_after(request)
         head_only = request.method == "HEAD" or answer.status in _NO_BODY_STATUSES or answer.status < 200
         headers = answer.headers

@@ -13,7 +13,6 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.features.idempotency.stage import _OUTLIVING
 from tests.conftest import CapturedLogs
 from tests.gateway_proc import GatewayProcess
 
@@ -351,6 +350,10 @@ async def test_a_keyed_request_whose_caller_left_finishes_and_is_replayed(
     assert resp.headers["Idempotent-Replayed"] == "true"
     assert await resp.json() == {"id": "ch_1"}
     assert calls == [b"{}"]
+    # The first ran to its end without its caller: 499 all the same (its answer was never written).
+    statuses = [r["status"] for r in logs.access() if r["path"] == "/v/keyed/charge"]
+    assert statuses.count(499) == 1 and statuses[-1] == 201, statuses
+    assert not [r for r in logs.records() if r["event"] == "unhandled_error"]
 
 
 # ------------------------------------------------------------------ (6) a download that keeps flowing
@@ -566,6 +569,6 @@ async def test_a_keyed_streamed_answer_whose_caller_left_frees_its_vendor_connec
     pool = client.app.services.pool
     for _ in range(200):  # the run finishes in the background once the vendor answers
         await asyncio.sleep(0.05)
-        if not any(origin._busy for origin in pool._origins.values()) and not _OUTLIVING:
+        if not any(origin._busy for origin in pool._origins.values()):
             break
     assert not any(origin._busy for origin in pool._origins.values())

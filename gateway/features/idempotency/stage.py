@@ -34,8 +34,7 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from multidict import CIMultiDict
 
@@ -245,7 +244,8 @@ class IdempotencyStage:
             return self._answer_existing(exchange, claim.existing, digest)
         # A caller that goes away does not stop a keyed request: it runs to its end and its answer is
         # stored, so the caller's retry with the same key is replayed instead of sent again.
-        return await _outlive_caller(self._run(exchange, call_next, scope, owner))
+        exchange.request.finish_without_caller = True
+        return await self._run(exchange, call_next, scope, owner)
 
     def _answer_existing(self, ex: Exchange, record: IdempotencyRecord, digest: str) -> Answer:
         if record.fingerprint != digest:
@@ -317,29 +317,6 @@ class IdempotencyStage:
             await self.store.release(scope, owner=owner)
         except StoreUnavailable as exc:
             self.store_warning("idempotency_store_unavailable", exc)  # the lease will lapse instead
-
-
-_OUTLIVING: set[asyncio.Task[Answer]] = set()  # runs whose caller left: kept referenced
-
-
-async def _outlive_caller(work: Coroutine[Any, Any, Answer]) -> Answer:
-    """``work``'s result; if the caller's request is cancelled meanwhile, ``work`` runs on to its end."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():
-            _OUTLIVING.add(task)
-            task.add_done_callback(_outlived)
-        raise
-
-
-def _outlived(task: asyncio.Task[Answer]) -> None:
-    _OUTLIVING.discard(task)
-    if task.cancelled():
-        return
-    if task.exception() is None:  # else retrieved: the run itself counted and logged its outcome
-        task.result().discard()  # nobody will write it: a streamed answer frees its vendor connection
 
 
 def snapshot(ex: Exchange, response: Answer, max_body_bytes: int) -> StoredResponse:
