@@ -1,7 +1,8 @@
 """The stage contract and how stages compose.
 
-A stage is ``async def __call__(self, exchange, call_next) -> Answer``. It may act before
-and after ``call_next``, or short-circuit by raising a ``GatewayError`` or by not calling it.
+A stage is ``async def __call__(self, exchange, call_next) -> Answer`` (or a plain function handing
+back an awaitable, see ``Stage``). It may act before and after ``call_next``, or short-circuit by raising
+a ``GatewayError`` or by not calling it.
 Pipelines are built once per route at startup; list order is execution order.
 """
 
@@ -79,9 +80,10 @@ class Exchange:
 class Stage(Protocol):
     """A step of a route's pipeline. A stage that only acts on some methods may say which in a
     ``methods`` attribute (a frozenset, or None for all): ``compose`` then passes other requests
-    straight on, without entering the stage at all."""
+    straight on, without entering the stage at all. A stage with nothing to do after ``call_next``
+    may be a plain function handing back ``call_next(exchange)``, raising a refusal as it is called."""
 
-    async def __call__(self, exchange: Exchange, call_next: Handler, /) -> Answer: ...
+    def __call__(self, exchange: Exchange, call_next: Handler, /) -> Awaitable[Answer]: ...
 
 
 def compose(stages: Sequence[Stage], endpoint: Handler) -> Handler:
