@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_plus
 
@@ -274,7 +274,9 @@ class Forwarder:
             self.deprecations.observe(ex.vendor.name, ex.route, ex.method, ex.path, upstream.headers)
         streaming = False
         try:
-            answer = await self._respond(ex, upstream, started)
+            answer = self._respond(ex, upstream, started)
+            if not isinstance(answer, Answer):
+                answer = await answer
             streaming = answer.stream is not None
             return answer
         finally:
@@ -308,7 +310,9 @@ class Forwarder:
         finally:
             ex.upstream_seconds += time.perf_counter() - started
 
-    async def _respond(self, ex: Exchange, upstream: Response, started: float) -> Answer:
+    def _respond(self, ex: Exchange, upstream: Response, started: float) -> Answer | Awaitable[Answer]:
+        """The caller's answer: at once when there is nothing to wait for (no body, or a small one in
+        whole with its head, the usual), else the coroutine that reads what it needs first."""
         headers = response_headers(upstream.headers, ex.request_id)
         length = upstream.content_length
         status, reason, obs_text = upstream.status, upstream.reason, upstream.obs_text
@@ -323,6 +327,25 @@ class Forwarder:
             # The retry stage decides on this answer before the caller sees a byte of it.
             capture = max(capture, RETRY_RESPONSE_BYTES)
         whole_limit = max(ex.buffer_response_bytes or capture, SMALL_BODY)
+        if length is not None and length <= whole_limit and (body := upstream.whole()) is not None:
+            ex.upstream_seconds = time.perf_counter() - started
+            headers.popall(hdrs.CONTENT_LENGTH, None)
+            ex.bytes_out = len(body)
+            return Answer(status=status, headers=headers, body=body, reason=reason, obs_text=obs_text)
+        return self._read(ex, upstream, headers, capture, whole_limit, started)
+
+    async def _read(
+        self,
+        ex: Exchange,
+        upstream: Response,
+        headers: CIMultiDict[str],
+        capture: int,
+        whole_limit: int,
+        started: float,
+    ) -> Answer:
+        """``_respond``'s answer once what it needs of the body is in."""
+        length = upstream.content_length
+        status, reason, obs_text = upstream.status, upstream.reason, upstream.obs_text
         body: bytes | None = None
         prefix = b""  # the start of an answer of unknown length that outgrew the capture limit
         if length is None and capture and not ex.buffer_response_bytes:
@@ -341,9 +364,7 @@ class Forwarder:
                     f"vendor {ex.vendor.name} answered {length} bytes, more than the {limit} this route reads"
                 )
             try:
-                if body is None and length is not None:  # checked against the limit above
-                    body = upstream.whole()  # a small answer is often in whole with its head
-                if body is None:
+                if body is None:  # (a small one in whole with its head was answered by _respond)
                     body = await _read_limited(upstream, limit)
             except _TooLong:
                 raise BadGateway(
