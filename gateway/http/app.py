@@ -524,6 +524,7 @@ async def reload(gateway: Gateway, *, reason: str = "requested") -> bool:
             logger.exception("config_reload_failed", exc, reason=reason, config=str(old.path))
             return False
         commit(runtime, services, live)
+        gateway.monitor.reloaded()  # before any request reaches a vendor the reload added
         services.bus.update(config)
         if gateway.server is not None:  # new connections get the new limits (and certificates)
             gateway.server.limits = Limits.of(config.gateway)

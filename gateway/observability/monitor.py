@@ -156,6 +156,16 @@ class Monitor:
         self.notifier.start()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def reloaded(self) -> None:
+        """A new config is in force: read the figures now, so that a vendor it added starts its history
+        before its first request (at the next tick, the requests before it would be in its baseline)."""
+        if self._task is None:
+            return
+        try:
+            self.tick()
+        except Exception as exc:
+            self.services.logger.exception("monitor_failed", exc)
+
     async def _run(self) -> None:
         due = self.clock.now() + SAMPLE_SECONDS
         while True:

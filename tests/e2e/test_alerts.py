@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.config import load_config
+from gateway.http.app import reload
 from gateway.observability.logging import Logger
 from gateway.observability.notifier import MAX_QUEUE
 from gateway.sandbox import create_app as sandbox_app
@@ -180,6 +181,29 @@ async def failing_minute(client: GatewayClient, clock: ManualClock) -> None:
                 assert resp.status == 503
         await tick(client, clock)
     assert client.app.services.alerts.firing()
+
+
+async def test_a_vendor_a_reload_adds_counts_from_its_first_request(
+    vendor: Any, write_config: Any, logs: CapturedLogs
+) -> None:
+    """Its history starts at the reload: requests sent before the monitor's next tick are in the
+    window, not in its baseline (the README's alert example added a vendor and failed it at once)."""
+    started: list[GatewayClient] = []
+    try:
+        client, clock, _hook = await start_all(vendor, write_config, logs, started)
+        sandbox_url = client.app.config.vendors["sandbox"].base_url
+        path = client.app.config.path
+        path.write_text(path.read_text() + f'\n[vendors.flaky]\nbase_url = "{sandbox_url}"\n')
+        assert await reload(client.app)
+        for i in range(25):  # before the next tick
+            async with client.get(f"/flaky/v1/flaky?fail=9&key=k{i}") as resp:
+                assert resp.status == 503
+        await tick(client, clock)
+        window = client.app.services.history.window("flaky", 60)
+        assert (window.requests, window.server_errors) == (25, 25)
+    finally:
+        for client in started:
+            await client.close()
 
 
 async def timed_requests(client: GatewayClient, count: int) -> float:
