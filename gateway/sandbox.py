@@ -5,7 +5,8 @@ customer CRUD it has endpoints that misbehave on purpose (rate limits, 503s, slo
 deprecation headers, OAuth2 tokens that can be revoked) so every gateway feature has something real to
 talk to; ``POST /_sandbox/drift`` changes the shape of its customers, as a vendor changing its API
 under its callers would (for contract checks), and it sends Stripe-signed webhooks on demand
-(``POST /_sandbox/webhooks/stripe``). Every call to a vendor endpoint is counted in
+(``POST /_sandbox/webhooks/stripe``); its credentials (the OAuth2 client's secret, the webhook signing
+secret) are made at start. Every call to a vendor endpoint is counted in
 `app[SANDBOX_STATE].calls`, keyed "METHOD /route/template" (e.g. "GET /v1/customers/{id}");
 `/_sandbox/*` calls are not counted.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -48,7 +50,9 @@ INVALID_TOKEN = 'Bearer error="invalid_token"'
 @dataclass(frozen=True, kw_only=True)
 class SandboxConfig:
     client_id: str = "sandbox-client"
-    client_secret: str = "sandbox-secret"
+    # The OAuth2 client's secret: made at start, as the webhook secret is (POST /_sandbox/oauth/secret
+    # makes a new one and answers it), so no credential is written down anywhere.
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     token_ttl_seconds: int = 3600
     rate_limit_requests: int = 5
     rate_limit_window_seconds: float = 1.0
@@ -75,6 +79,10 @@ class SandboxState:
     # How customers are shown from now on (POST /_sandbox/drift): {"rename": {old: new}, "drop": [...],
     # "set": {field: value}}; empty: as stored.
     drift: JSON = field(default_factory=dict)
+    client_secret: str = ""  # the OAuth2 client's now: the config's until POST /_sandbox/oauth/secret
+
+    def __post_init__(self) -> None:
+        self.client_secret = self.client_secret or self.config.client_secret
 
     def reset(self) -> None:
         """Forget counters, flaky attempts, the rate-limit window and any drift; customers and tokens
@@ -351,7 +359,7 @@ async def oauth_token(request: web.Request) -> web.Response:
         isinstance(client_id, str)
         and isinstance(client_secret, str)
         and secrets.compare_digest(client_id.encode(), config.client_id.encode())
-        and secrets.compare_digest(client_secret.encode(), config.client_secret.encode())
+        and secrets.compare_digest(client_secret.encode(), state.client_secret.encode())
     ):
         extra = {"WWW-Authenticate": 'Basic realm="sandbox"'} if basic else {}
         return _oauth_error(401, "invalid_client", "Client authentication failed", **extra)
@@ -386,6 +394,14 @@ async def stats(request: web.Request) -> web.Response:
     return _json(
         {"calls": dict(state.calls), "tokens_issued": state.tokens_issued, "customers": len(state.customers)}
     )
+
+
+async def new_client_secret(request: web.Request) -> web.Response:
+    """A new secret for the OAuth2 client (the old one stops working), answered as plain text: what a
+    vendor's dashboard shows once when you ask for one."""
+    state = request.app[SANDBOX_STATE]
+    state.client_secret = secrets.token_urlsafe(24)
+    return web.Response(text=state.client_secret + "\n", headers={"Cache-Control": "no-store"})
 
 
 async def reset(request: web.Request) -> web.Response:
@@ -518,18 +534,19 @@ async def _count_and_render_errors(request: web.Request, handler: Any) -> web.St
 def create_app(
     *,
     client_id: str = "sandbox-client",
-    client_secret: str = "sandbox-secret",
+    client_secret: str | None = None,  # None: made at start
     token_ttl_seconds: int = 3600,
     rate_limit_requests: int = 5,
     rate_limit_window_seconds: float = 1.0,
 ) -> web.Application:
     config = SandboxConfig(
         client_id=client_id,
-        client_secret=client_secret,
         token_ttl_seconds=token_ttl_seconds,
         rate_limit_requests=rate_limit_requests,
         rate_limit_window_seconds=rate_limit_window_seconds,
     )
+    if client_secret is not None:
+        config = dataclasses.replace(config, client_secret=client_secret)
     state = SandboxState(config=config)
     for n in range(1, SEED_CUSTOMERS + 1):  # deterministic, so the quickstart's list is never empty
         address = dict.fromkeys(ADDRESS_FIELDS) | {"line1": f"{n} Sandbox Street", "city": "Springfield"}
@@ -561,6 +578,7 @@ def create_app(
     app.router.add_post("/_sandbox/revoke", revoke)
     app.router.add_post("/_sandbox/drift", drift)
     app.router.add_post("/_sandbox/webhooks/stripe", send_stripe_webhook)
+    app.router.add_post("/_sandbox/oauth/secret", new_client_secret)
     return app
 
 

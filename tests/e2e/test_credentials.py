@@ -320,7 +320,7 @@ async def test_oauth2_against_the_sandbox_survives_revocation(
 
     monkeypatch.setenv("SANDBOX_CLIENT_ID", "sandbox-client")
     monkeypatch.setenv("SANDBOX_CLIENT_SECRET", "sandbox-secret")
-    app = sandbox_app()
+    app = sandbox_app(client_secret="sandbox-secret")
     server = await vendor(app)
     client = await gateway(
         vendor_block(

@@ -330,6 +330,25 @@ async def test_oauth_token_protected_and_revoke(sandbox: SandboxFactory) -> None
     assert state(client).calls["POST /oauth/token"] == 2 and state(client).tokens_issued == 2
 
 
+async def test_the_client_secret_is_made_at_start_and_renewed_on_demand(sandbox: SandboxFactory) -> None:
+    client = await sandbox()
+    made = state(client).client_secret
+    assert len(made) >= 32 and made != (await sandbox()).app[SANDBOX_STATE].client_secret
+    form = {"grant_type": "client_credentials"}
+
+    async def token_status(secret: str) -> int:
+        basic = {"Authorization": aiohttp.encode_basic_auth("sandbox-client", secret)}
+        return (await client.post("/oauth/token", data=form, headers=basic)).status
+
+    assert await token_status(made) == 200
+    response = await client.post("/_sandbox/oauth/secret")
+    assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+    renewed = (await response.text()).strip()
+    assert renewed != made and renewed == state(client).client_secret
+    assert await token_status(renewed) == 200
+    assert await token_status(made) == 401  # the old one stops working
+
+
 @pytest.mark.parametrize(
     ("form", "auth", "status", "error"),
     [
@@ -348,7 +367,7 @@ async def test_oauth_token_protected_and_revoke(sandbox: SandboxFactory) -> None
 async def test_oauth_token_errors(
     sandbox: SandboxFactory, form: dict[str, str], auth: tuple[str, str] | None, status: int, error: str
 ) -> None:
-    client = await sandbox()
+    client = await sandbox(client_secret="sandbox-secret")
     headers = {"Authorization": aiohttp.encode_basic_auth(*auth)} if auth else {}
     response = await client.post("/oauth/token", data=form, headers=headers)
     assert response.status == status
@@ -375,7 +394,7 @@ async def test_protected_rejects_missing_or_unknown_tokens(
 
 
 async def test_expired_tokens_are_rejected(sandbox: SandboxFactory) -> None:
-    client = await sandbox(token_ttl_seconds=0)
+    client = await sandbox(client_secret="sandbox-secret", token_ttl_seconds=0)
     form = {
         "grant_type": "client_credentials",
         "client_id": "sandbox-client",
