@@ -159,11 +159,13 @@ class Monitor:
     def reloaded(self) -> None:
         """A new config is in force: read the figures now, so that a vendor it added starts its history
         before its first request (at the next tick, the requests before it would be in its baseline)."""
-        if self._task is None:
-            return
+        if self._task is not None:
+            self._tick_logged()
+
+    def _tick_logged(self) -> None:
         try:
             self.tick()
-        except Exception as exc:
+        except Exception as exc:  # the monitor must outlive any one bad reading
             self.services.logger.exception("monitor_failed", exc)
 
     async def _run(self) -> None:
@@ -179,10 +181,7 @@ class Monitor:
             due += SAMPLE_SECONDS
             if due <= clock.now():  # behind by a tick or more (a stalled loop): on from now, no burst
                 due = clock.now() + SAMPLE_SECONDS
-            try:
-                self.tick()
-            except Exception as exc:  # the monitor must outlive any one bad reading
-                self.services.logger.exception("monitor_failed", exc)
+            self._tick_logged()
 
     async def stop(self) -> None:
         self._stopping.set()
