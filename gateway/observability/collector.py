@@ -88,7 +88,6 @@ def decode(data: bytes) -> tuple[dict[str, Any], list[Family]]:
                         raise ValueError(f"{f['name']}: bucket counts do not match the buckets")
                     histogram.counts = [int(c) for c in value["counts"]]
                     histogram.sum = float(value["sum"])
-                    histogram.count = sum(histogram.counts)
                     value = histogram
                 elif not isinstance(value, int | float):
                     raise ValueError(f"{f['name']}: a sample is not a number")
@@ -108,7 +107,6 @@ def _add_histogram(into: Histogram | None, other: Histogram) -> Histogram | None
         if h is not None:
             total.counts = [a + b for a, b in zip(total.counts, h.counts, strict=True)]
             total.sum += h.sum
-            total.count += h.count
     return total
 
 

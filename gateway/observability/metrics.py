@@ -47,25 +47,25 @@ class Counts(Counter[tuple[str, ...]]):
 
 
 class Histogram:
-    """Counts per bucket (not cumulative; the last is +Inf), their sum and number."""
+    """Counts per bucket (not cumulative; the last is +Inf), their sum and number.
 
-    __slots__ = ("buckets", "count", "counts", "sum")
+    An observation is one list item and the sum updated: the number is the counts' total, added up when
+    read, so whoever counts zeros in bulk (the rate limit's waits) may add to ``counts[0]`` itself."""
+
+    __slots__ = ("buckets", "counts", "sum")
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
         self.counts = [0] * (len(buckets) + 1)
         self.sum = 0.0
-        self.count = 0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
-        self.count += 1
-
-    def observe_zero(self) -> None:
-        """``observe(0.0)`` (in the first bucket) without the search."""
-        self.counts[0] += 1
-        self.count += 1
 
     def cumulative(self) -> list[tuple[str, float]]:
         """Prometheus buckets: (upper bound, count of observations <= it), ending with +Inf."""

@@ -94,8 +94,7 @@ class Clock(Protocol):
 class MonotonicClock:
     """The production clock: ``time.monotonic``, and ``asyncio.timeout`` (the loop's monotonic time)."""
 
-    def now(self) -> float:
-        return time.monotonic()
+    now = staticmethod(time.monotonic)  # the builtin itself: no Python frame per reading
 
     def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
         return asyncio.timeout(seconds)
@@ -196,6 +195,7 @@ class Limiter:
         self, settings: LimitSettings, store: RateLimitOps, logger: Logger, registry: RateLimits
     ) -> None:
         self.settings = settings
+        self._read_settings()
         self._store = store
         self._logger = logger
         self._registry = registry
@@ -243,6 +243,7 @@ class Limiter:
             now = self._clock.now()
             self._tat = now + max(0.0, self._tat - now) * new.interval_seconds / old.interval_seconds
         self.settings = settings
+        self._read_settings()
         self._wake.set()
 
     # -- admission --------------------------------------------------------------------------------
@@ -258,12 +259,37 @@ class Limiter:
             return held
         return await self._wait(client, deadline, now)
 
+    def _read_settings(self) -> None:
+        """What ``admit_now`` reads of the settings, looked up once per (re)configuration."""
+        settings = self.settings
+        rate = settings.rate
+        self._concurrency = settings.concurrency
+        # (interval, tolerance) of the pace, None without a rate; a global schedule is kept in the store.
+        interval = rate.interval_seconds if rate is not None else 0.0
+        self._pace = None if rate is None else (interval, (rate.burst - 1) * interval)
+        self._global = settings.is_global
+
     def admit_now(self, now: float) -> bool | None:
         """The turn without waiting, if nobody queues, no pause holds and one is due: whether a
-        concurrency slot was taken (as ``acquire``); None when the request has to queue."""
-        if not self._depth and now >= self._paused_until and self._slot_free() and self._take_local(now):
-            return self._hold()
-        return None
+        concurrency slot was taken (as ``acquire``); None when the request has to queue. (What
+        ``_slot_free``, ``_take_local`` and ``_hold`` do, in one call: every request passes here.)"""
+        if self._depth or now < self._paused_until:
+            return None
+        concurrency = self._concurrency
+        if concurrency is not None and self._in_flight >= concurrency:
+            return None
+        if (pace := self._pace) is not None:
+            if self._global and not self._fallback.active:
+                return None
+            interval, tolerance = pace
+            wait, tat = gcra(self._tat, now, interval, tolerance)
+            if wait > 0:
+                return None
+            self._tat = tat
+        if concurrency is None:
+            return False
+        self._in_flight += 1
+        return True
 
     def release(self) -> None:
         self._in_flight -= 1
@@ -285,13 +311,12 @@ class Limiter:
 
     def _take_local(self, now: float) -> bool:
         """Take a turn from this process's schedule if one is due now (always, without a rate)."""
-        rate = self.settings.rate
-        if rate is None:
+        pace = self._pace
+        if pace is None:
             return True
         if not self._local(now):
             return False
-        interval = rate.interval_seconds
-        wait, tat = gcra(self._tat, now, interval, (rate.burst - 1) * interval)
+        wait, tat = gcra(self._tat, now, *pace)
         if wait > 0:
             return False
         self._tat = tat

@@ -43,7 +43,8 @@ class RateLimitStage:
             (route_limiter, self.vendor_limiter) if route_limiter is not None else (self.vendor_limiter,)
         )
         self.clients = dict(clients)
-        self.waits = registry.waits(vendor.name)
+        # gateway_ratelimit_wait_seconds: a request that waited for nothing adds one to its first bucket.
+        self.zero_waits = registry.waits(vendor.name).counts
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Answer:
         held: list[Limiter] = []
@@ -60,7 +61,7 @@ class RateLimitStage:
                 if slot:
                     held.append(limiter)
             else:
-                self.waits.observe_zero()
+                self.zero_waits[0] += 1
             response = await call_next(ex)
             if response.status in PAUSING_STATUSES:
                 self._pause(ex, response)
