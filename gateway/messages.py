@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from .errors import PROBLEM_CONTENT_TYPE, GatewayError, PayloadTooLarge
+
+# Field names looked up on every request, as istr: a multidict lookup by istr skips folding the name.
+REQUEST_ID = istr("X-Request-Id")
 
 
 class BodySource(Protocol):
@@ -120,5 +123,5 @@ def problem_answer(error: GatewayError, request_id: str) -> Answer:
     """The gateway's own error as RFC 9457 problem+json: the one place a problem is rendered."""
     headers: CIMultiDict[str] = CIMultiDict(error.headers)
     headers["Content-Type"] = PROBLEM_CONTENT_TYPE
-    headers["X-Request-Id"] = request_id
+    headers[REQUEST_ID] = request_id
     return Answer(status=error.status, headers=headers, body=orjson.dumps(error.to_problem(request_id)))

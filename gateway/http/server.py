@@ -44,7 +44,7 @@ from email.utils import formatdate
 from typing import Protocol, cast
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from ..config.model import GatewaySettings
 from ..errors import (
@@ -71,6 +71,9 @@ ACCEPT_PAUSE_SECONDS = 0.1  # how long accepting pauses when the process is out 
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUSES = frozenset((204, 304))
+# Looked up in every request or answer: istr skips folding the name per lookup.
+_CONTENT_LENGTH, _TRANSFER_ENCODING = istr("Content-Length"), istr("Transfer-Encoding")
+_EXPECT, _DATE = istr("Expect"), istr("Date")
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,14 +385,12 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method().decode("ascii")
         headers = CIMultiDictProxy(CIMultiDict(self._fields))
-        length_text = headers.get("Content-Length")
+        length_text = headers.get(_CONTENT_LENGTH)
         content_length = int(length_text) if length_text is not None else None  # llhttp checked it
-        chunked = "Transfer-Encoding" in headers
+        chunked = _TRANSFER_ENCODING in headers
         body = None
         if chunked or content_length:
-            expect = (
-                headers.get("Expect", "").lower() == "100-continue" and parser.get_http_version() == "1.1"
-            )
+            expect = headers.get(_EXPECT, "").lower() == "100-continue" and parser.get_http_version() == "1.1"
             body = CallerBody(self, expect)
         request = ServerRequest(
             self,
@@ -535,15 +536,15 @@ class HttpConnection(asyncio.Protocol):
         lines = [f"HTTP/1.1 {answer.status} {answer.reason or _reason(answer.status)}"]
         chunked = to_eof = False
         fields = list(headers.items())
-        if "Date" not in headers:
+        if _DATE not in headers:
             fields.append(("Date", self.server.date()))
         if head_only:
             pass  # a HEAD answer keeps the vendor's Content-Length; 204/304 have none to add
         elif answer.stream is None:
-            if "Content-Length" in headers:
+            if _CONTENT_LENGTH in headers:
                 fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
             fields.append(("Content-Length", str(len(answer.body or b""))))
-        elif "Content-Length" not in headers:
+        elif _CONTENT_LENGTH not in headers:
             if request.version == "1.1":
                 chunked = True
                 fields.append(("Transfer-Encoding", "chunked"))

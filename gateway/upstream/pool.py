@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 # RFC 9110 section 9.2.2.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -65,6 +65,9 @@ _ENCODING = "utf-8"
 # them): decoded with surrogateescape, encoded back the same way.
 _ERRORS = "surrogateescape"
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Looked up in every request or answer: istr skips folding the name per lookup.
+_CONTENT_LENGTH, _TRANSFER_ENCODING = istr("Content-Length"), istr("Transfer-Encoding")
+_USER_AGENT = istr("User-Agent")
 
 
 class PoolError(Exception):
@@ -313,7 +316,7 @@ class Origin:
             loop = self._loop = asyncio.get_running_loop()
         deadline = None if timeout.total is None else loop.time() + timeout.total
         streamed = body is not None and not isinstance(body, bytes)
-        chunked = streamed and "Content-Length" not in headers
+        chunked = streamed and _CONTENT_LENGTH not in headers
         head = self._head(method, target, headers, body, streamed, chunked)
         retry = not streamed and (method in IDEMPOTENT_METHODS if idempotent is None else idempotent)
         fresh_only = False
@@ -351,7 +354,7 @@ class Origin:
     ) -> bytes:
         lines = [f"{method} {target} HTTP/1.1", self._host_line]
         lines.extend(map(": ".join, headers.items()))
-        if self._ua_line is not None and "User-Agent" not in headers:
+        if self._ua_line is not None and _USER_AGENT not in headers:
             lines.append(self._ua_line)
         if chunked:
             lines.append("Transfer-Encoding: chunked")
@@ -803,9 +806,9 @@ class Connection(asyncio.Protocol):
         )
         length: int | None = None
         chunked = False
-        if (value := headers.get("Content-Length")) is not None:
+        if (value := headers.get(_CONTENT_LENGTH)) is not None:
             length = int(value)  # llhttp has checked it is one decimal number
-        elif (coding := headers.get("Transfer-Encoding")) is not None:
+        elif (coding := headers.get(_TRANSFER_ENCODING)) is not None:
             chunked = "chunked" in coding.lower()
         # Handed over as parsed (the forwarder edits it into the caller's answer in place, no copy).
         response = Response(self, status, self._reason, headers, length)

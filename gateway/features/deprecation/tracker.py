@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from multidict import istr
+
 from ...config import Route
 from ...observability.logging import Logger
 from ...observability.metrics import Family
 
-DEPRECATION = "Deprecation"
-SUNSET = "Sunset"
+DEPRECATION = istr("Deprecation")  # looked up in every vendor answer
+SUNSET = istr("Sunset")
 UNROUTED = "*"
 _MAX_VALUE = 200  # vendor header values are cut to this length before they reach a log line
 _LINK = re.compile(r"<([^>]*)>([^,<]*)")
