@@ -16,8 +16,8 @@ from multidict import CIMultiDictProxy
 
 from .config import Config, Route, Vendor
 from .errors import NotFound
-from .features.client_auth.stage import Authenticator
-from .pipeline import Handler, compose
+from .features.client_auth.identity import Authenticator, VendorAccess
+from .pipeline import Exchange, Handler, compose
 from .services import Services
 from .stages import delivery_stages, route_stages
 from .target import Target
@@ -30,6 +30,12 @@ class Resolved(NamedTuple):
     route: Route | None  # None: the vendor's pass-through (no route matched, expose = "all")
     handler: Handler
     target: Target  # the caller's target, with a pinned path_prefix version taken off
+    # With [clients]: who called, and whether its key came in Authorization (then not forwarded).
+    client: str | None = None
+    key_in_authorization: bool = False
+
+
+_ANONYMOUS: tuple[None, bool] = (None, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +47,10 @@ class Runtime:
     passthrough: dict[str, Handler]
     # Per route, by identity (routes live as long as their config, and so as this Runtime).
     route_handlers: dict[int, Handler]
-    # With [clients]: callers are identified before a 404 too, so unknown callers learn no vendor names.
+    # With [clients]: callers are identified before a 404 too, so unknown callers learn no vendor names,
+    # and each vendor's allow rules are checked before any stage.
     authenticator: Authenticator | None = None
+    access: dict[str, VendorAccess] = field(default_factory=dict)
     # What queued deliveries pass (breaker, rate limits, forwarder): per vendor, and per async route.
     delivery_passthrough: dict[str, Handler] = field(default_factory=dict)
     delivery_route_handlers: dict[int, Handler] = field(default_factory=dict)
@@ -54,26 +62,30 @@ class Runtime:
         fields: CIMultiDictProxy[str],
         client_cert: frozenset[tuple[str, str]] | None = None,
     ) -> Resolved:
-        """The vendor, route and handler for a caller's request, or 404 (after identifying the caller)."""
+        """The vendor, route and handler for a caller's request, or 404; with [clients], the caller
+        identified first (401 for an unknown one, before any 404: unknown callers learn no vendor
+        names). Its allow rules are ``admit``'s, once the request has its Exchange."""
+        client, key_in_authorization = (
+            self.authenticator.identify(fields, client_cert) if self.authenticator is not None else _ANONYMOUS
+        )
         vendor = self.config.vendors.get(target.vendor)
         if vendor is None:
-            self._identify(fields, client_cert)
             raise NotFound(f"no vendor named {target.vendor!r}")
         if vendor.version is not None and vendor.version.kind == "path_prefix":
             target = unversioned(target, vendor.version)
         route = vendor.find_route(method, target.segments)
         if route is not None:
-            return Resolved(vendor, route, self.route_handlers[id(route)], target)
-        if vendor.expose == "declared":
-            self._identify(fields, client_cert)
+            handler = self.route_handlers[id(route)]
+        elif vendor.expose == "declared":
             raise NotFound(f"vendor {vendor.name!r} exposes no route for {method} {target.path or '/'}")
-        return Resolved(vendor, None, self.passthrough[vendor.name], target)
+        else:
+            handler = self.passthrough[vendor.name]
+        return Resolved(vendor, route, handler, target, client, key_in_authorization)
 
-    def _identify(
-        self, fields: CIMultiDictProxy[str], client_cert: frozenset[tuple[str, str]] | None
-    ) -> None:
-        if self.authenticator is not None:
-            self.authenticator.identify(fields, client_cert)  # 401 for an unknown caller, before any 404
+    def admit(self, ex: Exchange) -> None:
+        """With [clients]: 403 unless the caller's allow rules let it call this, before any stage."""
+        if ex.client is not None:
+            self.access[ex.vendor.name].check(ex.client, ex.method, ex.path, ex.segments)
 
     def delivery_handler(
         self, vendor_name: str, method: str, segments: tuple[str, ...]
@@ -121,6 +133,9 @@ def build_runtime(config: Config, services: Services) -> Runtime:
         passthrough=passthrough,
         route_handlers=route_handlers,
         authenticator=Authenticator(config.clients) if config.clients else None,
+        access={name: VendorAccess(config.clients, vendor) for name, vendor in config.vendors.items()}
+        if config.clients
+        else {},
         delivery_passthrough=delivery_passthrough,
         delivery_route_handlers=delivery_route_handlers,
     )

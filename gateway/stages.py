@@ -1,18 +1,18 @@
 """Stages: one file per stage. ``route_stages`` decides, once per route at load, which ones run.
 
-Execution order (docs/architecture.md): client auth -> idempotency -> validate request -> transform
-request -> async delivery (202 and done) -> retry -> circuit breaker -> rate limit -> [faults] -> [forward]
--> validate response -> transform response. The retry stage loops over the vendor-facing ones, so every
-attempt asks the breaker, takes a rate-limit turn and obeys vendor pauses (an injected fault too).
-Response-side work lives in the same stages as their request side, after ``call_next``. A route that
-asks for nothing gets no stages at all, so a plain pass-through costs nothing but the forwarder.
+Execution order (docs/architecture.md), after client auth (``Runtime.resolve``): idempotency ->
+validate request -> transform request -> async delivery (202 and done) -> retry -> circuit breaker ->
+rate limit -> [faults] -> [forward] -> validate response -> transform response. The retry stage loops
+over the vendor-facing ones, so every attempt asks the breaker, takes a rate-limit turn and obeys
+vendor pauses (an injected fault too). Response-side work lives in the same stages as their request
+side, after ``call_next``. A route that asks for nothing gets no stages at all, so a plain
+pass-through costs nothing but the forwarder.
 """
 
 from __future__ import annotations
 
 from .config import Config, Route, Vendor
 from .features.circuit.stage import circuit_stage
-from .features.client_auth.stage import ClientAuth
 from .features.delivery.stage import delivery_stage
 from .features.faults.stage import fault_stage
 from .features.idempotency.stage import idempotency_stage
@@ -26,9 +26,7 @@ from .services import Services
 
 def route_stages(config: Config, vendor: Vendor, route: Route | None, services: Services) -> list[Stage]:
     stages: list[Stage] = []
-    if config.clients:  # every handler, pass-through ones too: no request reaches a vendor unidentified
-        stages.append(ClientAuth(config.clients, vendor))
-    # After client auth (it names the caller the key is scoped to), before anything that reads the body.
+    # First: the caller is known (Exchange.client, the key's scope) and the body not read yet.
     if (idempotency := idempotency_stage(vendor, route, services)) is not None:
         stages.append(idempotency)
     if route is not None and (route.request_schema or route.request_transform):

@@ -28,7 +28,7 @@ from ..features.delivery.queue import record_json, valid_id
 from ..features.delivery.workers import DeliveryWorkers
 from ..features.deprecation.tracker import UNROUTED
 from ..features.webhooks.receiver import WEBHOOK_PREFIX, WebhookReceiver
-from ..messages import Answer, json_answer, problem_answer
+from ..messages import REQUEST_ID, Answer, json_answer, problem_answer
 from ..observability.collector import GatewayCollector, registry_for, render
 from ..observability.dashboard import render_dashboard
 from ..observability.logging import (
@@ -71,7 +71,7 @@ AdminHandler = Callable[[ServerRequest, str], Awaitable[Answer]]
 
 
 def _request_id(headers: Any) -> str:
-    given = headers.get("X-Request-Id")
+    given = headers.get(REQUEST_ID)
     # A caller's id is kept when it is a sane token; anything else could forge or break log lines.
     if given and len(given) <= 200 and given.isascii() and given.isprintable() and " " not in given:
         return str(given)
@@ -229,7 +229,7 @@ class Gateway:
                 target = parse_target(request.target)
                 vendor_name = target.vendor
                 method = request.method
-                vendor, route, handler, target = runtime.resolve(
+                vendor, route, handler, target, client, key_in_authorization = runtime.resolve(
                     method, target, request.headers, request.client_cert
                 )
                 ex = Exchange(
@@ -240,10 +240,14 @@ class Gateway:
                     method=method,
                     path=target.path,
                     query=target.query,
+                    headers=request_headers(
+                        request.headers, request_id, key_in_authorization=key_in_authorization
+                    ),
+                    client=client,
                     segments=target.segments,
-                    headers=request_headers(request.headers, request_id),
                     started=started,
                 )
+                runtime.admit(ex)
                 answer = await handler(ex)
             except GatewayError as exc:
                 answer = problem_answer(exc, request_id)

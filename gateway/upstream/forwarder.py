@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_plus
 
 from aiohttp import hdrs
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from ..config import Auth, Vendor
@@ -28,7 +28,7 @@ from ..errors import (
     VendorUnreachable,
 )
 from ..features.deprecation.tracker import DEPRECATION, SUNSET, DeprecationTracker
-from ..messages import Answer, BodySource
+from ..messages import REQUEST_ID, Answer, BodySource
 from ..pipeline import Exchange
 from .credentials import TokenManager, TokenSource
 from .pool import (
@@ -59,7 +59,7 @@ HOP_BY_HOP = frozenset(
         "Proxy-Authenticate",
     )
 )
-_HOP_BY_HOP_NAMES = tuple(HOP_BY_HOP)
+_HOP_BY_HOP_NAMES = tuple(map(istr, HOP_BY_HOP))
 # A vendor's cookies are for the caller that got them: never kept with an answer that is stored
 # (idempotency records, delivery records) and shown or replayed to anyone else.
 COOKIE_FIELDS = frozenset({"set-cookie", "set-cookie2"})
@@ -94,7 +94,8 @@ class VendorTransport:
     endpoint: Endpoint  # scheme, host, port and TLS: which pool.Origin the requests go through
     path_prefix: str  # /base/path[/version prefix]: request targets start with it
     # Static credentials and the pinned version: (name, value) pairs that replace whatever the caller
-    # sent under that header or query parameter. Never shown by repr: the values are secrets.
+    # sent under that header or query parameter (header names as istr: set on every request). Never
+    # shown by repr: the values are secrets.
     set_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     set_query: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     tokens: TokenSource | None = None  # OAuth2: Authorization comes from the TokenManager
@@ -114,12 +115,12 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
     if isinstance(auth := vendor.auth, Auth):
         secret = auth.secret.reveal()
         if auth.type == "bearer":
-            set_headers.append(("Authorization", f"Bearer {secret}"))
+            set_headers.append((hdrs.AUTHORIZATION, f"Bearer {secret}"))
         elif auth.type == "header":
-            set_headers.append((auth.name, secret))
+            set_headers.append((istr(auth.name), secret))
         elif auth.type == "basic":
             basic = base64.b64encode(f"{auth.username}:{secret}".encode()).decode("ascii")
-            set_headers.append(("Authorization", f"Basic {basic}"))
+            set_headers.append((hdrs.AUTHORIZATION, f"Basic {basic}"))
         else:
             set_query.append((auth.name, secret))
     elif auth is not None:
@@ -133,7 +134,7 @@ def vendor_transport(vendor: Vendor) -> VendorTransport:
         )
     if (version := vendor.version) is not None:
         if version.kind == "header":
-            set_headers.append((version.name, version.value))
+            set_headers.append((istr(version.name), version.value))
         elif version.kind == "query":
             set_query.append((version.name, version.value))
         else:
@@ -161,9 +162,16 @@ def endpoint_of(url: URL, tls: ssl.SSLContext | bool) -> Endpoint:
     )
 
 
-def request_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    """The caller's headers minus hop-by-hop, connection-named and internal ones."""
-    drop = REQUEST_DROP
+# Also without Authorization: the caller's gateway key came in it (client auth).
+_REQUEST_DROP_WITH_KEY = REQUEST_DROP | {"authorization"}
+
+
+def request_headers(
+    incoming: CIMultiDictProxy[str], request_id: str, *, key_in_authorization: bool = False
+) -> CIMultiDict[str]:
+    """The caller's headers minus hop-by-hop, connection-named and internal ones, and minus
+    Authorization when ``key_in_authorization`` (it carried the caller's gateway key)."""
+    drop = _REQUEST_DROP_WITH_KEY if key_in_authorization else REQUEST_DROP
     connection = incoming.get(hdrs.CONNECTION)
     if connection:
         drop = drop | {token.strip().lower() for token in connection.split(",")}
@@ -173,7 +181,7 @@ def request_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMulti
         if lower in drop or lower.startswith("x-forwarded-"):
             continue
         out.add(name, value)
-    out["X-Request-Id"] = request_id
+    out[REQUEST_ID] = request_id
     return out
 
 
@@ -186,9 +194,9 @@ def response_headers(out: CIMultiDict[str], request_id: str) -> CIMultiDict[str]
             del out[name]
     if connection:
         for token in connection.split(","):
-            if (name := token.strip()) in out:
-                del out[name]
-    out["X-Request-Id"] = request_id
+            if (named := token.strip()) in out:
+                del out[named]
+    out[REQUEST_ID] = request_id
     return out
 
 

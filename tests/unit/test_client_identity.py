@@ -9,7 +9,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.config import Client, Secret
 from gateway.config.model import CertSubject
 from gateway.errors import Unauthorized
-from gateway.features.client_auth.stage import Authenticator
+from gateway.features.client_auth.identity import Authenticator
 
 
 def subject(text: str, **attributes: str) -> CertSubject:

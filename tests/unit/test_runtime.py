@@ -55,10 +55,12 @@ def test_resolve_finds_the_route_the_passthrough_or_404(write_config: Callable[.
     svc = services()
     rt = build_runtime(config, svc)
     commit(rt, svc)
-    vendor, route, handler, target = rt.resolve("GET", parse_target("/a/v2/things/1?x=1"), NO_FIELDS)
+    vendor, route, handler, target, client, _ = rt.resolve(
+        "GET", parse_target("/a/v2/things/1?x=1"), NO_FIELDS
+    )
     assert (vendor.name, route is not None, target.path, target.query) == ("a", True, "/things/1", "x=1")
-    assert route is not None and handler is rt.route_handlers[id(route)]
-    _, route, handler, _ = rt.resolve("POST", parse_target("/b/anything"), NO_FIELDS)
+    assert route is not None and handler is rt.route_handlers[id(route)] and client is None
+    _, route, handler, *_ = rt.resolve("POST", parse_target("/b/anything"), NO_FIELDS)
     assert route is None and handler is rt.passthrough["b"]
     with pytest.raises(NotFound, match="exposes no route for POST /things/1"):
         rt.resolve("POST", parse_target("/a/v2/things/1"), NO_FIELDS)
@@ -66,7 +68,9 @@ def test_resolve_finds_the_route_the_passthrough_or_404(write_config: Callable[.
         rt.resolve("GET", parse_target("/c/x"), NO_FIELDS)
 
 
-def test_with_clients_an_unknown_caller_is_401_before_any_404(write_config: Callable[..., Path]) -> None:
+def test_with_clients_an_unknown_caller_is_401_before_any_404_a_known_one_is_named(
+    write_config: Callable[..., Path],
+) -> None:
     text = config_text(10) + '\n[clients.billing]\nkey = "env:RT_TEST_KEY"\nallow = ["a"]\n'
     import os
 
@@ -75,6 +79,14 @@ def test_with_clients_an_unknown_caller_is_401_before_any_404(write_config: Call
     rt = build_runtime(config, services())
     with pytest.raises(Unauthorized):
         rt.resolve("GET", parse_target("/c/x"), NO_FIELDS)
+    bearer = CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer k-123456789012345678901234"}))
+    keyed = CIMultiDictProxy(CIMultiDict({"X-Gateway-Key": "k-123456789012345678901234"}))
+    for _ in range(2):  # the second time from what the authenticator remembered
+        assert rt.resolve("GET", parse_target("/a/v2/things/1"), bearer)[4:] == ("billing", True)
+        assert rt.resolve("GET", parse_target("/a/v2/things/1"), keyed)[4:] == ("billing", False)
+    with pytest.raises(NotFound):  # a route that does not exist is that, not a refusal
+        rt.resolve("GET", parse_target("/a/v2/nothing"), keyed)
+    assert rt.resolve("GET", parse_target("/b/x"), keyed).client == "billing"  # routed; admit refuses
 
 
 def test_a_built_runtime_changes_shared_limits_only_when_committed(write_config: Callable[..., Path]) -> None:

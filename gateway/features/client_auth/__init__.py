@@ -1,1 +1,2 @@
-"""Caller identity and least privilege: the authenticator and its stage (stage.py)."""
+"""Caller identity and least privilege: who is calling and what it may call (identity.py), who may use
+/_gateway/* (admin.py)."""

@@ -26,7 +26,7 @@ from multidict import CIMultiDictProxy
 
 from ...config import Secret
 from ...errors import Forbidden, Unauthorized
-from .stage import Authenticator, presented_key
+from .identity import Authenticator, presented_key
 
 OPEN_ENDPOINTS = frozenset({"health", "ready", "problems/"})
 # Basic too: a browser opening the dashboard prompts for it (any user name, the admin key as password).

@@ -1,5 +1,7 @@
-"""Client auth: who is calling (401) and whether they may call this (403). The first stage of every
-handler, routed or pass-through, whenever ``[clients]`` is configured.
+"""Client auth: who is calling (401, ``Authenticator``) and whether they may call this (403,
+``VendorAccess``), asked for every request whenever ``[clients]`` is configured: by ``Runtime.resolve``
+before routing (an unknown caller learns no vendor or route names), by ``Runtime.admit`` before any
+stage.
 
 A caller presents its gateway key as ``Authorization: Bearer KEY`` or ``X-Gateway-Key: KEY`` (the
 latter wins when both are sent), or, with ``[gateway] tls.client_ca_file``, is known by the subject of
@@ -8,9 +10,9 @@ one without a key by its certificate. The key is compared with every client's ke
 digests, ``hmac.compare_digest``, no early exit), so neither timing nor the answer reveals which
 client or how much of a key matched; a key found valid is remembered (per process, until the next
 reload), so its later requests cost a dict lookup. The key never reaches the vendor:
-``X-Gateway-Key`` is dropped for every request (``upstream.REQUEST_DROP``) and an ``Authorization``
-header that carried the key is removed here; a vendor with ``auth`` configured gets its own
-credentials in its place.
+``X-Gateway-Key`` is dropped for every request (``upstream.REQUEST_DROP``) and so is an ``Authorization``
+header that carried the key (``upstream.request_headers``); a vendor with ``auth`` configured gets its
+own credentials in its place.
 
 ``allow`` rules are ``AllowRule``s from the config: a whole vendor, or a method and path glob matched
 with ``Route.matches`` (the same ``*``/``**`` semantics as routes files; a GET rule also admits HEAD).
@@ -20,19 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 
 from aiohttp import hdrs
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from ...config import Client, Route, Vendor
 from ...config.model import SUBJECT_ATTRIBUTES
 from ...errors import Forbidden, Unauthorized
-from ...messages import Answer
-from ...pipeline import Exchange, Handler
 
-GATEWAY_KEY_HEADER = "X-Gateway-Key"
+GATEWAY_KEY_HEADER = istr("X-Gateway-Key")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="gateway"'}
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _SHORT = {long: short for short, long in SUBJECT_ATTRIBUTES.items()}
 
 
@@ -47,12 +48,19 @@ class Authenticator:
         # cannot grow it; a lookup compares randomly seeded hashes first, so it tells nothing about how
         # much of a key matched, only whether it is valid, which the answer says anyway.
         self._known: dict[str, str] = {}
+        # The same for whole Authorization values ("Bearer KEY" as sent): a known caller's usual request
+        # costs two field lookups and this one, without taking the value apart.
+        self._known_authorization: dict[str, str] = {}
 
     def identify(
         self, headers: CIMultiDictProxy[str], client_cert: frozenset[tuple[str, str]] | None = None
     ) -> tuple[str, bool]:
         """(client name, whether the key came in Authorization); raises ``Unauthorized``.
         ``client_cert``: the subject of the certificate the caller's connection presented."""
+        if GATEWAY_KEY_HEADER not in headers and (authorization := headers.get(hdrs.AUTHORIZATION)):
+            found = self._known_authorization.get(authorization)
+            if found is not None:
+                return found, True
         presented, via_authorization = presented_key(headers)
         if not presented and client_cert is not None and self._subjects:
             return self._by_certificate(client_cert), False
@@ -62,15 +70,14 @@ class Authenticator:
                 headers=_CHALLENGE,
             )
         found = self._known.get(presented)
-        if found is not None:
-            return found, via_authorization
-        found = self.known(presented)
         if found is None:
-            raise Unauthorized(
-                "the gateway key is not known", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
-        if len(self._known) < len(self._digests):
-            self._known[presented] = found
+            found = self.known(presented)
+            if found is None:
+                raise Unauthorized("the gateway key is not known", headers=_INVALID_TOKEN)
+            if len(self._known) < len(self._digests):
+                self._known[presented] = found
+        if via_authorization and len(self._known_authorization) < len(self._digests):
+            self._known_authorization[headers[hdrs.AUTHORIZATION]] = found
         return found, via_authorization
 
     def known(self, presented: str) -> str | None:
@@ -97,12 +104,12 @@ class Authenticator:
         )
 
 
-class ClientAuth:
-    """The stage: identifies the caller, strips its key, and checks its ``allow`` rules for this vendor."""
+class VendorAccess:
+    """What each client may call on one vendor (its ``allow`` rules), checked by ``Runtime.admit`` once
+    the caller is identified and its route found: a 403 before any stage runs."""
 
     def __init__(self, clients: Mapping[str, Client], vendor: Vendor) -> None:
         self.vendor = vendor.name
-        self.authenticator = Authenticator(clients)
         # client -> its rules for this vendor; None in the tuple means the whole vendor.
         self.rules: dict[str, tuple[Route | None, ...]] = {
             name: tuple(rule.route for rule in client.allow if rule.vendor == vendor.name)
@@ -113,24 +120,13 @@ class ClientAuth:
             name for name, rules in self.rules.items() if any(rule is None for rule in rules)
         )
 
-    def allowed(self, client: str, method: str, segments: tuple[str, ...]) -> bool:
-        if client in self.whole_vendor:
-            return True
-        return any(rule is not None and rule.matches(method, segments) for rule in self.rules.get(client, ()))
-
-    def __call__(self, exchange: Exchange, call_next: Handler) -> Awaitable[Answer]:
-        # Nothing to do once the request is let through: what follows is awaited in this stage's place
-        # (no coroutine of its own per request); a refusal is raised as the stage is called.
-        ex = exchange
-        client, via_authorization = self.authenticator.identify(ex.request.headers, ex.request.client_cert)
-        ex.client = client
-        if via_authorization:
-            ex.headers.popall(hdrs.AUTHORIZATION, None)
-        if not self.allowed(client, ex.method, ex.segments):
-            raise Forbidden(
-                f"client {client!r} may not call {ex.method} {ex.path or '/'} on vendor {self.vendor!r}"
-            )
-        return call_next(ex)
+    def check(self, client: str, method: str, path: str, segments: tuple[str, ...]) -> None:
+        """Raises ``Forbidden`` unless ``client`` may call ``method`` on the vendor path."""
+        if client in self.whole_vendor or any(
+            rule is not None and rule.matches(method, segments) for rule in self.rules.get(client, ())
+        ):
+            return
+        raise Forbidden(f"client {client!r} may not call {method} {path or '/'} on vendor {self.vendor!r}")
 
 
 def presented_key(headers: CIMultiDictProxy[str]) -> tuple[str | None, bool]:
