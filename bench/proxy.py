@@ -6,6 +6,7 @@ this machine, in one run.
         [--workers-store redis|memory] [--with-logs] [--profile [SECONDS]] [--profile-scenarios LIST]
         [--no-pin] [--json] [--keep]
     .venv/bin/python bench/proxy.py --ab REV [--scenarios pass-through,policy,idempotency] [--rounds 3] ...
+    .venv/bin/python bench/proxy.py --versus pass-through [--scenarios policy,idempotency] [--rounds 3] ...
 
 One nginx worker plays the vendor (a fixed ~100-byte JSON body). A second single-worker nginx with an
 upstream keep-alive pool is the reference proxy. Each gateway is its own process (``python -m gateway
@@ -35,7 +36,9 @@ Missing ``nginx`` or ``wrk`` are installed with apt-get (Debian). Shared machine
 
 ``--ab REV`` measures a change instead: each scenario's gateway from git revision REV (a worktree in the
 work dir) and from this checkout, both on the gateway's core, loaded at once by two wrk; the report is
-the difference in CPU per request (bench/README.md says why and how).
+the difference in CPU per request (bench/README.md says why and how). ``--versus SCENARIO`` measures
+the cost of a scenario the same way: each other scenario's gateway against SCENARIO's, both from this
+checkout, loaded at once (the full policy against the pass-through: what the policy costs per request).
 """
 
 from __future__ import annotations
@@ -289,6 +292,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead: each scenario (of pass-through,policy,idempotency) from git revision REV and from "
         "this checkout, loaded at once on the same core; reports the difference in CPU per request",
     )
+    parser.add_argument(
+        "--versus",
+        metavar="SCENARIO",
+        choices=AB_SCENARIOS,
+        help="instead: each other scenario (of pass-through,policy,idempotency) against SCENARIO, both from "
+        "this checkout, loaded at once on the same core; reports the difference in CPU per request",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, wrk output)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = parser.parse_args(argv)
@@ -302,13 +312,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     }
     check_ranges(parser, args, limits)
     args.scenarios = [s for s in SCENARIOS if s in args.scenarios]  # the order of the rounds
-    if args.ab is not None:
+    if args.ab is not None and args.versus is not None:
+        parser.error("--ab and --versus do not go together")
+    mode = "--ab" if args.ab is not None else "--versus" if args.versus is not None else None
+    if mode is not None:
         others = [s for s in args.scenarios if s not in AB_SCENARIOS]
         if others and args.scenarios != list(SCENARIOS):  # asked for by name, not the default "all"
-            parser.error(f"--ab compares {','.join(AB_SCENARIOS)}, not {','.join(others)}")
+            parser.error(f"{mode} compares {','.join(AB_SCENARIOS)}, not {','.join(others)}")
         if args.profile:
-            parser.error("--ab and --profile do not go together")
-        args.scenarios = [s for s in args.scenarios if s in AB_SCENARIOS]
+            parser.error(f"{mode} and --profile do not go together")
+        args.scenarios = [s for s in args.scenarios if s in AB_SCENARIOS and s != args.versus]
+        if not args.scenarios:
+            parser.error(f"--versus {args.versus}: name at least one other scenario to measure against it")
     return args
 
 
@@ -808,51 +823,61 @@ def remove_checkout(folder: Path) -> None:
 
 
 def run_ab(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str, str]) -> dict[str, Any]:
-    """Each scenario's gateway from ``args.ab`` and from this checkout, both on the gateway's core, loaded
-    at once by two wrk (the first started alternating by round): their difference in CPU per request,
-    with every disturbance of the machine shared by both."""
+    """Two gateways per scenario, both on the gateway's core, loaded at once by two wrk (the first started
+    alternating by round): their difference in CPU per request, with every disturbance of the machine
+    shared by both. ``--ab REV``: the scenario's gateway from REV and from this checkout; ``--versus
+    SCENARIO``: SCENARIO's gateway and the scenario's, both from this checkout."""
     load_cpu, proxy_cpu, pinning = plan_cpus(args.no_pin)
     scenarios = [s for s in args.scenarios if s not in skipped]
     names = row_names(args.workers_store)
     raise_fd_limit()
     supervisor = Supervisor(tools.taskset)
     base_code = work / "base"
-    revision = checkout(args.ab, base_code)
     this = gateway_revision()
-    sides = {"base": base_code, "this": REPO_DIR}
+    if args.versus is None:
+        revision = checkout(args.ab, base_code)
+        # scenario -> (base gateway: its scenario, code, name), (this one's)
+        plan = {
+            key: ((key, base_code, f"{names[key]} (base)"), (key, REPO_DIR, f"{names[key]} (this)"))
+            for key in scenarios
+        }
+    else:
+        revision = this
+        versus = (args.versus, REPO_DIR, names[args.versus])
+        plan = {key: (versus, (key, REPO_DIR, names[key])) for key in scenarios}
     pairs: dict[str, tuple[Target, Target]] = {}
     runs: list[Run] = []
+    pair_runs: dict[str, list[Run]] = {key: [] for key in plan}
+    started: dict[tuple[str, Path], Target] = {}  # one gateway per scenario and code, shared by pairs
     try:
         _, vendor_port = start_vendor(supervisor, tools, work, load_cpu)
         redis: Child | None = None
         redis_port: int | None = None
-        if IDEMPOTENCY in scenarios:
-            started = start_redis(supervisor, work, load_cpu)
-            if started is None:
+        if IDEMPOTENCY in scenarios or args.versus == IDEMPOTENCY:
+            with_redis = start_redis(supervisor, work, load_cpu)
+            if with_redis is None:
                 raise BenchError("redis-server is gone from PATH since the start")
-            redis, redis_port = started
-        for key in scenarios:
+            redis, redis_port = with_redis
+        for key, sides in plan.items():
             pair = []
-            for side, code in sides.items():
-                gateway = write_gateway(
-                    work, key, vendor_port, redis_port=redis_port, folder_name=f"{key}-{side}"
-                )
-                child = start_gateway(supervisor, gateway, proxy_cpu, code)
-                wait_ready(child, gateway.url, ready_probe(gateway, child))
-                helpers = (redis,) if key == IDEMPOTENCY and redis is not None else ()
-                name = f"{names[key]} ({side})"
-                pair.append(
-                    Target(
-                        name,
-                        gateway.url,
-                        child,
-                        proxy_cpu,
-                        gateway.wrk_args,
-                        (),
-                        gateway.fresh_token,
-                        helpers,
+            for side, (scenario, code, name) in zip(("base", "this"), sides, strict=True):
+                if (target := started.get((scenario, code))) is None:
+                    gateway = write_gateway(
+                        work,
+                        scenario,
+                        vendor_port,
+                        redis_port=redis_port,
+                        folder_name=f"{scenario}-{side}",
+                        with_logs=args.with_logs,
                     )
-                )
+                    child = start_gateway(supervisor, gateway, proxy_cpu, code)
+                    wait_ready(child, gateway.url, ready_probe(gateway, child))
+                    helpers = (redis,) if scenario == IDEMPOTENCY and redis is not None else ()
+                    wrk_args, fresh = gateway.wrk_args, gateway.fresh_token
+                    target = started[(scenario, code)] = Target(
+                        name, gateway.url, child, proxy_cpu, wrk_args, (), fresh, helpers
+                    )
+                pair.append(target)
             pairs[key] = (pair[0], pair[1])
         say(f"ready: {', '.join(t.name for pair in pairs.values() for t in pair)}; work dir {work}")
         load = Load.of(args, tools.wrk, supervisor, load_cpu, work)
@@ -860,16 +885,20 @@ def run_ab(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str
             for key, (base, new) in pairs.items():
                 order = [base, new] if round_no % 2 else [new, base]
                 say(f"round {round_no}/{args.rounds}: {names[key]}, both at once ({order[0].name} first)")
-                runs += sorted(load.measure_together(round_no, order), key=lambda r: r.target != base.name)
+                measured = sorted(load.measure_together(round_no, order), key=lambda r: r.target != base.name)
+                pair_runs[key] += measured
+                runs += measured
         (work / "wrk-outputs.txt").write_text("\n".join(load.outputs))
     finally:
         stop_everything(supervisor)
-        remove_checkout(base_code)
+        if args.versus is None:
+            remove_checkout(base_code)
     differences = {}
     for key, (base, new) in pairs.items():
         deltas = []
         for round_no in range(1, args.rounds + 1):
-            a, b = (next(r for r in runs if r.round == round_no and r.target == t.name) for t in (base, new))
+            this_round = [r for r in pair_runs[key] if r.round == round_no]
+            a, b = (next(r for r in this_round if r.target == t.name) for t in (base, new))
             if a.cpu_us_per_request and b.cpu_us_per_request:
                 deltas.append((b.cpu_us_per_request - a.cpu_us_per_request, a.cpu_us_per_request))
         differences[names[key]] = {
@@ -883,7 +912,7 @@ def run_ab(args: argparse.Namespace, tools: Tools, work: Path, skipped: dict[str
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {**machine_info(), "load_average_after": load_averages()},
         "versions": {"base": revision, "this": this, "nginx": version([tools.nginx, "-v"])},
-        "settings": {"ab": args.ab, **run_settings(args, scenarios, pinning)},
+        "settings": {"ab": args.ab, "versus": args.versus, **run_settings(args, scenarios, pinning)},
         "skipped": skipped,
         "runs": [asdict(r) for r in runs],
         "differences": differences,
@@ -910,12 +939,22 @@ def report_ab(result: dict[str, Any]) -> str:
             f"{diff['median_percent'] or 0:>+6.1f}"
             f"  {', '.join(f'{d:+.1f}' for d in deltas)}"
         )
+    if (versus := settings.get("versus")) is not None:
+        for scenario, diff in result["differences"].items():
+            if diff["median_percent"] is not None:
+                lines.append(
+                    f"{scenario}: {100 / (100 + diff['median_percent']):.3f}x the {diff['base']}'s "
+                    "requests per CPU second (its throughput on a core of its own)"
+                )
+        sides = f"base: the {versus} gateway, this: each scenario's, both from {result['versions']['this']}"
+    else:
+        sides = f"base: {result['versions']['base']} ({settings['ab']}); this: {result['versions']['this']}"
     lines += [
         "(CPU µs per request of each gateway, both loaded at once on the same core; this-base: median of "
         "the rounds' differences, negative is cheaper; --ab HEAD on a clean tree shows the method's noise)",
-        f"base: {result['versions']['base']} ({settings['ab']}); this: {result['versions']['this']}; "
-        f"pinning: {settings['pinning']}; two wrk -t{settings['threads']} -c{settings['connections']}, "
-        f"{settings['warmup_seconds']}s warm-up + {settings['duration_seconds']}s per round",
+        f"{sides}; pinning: {settings['pinning']}; two wrk -t{settings['threads']} "
+        f"-c{settings['connections']}, {settings['warmup_seconds']}s warm-up + "
+        f"{settings['duration_seconds']}s per round",
     ]
     width = max((len(r.target) for r in runs), default=NAME_WIDTH)
     return rounds_table(runs, width=width) + "\n\n" + "\n".join(lines)
@@ -972,9 +1011,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if all(s in skipped for s in args.scenarios):
         say("error: every scenario asked for is skipped; nothing to measure")
         return 1
-    if args.ab is not None:
+    if args.ab is not None or args.versus is not None:
         return main_frame(
-            "proxy-ab",
+            "proxy-ab" if args.ab is not None else "proxy-versus",
             lambda work: run_ab(args, tools, work, skipped),
             report_ab,
             as_json=args.json,
