@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.config import Config, load_config
-from gateway.observability.logging import Logger
+from gateway.observability.logging import Logger, flush_all
 from tests.gateway_client import GatewayClient
 from tests.nats_server import NatsServer, nats_required, nats_server_binary
 from tests.redis_server import RedisServer, redis_required, redis_server_binary
@@ -30,6 +30,10 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 class CapturedLogs(io.BytesIO):
     """The gateway's stdout in a test: JSON lines, parsed on demand."""
+
+    def getvalue(self) -> bytes:
+        flush_all()  # access lines a gateway still holds for its next batched write
+        return super().getvalue()
 
     def records(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.getvalue().splitlines() if line.strip()]

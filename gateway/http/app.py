@@ -163,6 +163,7 @@ class Gateway:
         await services.store.close()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # flushes spans still batched
+        self.logger.flush()  # access lines still held for their batch
 
     # -- the server's side
     def __call__(self, request: ServerRequest) -> Awaitable[None]:

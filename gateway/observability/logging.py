@@ -4,12 +4,14 @@ Access records carry the fields docs/operations.md lists; event records name wha
 built from fields the gateway chose, never from config objects, so secrets cannot leak into them
 (``Secret`` also hides its value from ``repr``).
 
-Access records are written once per event-loop iteration (every record the iteration made goes out in
-one write), not one write per record, whatever buffering the stream has (PYTHONUNBUFFERED is common in
-containers); the proxy makes its records together after the iteration (``access_record``,
-``write_access``). Every other record is written at once, after anything still held; what is held at exit is
-written by an atexit hook, so a clean shutdown loses no line. Records may come from any thread (the
-span exporter's, ``asyncio.to_thread``'s): a lock keeps lines whole and none is lost.
+Access records are written in batches, not one write per record, whatever buffering the stream has
+(PYTHONUNBUFFERED is common in containers): the proxy makes the records of an event-loop iteration
+together (``access_record``, ``write_access``), and they go out at once when the last write is 10 ms
+old, else with the next write at most 10 ms later, so a busy gateway writes them once per 10 ms and a
+quiet one as each request ends. Every other record is written at once, after anything still held; what
+is held at exit is written by an atexit hook (``flush_all``), so a clean shutdown loses no line. Records
+may come from any thread (the span exporter's, ``asyncio.to_thread``'s): a lock keeps lines whole and
+none is lost.
 
 Third-party libraries log through Python's ``logging`` (opentelemetry's exporter, urllib3, asyncio,
 aiohttp). While serving, ``capture_library_logs`` sends those records (warnings and worse, as
@@ -35,6 +37,8 @@ from typing import IO, Any, Literal
 import orjson
 
 LogFormat = Literal["json", "text"]
+# Access lines go out at most this often under load (nginx's access_log buffer= and flush= in one).
+ACCESS_WRITE_SECONDS = 0.01
 
 
 class Logger:
@@ -45,6 +49,9 @@ class Logger:
         self._held: list[bytes] = []  # access lines not written yet
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # a flush is scheduled on this loop
         self._flush_thread = 0  # the thread that loop runs in
+        self.clock = time.monotonic  # for when the last write was (a test may set its own)
+        self._written_at = -ACCESS_WRITE_SECONDS  # the clock at the last write
+        self._timed_loop: asyncio.AbstractEventLoop | None = None  # a write of access lines is due on it
         # Over _held, _flush_loop and writes to the stream; reentrant, so a record logged from inside a
         # write can never deadlock the process.
         self._lock = threading.RLock()
@@ -110,6 +117,7 @@ class Logger:
                 return
             data = held[0] if len(held) == 1 else b"".join(held)
             held.clear()
+            self._written_at = self.clock()
             # A closed or full stdout must never fail a request.
             with contextlib.suppress(OSError, ValueError):
                 self._stream.write(data)
@@ -156,12 +164,30 @@ class Logger:
         self._write(record, batch=True)
 
     def write_access(self, records: Iterable[dict[str, Any]]) -> None:
-        """Access records made together (``access_record``): written now, after anything still held,
-        in one write."""
+        """Access records made together (``access_record``): written after anything still held, at once
+        when the last write is ``ACCESS_WRITE_SECONDS`` old, else when it will be (with whatever came
+        meanwhile): a busy gateway makes one write per interval, a quiet one a write per request."""
         encode = self._encode
         data = self._redact(b"".join([encode(record) for record in records]))  # one search per secret
         with self._lock:
             self._held.append(data)
+            wait = self._written_at + ACCESS_WRITE_SECONDS - self.clock()
+            if wait > 0:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    loop = None
+                if loop is not None:
+                    if self._timed_loop is not loop:  # none due yet on this loop
+                        self._timed_loop = loop
+                        loop.call_later(wait, self._timed_flush, loop)
+                    return
+        self.flush()
+
+    def _timed_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if self._timed_loop is loop:
+                self._timed_loop = None
         self.flush()
 
     def event(self, event: str, *, level: str = "info", **fields: Any) -> None:
@@ -250,7 +276,8 @@ def capture_library_logs(logger: Logger) -> LibraryLogHandler:
 
 
 @atexit.register
-def _flush_all() -> None:
+def flush_all() -> None:
+    """Write what every Logger holds (at exit; a test reading the lines a gateway wrote so far)."""
     for logger in list(_LOGGERS):
         logger.flush()
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import threading
 from typing import Any
 
 import orjson
 
-from gateway.observability.logging import LibraryLogHandler, Logger
+from gateway.observability.logging import ACCESS_WRITE_SECONDS, LibraryLogHandler, Logger
 from tests.conftest import CapturedLogs
 
 
@@ -65,3 +67,26 @@ def test_records_from_other_threads_keep_every_line_whole() -> None:
     lines = stream.getvalue().splitlines()
     assert len(lines) == 4 * 500 + 500
     assert all(isinstance(orjson.loads(line), dict) for line in lines)
+
+
+async def test_access_lines_of_a_busy_gateway_go_out_once_per_interval() -> None:
+    stream = io.BytesIO()
+    logger = Logger(stream=stream)
+    clock = [100.0]
+    logger.clock = lambda: clock[0]
+    line = {"event": "access", "request_id": "first"}
+    logger.write_access([line])
+    assert stream.getvalue().count(b'"first"') == 1  # nothing written lately: at once
+    logger.write_access([{**line, "request_id": "second"}])
+    logger.write_access([{**line, "request_id": "third"}])
+    assert b'"second"' not in stream.getvalue()  # the clock has not moved: held for the next write
+    logger.event("reloaded")  # an event record goes out at once, after what is held
+    written = [orjson.loads(text) for text in stream.getvalue().splitlines()]
+    assert [r.get("request_id", r["event"]) for r in written] == ["first", "second", "third", "reloaded"]
+    logger.write_access([{**line, "request_id": "fourth"}])
+    assert b'"fourth"' not in stream.getvalue()
+    await asyncio.sleep(ACCESS_WRITE_SECONDS * 2)  # its timer is due before this sleep's
+    assert stream.getvalue().splitlines()[-1] == b'{"event":"access","request_id":"fourth"}'
+    clock[0] += ACCESS_WRITE_SECONDS
+    logger.write_access([{**line, "request_id": "fifth"}])
+    assert stream.getvalue().splitlines()[-1] == b'{"event":"access","request_id":"fifth"}'  # at once
