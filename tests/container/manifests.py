@@ -24,13 +24,31 @@ def kubernetes_documents() -> list[tuple[Path, dict[str, Any]]]:
     ]
 
 
+def generated_secrets() -> list[dict[str, Any]]:
+    """The Secrets kustomization.yaml's secretGenerator makes, as kustomize would: their keys, with
+    empty values (the values are the user's files, never in the tree)."""
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    secrets = []
+    for generator in kustomization.get("secretGenerator", []):
+        metadata = {"name": generator["name"], "labels": generator.get("options", {}).get("labels", {})}
+        keys = [entry.partition("=")[0] for entry in generator["files"]]
+        secrets.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": metadata,
+                "type": "Opaque",
+                "data": dict.fromkeys(keys, ""),
+            }
+        )
+    return secrets
+
+
 def kubernetes_resources() -> dict[tuple[str, str], dict[str, Any]]:
-    """The Kubernetes objects by (kind, name); kustomization.yaml is kustomize's, not the API's."""
-    return {
-        (doc["kind"], doc["metadata"]["name"]): doc
-        for path, doc in kubernetes_documents()
-        if path.name != "kustomization.yaml"
-    }
+    """The Kubernetes objects by (kind, name), the generated Secrets included; kustomization.yaml is
+    kustomize's, not the API's."""
+    documents = [doc for path, doc in kubernetes_documents() if path.name != "kustomization.yaml"]
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in documents + generated_secrets()}
 
 
 def pod_spec(kind: str, name: str) -> dict[str, Any]:

@@ -390,8 +390,8 @@ def _kubernetes_layout(folder: Path) -> tuple[Path, Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(config_map["data"][item["key"]])
     secrets.mkdir()
-    for key, value in secret["stringData"].items():
-        (secrets / key).write_text(value)
+    for key in secret["data"]:
+        (secrets / key).write_text(uuid.uuid4().hex)  # what the user writes into credentials/
     return config, secrets
 
 

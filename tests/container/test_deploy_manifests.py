@@ -83,7 +83,7 @@ def test_the_gateway_sidecar() -> None:
     assert {i["key"] for i in volumes["gateway-config"]["configMap"]["items"]} == set(config_map["data"])
     secret = resources[("Secret", volumes["vendor-credentials"]["secret"]["secretName"])]
     config = config_map["data"]["config.toml"]
-    for key in secret["stringData"]:
+    for key in secret["data"]:
         assert f'"file:{mounts["vendor-credentials"]["mountPath"]}/{key}"' in config
     assert not any(e["name"].endswith(("KEY", "TOKEN", "SECRET")) for e in gateway.get("env", []))
     # The drain ends before the kubelet's SIGKILL.
