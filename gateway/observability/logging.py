@@ -47,11 +47,10 @@ class Logger:
         self.format: LogFormat = fmt
         self._redacted: tuple[bytes, ...] = ()
         self._held: list[bytes] = []  # access lines not written yet
-        self._flush_loop: asyncio.AbstractEventLoop | None = None  # a flush is scheduled on this loop
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # a write of held lines is due on it
         self._flush_thread = 0  # the thread that loop runs in
         self.clock = time.monotonic  # for when the last write was (a test may set its own)
         self._written_at = -ACCESS_WRITE_SECONDS  # the clock at the last write
-        self._timed_loop: asyncio.AbstractEventLoop | None = None  # a write of access lines is due on it
         # Over _held, _flush_loop and writes to the stream; reentrant, so a record logged from inside a
         # write can never deadlock the process.
         self._lock = threading.RLock()
@@ -83,29 +82,32 @@ class Logger:
                 line += str(record["traceback"]).encode()
         return line
 
-    def _write(self, record: dict[str, Any], *, batch: bool = False) -> None:
-        line = self._line(record)
-        if batch:
-            thread = threading.get_ident()
-            with self._lock:
-                due = self._flush_loop
-                if due is not None and self._flush_thread == thread and due.is_running():
-                    self._held.append(line)  # a flush is due on this thread's running loop already
-                    return
+    def _write(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._held.append(self._line(record))
+        self.flush()
+
+    def _hold(self, data: bytes) -> None:
+        """Access lines: written after anything still held, at once when the last write is
+        ``ACCESS_WRITE_SECONDS`` old, else by this thread's running loop when it will be (with whatever
+        came meanwhile). A thread without a running loop writes at once."""
+        thread = threading.get_ident()
+        with self._lock:
+            self._held.append(data)
+            due = self._flush_loop
+            if due is not None and self._flush_thread == thread and due.is_running():
+                return  # a write is due on this thread's running loop already
+            wait = self._written_at + ACCESS_WRITE_SECONDS - self.clock()
+        if wait > 0:
             try:
-                loop = asyncio.get_running_loop()  # a getpid() system call in Python 3.11: once per flush
+                loop = asyncio.get_running_loop()  # a getpid() system call in Python 3.11: once per write
             except RuntimeError:
                 loop = None
             if loop is not None:
                 with self._lock:
-                    self._held.append(line)
-                    if self._flush_loop is loop:
-                        return
                     self._flush_loop, self._flush_thread = loop, thread
-                loop.call_soon(self.flush)
+                loop.call_later(wait, self.flush)
                 return
-        with self._lock:
-            self._held.append(line)
         self.flush()
 
     def flush(self) -> None:
@@ -161,34 +163,13 @@ class Logger:
         )
         if extra:
             record.update(extra)
-        self._write(record, batch=True)
+        self._hold(self._line(record))
 
     def write_access(self, records: Iterable[dict[str, Any]]) -> None:
-        """Access records made together (``access_record``): written after anything still held, at once
-        when the last write is ``ACCESS_WRITE_SECONDS`` old, else when it will be (with whatever came
-        meanwhile): a busy gateway makes one write per interval, a quiet one a write per request."""
+        """Access records made together (``access_record``), held as one (``_hold``): a busy gateway
+        makes one write per ``ACCESS_WRITE_SECONDS``, a quiet one a write per request."""
         encode = self._encode
-        data = self._redact(b"".join([encode(record) for record in records]))  # one search per secret
-        with self._lock:
-            self._held.append(data)
-            wait = self._written_at + ACCESS_WRITE_SECONDS - self.clock()
-            if wait > 0:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    loop = None
-                if loop is not None:
-                    if self._timed_loop is not loop:  # none due yet on this loop
-                        self._timed_loop = loop
-                        loop.call_later(wait, self._timed_flush, loop)
-                    return
-        self.flush()
-
-    def _timed_flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._lock:
-            if self._timed_loop is loop:
-                self._timed_loop = None
-        self.flush()
+        self._hold(self._redact(b"".join([encode(record) for record in records])))  # one search per secret
 
     def event(self, event: str, *, level: str = "info", **fields: Any) -> None:
         self._write({"ts": now(), "level": level, "event": event, **fields})
